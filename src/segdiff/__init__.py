@@ -1,0 +1,29 @@
+"""segdiff: image segmentation with diffusion probabilistic models (Amit et al. 2021).
+
+    >>> from segdiff import SegDiff, DDPMScheduler, predict
+    >>> net = SegDiff.from_preset("tiny")
+    >>> pred = predict(net, images, DDPMScheduler(100), num_generations=30)
+    >>> pred.prob, pred.mask, pred.uncertainty
+"""
+
+from .config import DataConfig, DiffusionConfig, ExperimentConfig, ModelConfig, SampleConfig, TrainConfig
+from .diffusion import DDPMScheduler
+from .metrics import (
+    ReliabilityDiagram, boundary_f, boundary_f_mean, calibration_score, expected_calibration_error, f1, iou,
+    mean_over_classes, mean_over_images, reliability_diagram, size_ratio_coverage, weighted_coverage,
+)
+from .model import SegDiff
+from .sampling import Prediction, predict, sample_ddim, sample_ddpm
+from .training import train
+from .checkpoint import load_model, load_checkpoint, save_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SegDiff", "DDPMScheduler", "predict", "Prediction", "sample_ddpm", "sample_ddim", "train",
+    "load_model", "load_checkpoint", "save_checkpoint",
+    "ExperimentConfig", "ModelConfig", "DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig",
+    "iou", "f1", "boundary_f", "boundary_f_mean", "weighted_coverage", "size_ratio_coverage",
+    "calibration_score", "expected_calibration_error", "reliability_diagram", "ReliabilityDiagram",
+    "mean_over_images", "mean_over_classes",
+]

@@ -1,0 +1,271 @@
+"""Configuration: one frozen dataclass per concern, grouped in `ExperimentConfig`.
+
+Defaults are the paper's (T=100, linear betas, epsilon prediction, K=30). Dataset presets are
+named constructors whose values cite their source (../shared/PAPER.md, "Per dataset"). Every
+config round-trips through plain dicts (and so JSON/YAML); unknown keys raise naming the valid
+ones, and invalid values raise `ValueError` in `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
+
+Conditioning = Literal["sum", "concat", "image-concat", "add-after-down-1", "add-after-down-3", "add-after-down-5"]
+CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
+
+
+def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(valid)}")
+
+
+def _from_dict(cls, data: dict[str, Any], where: str):
+    """Build dataclass `cls` from `data`, rejecting unknown keys by name."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, found {type(data).__name__}")
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            value = data[f.name]
+            if isinstance(value, list):  # JSON/YAML have no tuples
+                value = tuple(value)
+            kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The SegDiff network (PAPER.md, Architecture). Defaults: the Vaihingen preset."""
+
+    image_size: int = 256  # training input side; attention resolutions are relative to it
+    in_channels: int = 3  # image channels (RGB / IR-R-G)
+    base_channels: int = 128  # C, "128 base channels everywhere"
+    channel_mult: tuple[int, ...] = (1, 1, 1, 2, 2, 4, 4)  # 7 levels for 256 inputs
+    num_res_blocks: int = 3  # encoder blocks per level; the decoder has one more
+    attention_resolutions: tuple[int, ...] = (16, 8)  # feature-map sides that get attention
+    num_heads: int = 4
+    norm_groups: int = 32  # GroupNorm(32) as in the reference; small presets use fewer
+    dropout: float = 0.1
+    rrdb_blocks: int = 6  # RRDB trunk depth of the image encoder F
+    rrdb_channels: int = 64  # width inside F (ESRGAN's nf)
+    rrdb_growth: int = 32  # dense-block growth (ESRGAN's gc)
+    conditioning: Conditioning = "sum"  # the paper's ablation variants, see model.py
+
+    def __post_init__(self) -> None:
+        _check_choice("conditioning", self.conditioning, CONDITIONINGS)
+        if self.base_channels % self.norm_groups:
+            raise ValueError(f"base_channels={self.base_channels} must be divisible by norm_groups={self.norm_groups}")
+        if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
+            raise ValueError(f"channel_mult={self.channel_mult} must be a non-empty tuple of positive ints")
+        levels = len(self.channel_mult)
+        if self.image_size % 2 ** (levels - 1):
+            raise ValueError(
+                f"image_size={self.image_size} must be divisible by 2**(levels-1)={2 ** (levels - 1)} "
+                f"for channel_mult with {levels} levels"
+            )
+        if self.conditioning.startswith("add-after-down-"):
+            n = int(self.conditioning.rsplit("-", 1)[1])
+            if n > levels - 1:
+                raise ValueError(f"conditioning={self.conditioning} needs at least {n + 1} levels, found {levels}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.rrdb_blocks < 0 or self.num_res_blocks < 1:
+            raise ValueError("rrdb_blocks must be >= 0 and num_res_blocks >= 1")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The DDPM of PAPER.md, Diffusion."""
+
+    num_steps: int = 100  # T
+    beta_schedule: Literal["linear"] = "linear"  # 1e-4*(1000/T) .. 0.02*(1000/T)
+
+    def __post_init__(self) -> None:
+        _check_choice("beta_schedule", self.beta_schedule, ("linear",))
+        if not 21 <= self.num_steps <= 1000:
+            # The linear schedule ends at beta_T = 0.02 * 1000 / T, which must stay below 1.
+            raise ValueError(f"num_steps={self.num_steps} must be in [21, 1000] (beta_T = 20/T must be < 1)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"  # vaihingen | monuseg | cityscapes | folder | synthetic
+    root: str = ""  # data folder; empty means $SEGDIFF_DATA for the named benchmarks
+    val_fraction: float = 0.1  # validation carved from the training split, fixed seed
+    augment: bool = True
+    num_workers: int = 0
+    num_train: int = 2000  # synthetic only: number of generated training images
+    num_test: int = 64  # synthetic only: held-out images
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction={self.val_fraction} must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation of PAPER.md, Training."""
+
+    batch_size: int = 8  # global batch (Vaihingen, MoNuSeg: 8; Cityscapes: 30)
+    max_steps: int = 300_000  # the reference runs 300k iterations
+    lr: float = 1e-4  # AdamW, constant, no warm-up
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999  # the EMA weights are the ones evaluated
+    ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)): short runs need it
+    seed: int = 0
+    log_every: int = 50
+    val_every: int = 1000  # steps between validations (0: never)
+    val_generations: int = 3  # K used for validation IoU (cheap)
+    save_every: int = 1000
+    out_dir: str = "runs/segdiff"
+    time_budget_min: float = 0.0  # stop cleanly after this many minutes (0: no limit)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_steps < 0 or self.lr <= 0:
+            raise ValueError("batch_size must be >= 1, max_steps >= 0, lr > 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    num_generations: int = 30  # K, the paper's main tables
+    sampler: Literal["ddpm", "ddim", "dpm-solver++"] = "ddpm"
+    num_sampling_steps: int = 0  # 0: all T steps
+    max_batch: int = 32  # generations run together; bounds memory whatever K is
+
+    def __post_init__(self) -> None:
+        _check_choice("sampler", self.sampler, ("ddpm", "ddim", "dpm-solver++"))
+        if self.num_generations < 1 or self.max_batch < 1:
+            raise ValueError("num_generations and max_batch must be >= 1")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    preset: str = "custom"
+
+    # --- presets -----------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str) -> "ExperimentConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return PRESETS[name]()
+
+    @classmethod
+    def vaihingen(cls) -> "ExperimentConfig":
+        # PAPER.md "Per dataset": 256 input, 7 levels 1,1,1,2,2,4,4, 6 RRDB, dropout 0.1, batch 8.
+        return cls(
+            model=ModelConfig(image_size=256, channel_mult=(1, 1, 1, 2, 2, 4, 4), rrdb_blocks=6, dropout=0.1),
+            data=DataConfig(dataset="vaihingen"),
+            train=TrainConfig(batch_size=8),
+            preset="vaihingen",
+        )
+
+    @classmethod
+    def monuseg(cls) -> "ExperimentConfig":
+        # 256 crops of the 512-resized image, 7 levels, 12 RRDB, no dropout, batch 8.
+        return cls(
+            model=ModelConfig(image_size=256, channel_mult=(1, 1, 1, 2, 2, 4, 4), rrdb_blocks=12, dropout=0.0),
+            data=DataConfig(dataset="monuseg"),
+            train=TrainConfig(batch_size=8),
+            preset="monuseg",
+        )
+
+    @classmethod
+    def cityscapes(cls) -> "ExperimentConfig":
+        # 128 input, 6 levels 1,1,2,2,4,4, 15 RRDB, no dropout, batch 30.
+        return cls(
+            model=ModelConfig(image_size=128, channel_mult=(1, 1, 2, 2, 4, 4), rrdb_blocks=15, dropout=0.0),
+            data=DataConfig(dataset="cityscapes"),
+            train=TrainConfig(batch_size=30),
+            preset="cityscapes",
+        )
+
+    @classmethod
+    def small(cls) -> "ExperimentConfig":
+        # CPU work at 128 px: same design at C=32, 5 levels, 2 res blocks, 2 RRDB (about 3 M params).
+        return cls(
+            model=ModelConfig(
+                image_size=128, base_channels=32, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                attention_resolutions=(16, 8), dropout=0.0, rrdb_blocks=2, rrdb_channels=32, rrdb_growth=16,
+            ),
+            train=TrainConfig(batch_size=8, max_steps=20_000),
+            preset="small",
+        )
+
+    @classmethod
+    def tiny(cls) -> "ExperimentConfig":
+        # The demo and the tests: 32 px, C=16, 3 levels, 1 res block, 1 narrow RRDB (0.33 M params);
+        # about 0.15 s per batch-16 step on 2 CPU cores. Higher lr and faster EMA suit a short run.
+        return cls(
+            model=ModelConfig(
+                image_size=32, base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
+                attention_resolutions=(8,), norm_groups=8, dropout=0.0, rrdb_blocks=1, rrdb_channels=16,
+                rrdb_growth=8,
+            ),
+            train=TrainConfig(batch_size=16, max_steps=1200, lr=1e-3, ema_decay=0.999, val_every=0, log_every=50),
+            preset="tiny",
+        )
+
+    # --- (de)serialisation -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+        sections = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig,
+                    "train": TrainConfig, "sample": SampleConfig}
+        if not isinstance(data, dict):
+            raise ValueError(f"config: expected a mapping, found {type(data).__name__}")
+        unknown = sorted(set(data) - set(sections) - {"preset"})
+        if unknown:
+            raise ValueError(f"config: unknown key(s) {', '.join(unknown)}; valid keys: "
+                             f"{', '.join(sorted([*sections, 'preset']))}")
+        kwargs: dict[str, Any] = {k: _from_dict(c, data.get(k, {}), f"config.{k}") for k, c in sections.items()}
+        return cls(**kwargs, preset=str(data.get("preset", "custom")))
+
+    def override(self, assignments: list[str]) -> "ExperimentConfig":
+        """Apply `section.key=value` strings (the CLI's --set), parsed as YAML scalars."""
+        import yaml
+
+        data = self.to_dict()
+        for item in assignments:
+            m = re.fullmatch(r"(\w+)\.(\w+)=(.*)", item)
+            if not m:
+                raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=2e-4")
+            section, key, raw = m.groups()
+            if section not in data or not isinstance(data[section], dict):
+                raise ValueError(f"--set {item!r}: unknown section {section!r}; valid: model, diffusion, data, train, sample")
+            if key not in data[section]:
+                raise ValueError(f"--set {item!r}: unknown key {key!r}; valid: {', '.join(sorted(data[section]))}")
+            value = yaml.safe_load(raw)
+            current = data[section][key]
+            if isinstance(current, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+                try:
+                    value = float(value)  # YAML 1.1 reads "1e-4" as a string
+                except ValueError:
+                    raise ValueError(f"--set {item!r}: expected a number") from None
+            data[section][key] = value
+        return ExperimentConfig.from_dict(data)
+
+
+PRESETS = {
+    "vaihingen": ExperimentConfig.vaihingen,
+    "monuseg": ExperimentConfig.monuseg,
+    "cityscapes": ExperimentConfig.cityscapes,
+    "small": ExperimentConfig.small,
+    "tiny": ExperimentConfig.tiny,
+}

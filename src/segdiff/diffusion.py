@@ -1,0 +1,107 @@
+"""The DDPM noise schedule and its closed forms (Ho et al. 2020); no network, no loop.
+
+Notation (paper symbol -> name here):
+    beta_t          betas
+    alpha_t         alphas = 1 - betas
+    alpha_bar_t     alphas_cumprod = prod_{s<=t} alpha_s
+    x_t             the noisy mask at step t; x_0 the clean mask in diffusion space
+    eps_theta       eps_pred, the network's output
+    x_hat_0         x0_pred
+    sigma_t^2       the ancestral sampler's variance; SegDiff uses beta_t
+
+Conventions, stated once: masks are {0, 1} at every public boundary and {-1, +1} only inside
+diffusion (`to_signed` / `from_signed`). Steps t run 0..T-1 and t = 0 is the last denoising step
+(x_{-1} is the clean sample). Tables are computed once in float64 and cast at use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import DiffusionConfig
+
+
+def to_signed(mask: Tensor) -> Tensor:
+    """{0, 1} mask -> {-1, +1} diffusion space."""
+    return mask * 2 - 1
+
+
+def from_signed(x: Tensor) -> Tensor:
+    """Diffusion space -> [0, 1] (a sample's soft vote)."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def linear_betas(num_steps: int) -> Tensor:
+    """Ho et al.'s linear schedule scaled to T steps: 1e-4*(1000/T) .. 0.02*(1000/T)."""
+    scale = 1000 / num_steps
+    return torch.linspace(1e-4 * scale, 0.02 * scale, num_steps, dtype=torch.float64)
+
+
+def _gather(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """table[t] shaped to broadcast over `like` (B, 1, H, W), in its dtype and device."""
+    out = table.to(like.device)[t.to(like.device).long()].to(like.dtype)
+    return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class DDPMScheduler:
+    """Owns betas and the closed forms; immutable after construction.
+
+    >>> s = DDPMScheduler(100)
+    >>> x_t = s.add_noise(x0, noise, t)            # q(x_t | x_0), eq. 4
+    >>> x_prev = s.step(eps_pred, t, x_t, generator=g)   # one ancestral step, eq. 11
+    """
+
+    def __init__(self, num_steps: int = 100, beta_schedule: str = "linear"):
+        DiffusionConfig(num_steps=num_steps, beta_schedule=beta_schedule)  # validates
+        self.num_steps = num_steps
+        self.betas = linear_betas(num_steps)
+        self.alphas = 1 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        # Posterior q(x_{t-1} | x_t, x_0) = N(coef_x0 * x_0 + coef_xt * x_t, posterior_variance), eq. 6-7.
+        self.posterior_variance = self.betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
+        self.posterior_mean_coef_x0 = self.betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
+        self.posterior_mean_coef_xt = (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig) -> "DDPMScheduler":
+        return cls(config.num_steps, config.beta_schedule)
+
+    def timesteps(self, num_inference_steps: int | None = None) -> Tensor:
+        """Descending steps to visit: all T, or `num_inference_steps` evenly spaced (respacing)."""
+        n = num_inference_steps or self.num_steps
+        if not 1 <= n <= self.num_steps:
+            raise ValueError(f"num_inference_steps={n} must be in [1, {self.num_steps}]")
+        return torch.linspace(self.num_steps - 1, 0, n, dtype=torch.float64).round().long()
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """Sample q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (Ho et al. eq. 4)."""
+        abar = _gather(self.alphas_cumprod, t, x0)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def predict_x0(self, eps_pred: Tensor, t: Tensor, x_t: Tensor) -> Tensor:
+        """x_hat_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), eq. 4 solved for x_0."""
+        abar = _gather(self.alphas_cumprod, t, x_t)
+        return (x_t - (1 - abar).sqrt() * eps_pred) / abar.sqrt()
+
+    def posterior_mean(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """Mean of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)."""
+        return _gather(self.posterior_mean_coef_x0, t, x_t) * x0 + _gather(self.posterior_mean_coef_xt, t, x_t) * x_t
+
+    def step(self, eps_pred: Tensor, t: int | Tensor, x_t: Tensor, *, generator: torch.Generator | None = None,
+             noise: Tensor | None = None) -> Tensor:
+        """One ancestral step x_t -> x_{t-1} with sigma_t^2 = beta_t (Ho et al. Alg. 2, SegDiff).
+
+        `noise` may be passed instead of a generator to replay a fixed draw. No clipping of x_0.
+        """
+        t = torch.as_tensor(t).reshape(-1).expand(x_t.shape[0])
+        # 1. mean: (x_t - beta_t / sqrt(1 - abar_t) * eps) / sqrt(alpha_t)  (eq. 11)
+        beta = _gather(self.betas, t, x_t)
+        mean = (x_t - beta / (1 - _gather(self.alphas_cumprod, t, x_t)).sqrt() * eps_pred) / _gather(self.alphas, t, x_t).sqrt()
+        # 2. no noise at the last step (t = 0)
+        if noise is None:
+            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        nonzero = (t > 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
+        # 3. x_{t-1} = mean + sigma_t z, sigma_t^2 = beta_t
+        return mean + nonzero * beta.sqrt() * noise

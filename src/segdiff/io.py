@@ -1,0 +1,92 @@
+"""Writing results: atomic file writes and the PNGs a person looks at.
+
+Every output is written under a temporary name and renamed, so an interrupted run never leaves a
+half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp_path)`, fsync, then rename onto `path`: all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _to_uint8(x: Tensor) -> np.ndarray:
+    return (x.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def colormap(values: Tensor) -> Tensor:
+    """(H, W) in [0, 1] -> (3, H, W) RGB, a perceptually ordered black-purple-orange-yellow ramp."""
+    stops = torch.tensor([[0.0, 0.0, 0.02], [0.33, 0.06, 0.43], [0.73, 0.21, 0.33],
+                          [0.98, 0.55, 0.04], [0.99, 1.0, 0.64]], device=values.device)
+    pos = values.clamp(0, 1) * (len(stops) - 1)
+    lo = pos.floor().long().clamp(max=len(stops) - 2)
+    frac = (pos - lo)[..., None]
+    return (stops[lo] * (1 - frac) + stops[lo + 1] * frac).permute(2, 0, 1)
+
+
+def overlay(image: Tensor, mask: Tensor, color=(1.0, 0.15, 0.1), alpha: float = 0.45) -> Tensor:
+    """Image (3, H, W) with the mask (H, W) tinted and its one-pixel outline drawn solid."""
+    mask = mask.bool()
+    tint = torch.tensor(color, device=image.device)[:, None, None]
+    out = torch.where(mask, image * (1 - alpha) + tint * alpha, image)
+    m = mask[None, None].float()
+    eroded = -torch.nn.functional.max_pool2d(-m, 3, stride=1, padding=1)
+    edge = (m - eroded)[0, 0].bool()
+    return torch.where(edge, tint.expand_as(out), out)
+
+
+def save_png(path: str | Path, picture: Tensor, scale: int = 1) -> None:
+    """Save (H, W) grey or (3, H, W) RGB in [0, 1]; `scale` enlarges small pictures (nearest)."""
+    array = _to_uint8(picture)
+    if array.ndim == 3:
+        array = array.transpose(1, 2, 0)
+    img = Image.fromarray(array)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def save_prediction(out_dir: str | Path, name: str, image: Tensor, prob: Tensor, uncertainty: Tensor,
+                    target: Tensor | None = None, scale: int = 1) -> list[Path]:
+    """Write NAME_{image,mask,prob,uncertainty,overlay[,gt]}.png; all (H, W) but image (3, H, W).
+
+    The mask is prob > 0.5; the uncertainty (std of K generations in [0, 0.5]) is shown x2 on the
+    colour ramp so that 0.5, the most uncertain a pixel can be, is the brightest.
+    """
+    out_dir = Path(out_dir)
+    mask = prob > 0.5
+    pictures = {
+        "image": image, "mask": mask.float(), "prob": prob,
+        "uncertainty": colormap(uncertainty * 2), "overlay": overlay(image, mask),
+    }
+    if target is not None:
+        pictures["gt"] = target.float()
+    paths = []
+    for kind, picture in pictures.items():
+        path = out_dir / f"{name}_{kind}.png"
+        save_png(path, picture, scale)
+        paths.append(path)
+    return paths

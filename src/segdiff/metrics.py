@@ -1,0 +1,386 @@
+"""Per-image metrics for binary segmentation, as the SegDiff paper reports them.
+
+Conventions (they hold for every function here):
+- Masks are torch tensors or numpy arrays of shape (B, H, W), or (H, W) for one image
+  (treated as B = 1). Values are bool or numeric {0, 1}; anything else raises ValueError
+  naming the values found. Prediction and target must have the same shape.
+- Probabilities (calibration functions) are floats in [0, 1] of the same shapes.
+- Every score function returns a float64 tensor of shape (B,), one score per image, on the
+  prediction's device. Aggregation is a separate call: `mean_over_images`, or
+  `mean_over_classes` for Cityscapes (mean over instances of a class, then over classes).
+- Empty masks: when prediction and target are both empty the score is perfect (1.0); when
+  exactly one is empty it is 0.0. Each docstring repeats what that means for its metric.
+- Inputs are never written to; nothing is cached between calls.
+
+Two coverages are offered because the literature and the SegDiff reference code disagree:
+`weighted_coverage` is the definition the DSAC / DarNet tables use, `size_ratio_coverage` is
+what the SegDiff authors' code computes under the name WCov.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+from segdiff.metrics_boundary import boundary_f_from_maps, boundary_map
+
+__all__ = [
+    "iou",
+    "f1",
+    "boundary_f",
+    "boundary_f_mean",
+    "weighted_coverage",
+    "size_ratio_coverage",
+    "calibration_score",
+    "expected_calibration_error",
+    "reliability_diagram",
+    "ReliabilityDiagram",
+    "mean_over_images",
+    "mean_over_classes",
+]
+
+ArrayLike = Tensor | np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _as_tensor(x: ArrayLike, name: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        # A copy only when numpy's strides are negative or odd; torch never writes to it.
+        return torch.from_numpy(np.ascontiguousarray(x))
+    raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, found {type(x).__name__}")
+
+
+def _check_shapes(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape, found "
+            f"{names[0]} {tuple(a.shape)} and {names[1]} {tuple(b.shape)}"
+        )
+    if a.ndim not in (2, 3):
+        raise ValueError(
+            f"expected masks of shape (B, H, W) or (H, W), found {a.ndim} dimensions "
+            f"{tuple(a.shape)}; squeeze a channel axis first"
+        )
+    if a.shape[-1] == 0 or a.shape[-2] == 0 or (a.ndim == 3 and a.shape[0] == 0):
+        raise ValueError(
+            f"expected at least one image of at least one pixel, found {tuple(a.shape)}"
+        )
+
+
+def _to_mask(x: Tensor, name: str) -> Tensor:
+    """Return a bool (B, H, W) copy of a validated {0, 1} mask."""
+    if x.dtype != torch.bool:
+        if x.is_complex() or not bool(((x == 0) | (x == 1)).all()):
+            found = torch.unique(x.detach().cpu().flatten())
+            shown = ", ".join(f"{v:g}" for v in found[:8].tolist())
+            more = f" and {found.numel() - 8} more" if found.numel() > 8 else ""
+            raise ValueError(
+                f"{name}: expected a binary mask with values in {{0, 1}} (or bool), found "
+                f"{found.numel()} distinct values: {shown}{more}; threshold it first"
+            )
+    masks = x != 0  # a new tensor: the input is never modified
+    return masks[None] if masks.ndim == 2 else masks
+
+
+def _mask_pair(pred: ArrayLike, target: ArrayLike) -> tuple[Tensor, Tensor]:
+    """Validate a (prediction, target) pair; return bool (B, H, W) tensors on pred's device."""
+    pred_t, target_t = _as_tensor(pred, "pred"), _as_tensor(target, "target")
+    _check_shapes(pred_t, target_t, ("pred", "target"))
+    return _to_mask(pred_t, "pred"), _to_mask(target_t, "target").to(pred_t.device)
+
+
+def _apply_empty_rule(score: Tensor, pred: Tensor, target: Tensor) -> Tensor:
+    """Both masks empty: 1.0; exactly one empty: 0.0; otherwise the score unchanged."""
+    pred_empty = ~pred.flatten(1).any(dim=1)
+    target_empty = ~target.flatten(1).any(dim=1)
+    score = torch.where(pred_empty & target_empty, 1.0, score)
+    return torch.where(pred_empty ^ target_empty, 0.0, score)
+
+
+# ---------------------------------------------------------------------------------------------
+# Overlap
+
+
+def iou(pred: ArrayLike, target: ArrayLike) -> Tensor:
+    """Foreground intersection over union per image: |P∩G| / |P∪G|, float64 (B,).
+
+    The paper's "mIoU" is the mean of this over images. Both masks empty: 1.0 (0/0 taken as
+    a perfect match; the reference code returns 0 there). Exactly one empty: 0.0.
+    """
+    p, g = _mask_pair(pred, target)
+    intersection = (p & g).flatten(1).sum(dim=1).to(torch.float64)
+    union = (p | g).flatten(1).sum(dim=1).to(torch.float64)
+    return _apply_empty_rule(intersection / union.clamp(min=1), p, g)
+
+
+def f1(pred: ArrayLike, target: ArrayLike) -> Tensor:
+    """Foreground pixel F1 (Dice) per image: 2|P∩G| / (|P| + |G|), float64 (B,).
+
+    Both masks empty: 1.0. Exactly one empty: 0.0.
+    """
+    p, g = _mask_pair(pred, target)
+    intersection = (p & g).flatten(1).sum(dim=1).to(torch.float64)
+    sizes = (p.flatten(1).sum(dim=1) + g.flatten(1).sum(dim=1)).to(torch.float64)
+    return _apply_empty_rule(2 * intersection / sizes.clamp(min=1), p, g)
+
+
+# ---------------------------------------------------------------------------------------------
+# Boundary
+
+
+def _check_radius(radius: int) -> None:
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+        raise ValueError(f"radius must be an integer number of pixels >= 0, found {radius!r}")
+
+
+def boundary_f(pred: ArrayLike, target: ArrayLike, radius: int) -> Tensor:
+    """DAVIS boundary F-measure at a tolerance of `radius` pixels, float64 (B,).
+
+    Boundary: the one-pixel map of DAVIS's `seg2bmap`: a pixel is on the boundary when it
+    differs from its east, south or south-east neighbour, and the image border is never a
+    boundary (pixels outside the image copy their nearest inside pixel). A predicted
+    boundary pixel is matched when a target boundary pixel lies within the disk
+    dy² + dx² <= radius² around it (precision), and vice versa (recall);
+    F = 2PR / (P + R), 0 when P + R = 0. See `segdiff.metrics_boundary` for the maps.
+
+    Empty masks: both empty: 1.0; exactly one empty: 0.0. This extends DAVIS, which looks
+    only at boundary maps and would give 1.0 to an empty prediction of a full-image target
+    (neither has a boundary). Non-empty masks with no boundary (all foreground) follow DAVIS:
+    both boundaries empty: 1.0, one empty: 0.0.
+
+    This is per image; DarNet's evaluation pools matched-pixel counts over the whole test set
+    before dividing, which weights images by boundary length.
+    """
+    _check_radius(radius)
+    p, g = _mask_pair(pred, target)
+    f_measure, _, _ = boundary_f_from_maps(boundary_map(p), boundary_map(g), int(radius))
+    return _apply_empty_rule(f_measure, p, g)
+
+
+def boundary_f_mean(
+    pred: ArrayLike, target: ArrayLike, radii: Sequence[int] = (1, 2, 3, 4, 5)
+) -> Tensor:
+    """The paper's BoundF: `boundary_f` averaged over radii d = 1..5 px, float64 (B,).
+
+    Same boundary definition and empty-mask rule as `boundary_f` (both empty: 1.0, exactly
+    one empty: 0.0); the boundary maps are computed once for all radii.
+    """
+    if len(radii) == 0:
+        raise ValueError("radii must name at least one radius, found an empty sequence")
+    for radius in radii:
+        _check_radius(radius)
+    p, g = _mask_pair(pred, target)
+    pred_boundary, target_boundary = boundary_map(p), boundary_map(g)
+    per_radius = [boundary_f_from_maps(pred_boundary, target_boundary, int(r))[0] for r in radii]
+    return _apply_empty_rule(torch.stack(per_radius).mean(dim=0), p, g)
+
+
+# ---------------------------------------------------------------------------------------------
+# Coverage
+
+# 8-connectivity: pixels touching at a corner belong to the same region.
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def _weighted_coverage_one(pred: np.ndarray, target: np.ndarray) -> float:
+    target_labels, n_target = ndimage.label(target, structure=_EIGHT_CONNECTED)
+    pred_labels, n_pred = ndimage.label(pred, structure=_EIGHT_CONNECTED)
+    if n_target == 0 or n_pred == 0:
+        return 0.0  # the empty-mask rule settles these cases
+    # overlap[j, i] = |G_j ∩ P_i|, label 0 being background on both sides.
+    overlap = np.bincount(
+        (target_labels * (n_pred + 1) + pred_labels).ravel(),
+        minlength=(n_target + 1) * (n_pred + 1),
+    ).reshape(n_target + 1, n_pred + 1)[1:, 1:]
+    target_sizes = np.bincount(target_labels.ravel(), minlength=n_target + 1)[1:]
+    pred_sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)[1:]
+    region_iou = overlap / (target_sizes[:, None] + pred_sizes[None, :] - overlap)
+    return float((target_sizes * region_iou.max(axis=1)).sum() / target_sizes.sum())
+
+
+def weighted_coverage(pred: ArrayLike, target: ArrayLike) -> Tensor:
+    """Weighted coverage (WCov) as DSAC / DarNet report it, float64 (B,).
+
+    WCov = Σ_j |G_j| / Σ_k |G_k| · max_i IoU(G_j, P_i), where the G_j are the connected
+    components of the target foreground and the P_i those of the predicted foreground
+    (8-connectivity, via scipy.ndimage.label): each ground-truth region is credited with its
+    best-matching predicted region, weighted by its size: the size-weighted coverage of the
+    instance-segmentation literature (e.g. Silberman et al., ECCV 2014), the WCov column of
+    Marcos et al. (DSAC, CVPR 2018) and Cheng et al. (DarNet, CVPR 2019). The background is
+    not a region: counting it (as the BSDS "covering" of Arbeláez et al. does for full
+    partitions) would let the large, easy background dominate an object-centred score.
+    Neither paper's public code computes WCov, so this follows the written definition, not
+    their scripts.
+
+    With one target region and one predicted region it equals `iou`; it drops below `iou`
+    when a prediction merges or splits regions. Both masks empty: 1.0. Exactly one empty:
+    0.0. Runs on the CPU, one image at a time (connected components have no batched torch
+    form); the result is returned on the prediction's device.
+    """
+    p, g = _mask_pair(pred, target)
+    p_np, g_np = p.cpu().numpy(), g.cpu().numpy()
+    scores = [_weighted_coverage_one(p_np[b], g_np[b]) for b in range(p_np.shape[0])]
+    score = torch.tensor(scores, dtype=torch.float64, device=p.device)
+    return _apply_empty_rule(score, p, g)
+
+
+def size_ratio_coverage(pred: ArrayLike, target: ArrayLike) -> Tensor:
+    """min(|P|, |G|) / max(|P|, |G|) per image: the SegDiff reference code's "WCov", float64 (B,).
+
+    Offered so the paper's WCov column can be reproduced; it is not the weighted coverage
+    of `weighted_coverage`. It compares only mask sizes, not positions: a prediction of the
+    right size in the wrong place scores 1.0. Both masks empty: 1.0 (the reference divides
+    by zero). Exactly one empty: 0.0.
+    """
+    p, g = _mask_pair(pred, target)
+    pred_size = p.flatten(1).sum(dim=1).to(torch.float64)
+    target_size = g.flatten(1).sum(dim=1).to(torch.float64)
+    ratio = torch.minimum(pred_size, target_size) / torch.maximum(pred_size, target_size).clamp(
+        min=1
+    )
+    return _apply_empty_rule(ratio, p, g)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration
+
+
+def _prob_pair(prob: ArrayLike, target: ArrayLike, num_bins: int) -> tuple[Tensor, Tensor]:
+    """Validate probabilities and target; return (B, H, W) floating prob and bool target.
+
+    prob keeps its floating dtype (integers become float64) for `_bin_sums`.
+    """
+    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive integer, found {num_bins!r}")
+    prob_t, target_t = _as_tensor(prob, "prob"), _as_tensor(target, "target")
+    _check_shapes(prob_t, target_t, ("prob", "target"))
+    if prob_t.is_complex():
+        raise ValueError("prob: expected real probabilities in [0, 1], found a complex tensor")
+    prob_f = prob_t if prob_t.is_floating_point() else prob_t.to(torch.float64)
+    if not bool(((prob_f >= 0) & (prob_f <= 1)).all()):  # also rejects NaN
+        raise ValueError(
+            f"prob: expected probabilities in [0, 1], found values from {prob_f.min().item():g} "
+            f"to {prob_f.max().item():g} (NaN present: {bool(prob_f.isnan().any())})"
+        )
+    prob_f = prob_f[None] if prob_f.ndim == 2 else prob_f
+    return prob_f, _to_mask(target_t, "target").to(prob_f.device)
+
+
+def _bin_sums(prob: Tensor, target: Tensor, num_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per image and bin: pixel count, sum of probabilities, count of positives; (B, num_bins).
+
+    Bin k holds k/n <= p < (k+1)/n, computed as floor(p·n) in the input's own precision so
+    that float32 averages j/K land where meant (float32 0.9 is 0.89999998, yet 0.9f·10 rounds
+    to 9 in float32); p = 1.0 joins the last bin, which is closed: [1 - 1/n, 1]. Sums are float64.
+    """
+    index = (prob.flatten(1) * num_bins).floor().long().clamp(max=num_bins - 1)  # (B, N)
+    flat_prob = prob.flatten(1).to(torch.float64)
+    zeros = torch.zeros(flat_prob.shape[0], num_bins, dtype=torch.float64, device=prob.device)
+    count = zeros.scatter_add(1, index, torch.ones_like(flat_prob))
+    prob_sum = zeros.scatter_add(1, index, flat_prob)
+    positives = zeros.scatter_add(1, index, target.flatten(1).to(torch.float64))
+    return count, prob_sum, positives
+
+
+def calibration_score(prob: ArrayLike, target: ArrayLike, num_bins: int = 10) -> Tensor:
+    """The paper's calibration error per image (lower is better), float64 (B,).
+
+    Split [0, 1] into `num_bins` equal bins of predicted probability (the mean of the
+    generations); for each non-empty bin take (mean probability - fraction of positive
+    pixels)², then average over the non-empty bins. Bins: k/n <= p < (k+1)/n, with p = 1.0
+    in the last bin, evaluated in the input's floating precision. Unlike
+    `expected_calibration_error`, every non-empty bin weighs the same, however few pixels
+    it holds.
+
+    Empty masks need no special rule here: an image always has a non-empty bin, and an
+    empty target is scored like any other (all-zero probabilities on an empty target: 0.0,
+    perfect).
+    """
+    p, g = _prob_pair(prob, target, num_bins)
+    count, prob_sum, positives = _bin_sums(p, g, num_bins)
+    occupied = count > 0
+    gap = (prob_sum - positives) / count.clamp(min=1)  # mean prob - fraction of positives
+    return (gap**2 * occupied).sum(dim=1) / occupied.sum(dim=1)
+
+
+def expected_calibration_error(prob: ArrayLike, target: ArrayLike, num_bins: int = 10) -> Tensor:
+    """Standard ECE per image: Σ_k (n_k / N) · |fraction of positives_k - mean prob_k|, (B,).
+
+    The binary form: "confidence" is the predicted foreground probability and "accuracy" the
+    fraction of foreground pixels in the bin (not the top-label variant). Bins as in
+    `calibration_score`. To pool a data set, pass all pixels as one image, e.g. shape (1, N).
+    No special empty-mask rule: the score is defined for any target.
+    """
+    p, g = _prob_pair(prob, target, num_bins)
+    count, prob_sum, positives = _bin_sums(p, g, num_bins)
+    return (prob_sum - positives).abs().sum(dim=1) / count.sum(dim=1)
+
+
+class ReliabilityDiagram(NamedTuple):
+    """Per-bin statistics pooled over all pixels given; each field has shape (num_bins,)."""
+
+    bin_edges: Tensor  # (num_bins + 1,) from 0 to 1
+    mean_prob: Tensor  # mean predicted probability in the bin; NaN where the bin is empty
+    fraction_positive: Tensor  # fraction of target pixels that are 1; NaN where empty
+    count: Tensor  # number of pixels in the bin (int64)
+
+
+def reliability_diagram(
+    prob: ArrayLike, target: ArrayLike, num_bins: int = 10
+) -> ReliabilityDiagram:
+    """Bin statistics for a reliability plot, pooled over every pixel of every image given.
+
+    Bins as in `calibration_score` (p = 1.0 in the last bin). Empty bins carry NaN means so a
+    plot skips them rather than drawing a point at 0.
+    """
+    p, g = _prob_pair(prob, target, num_bins)
+    count, prob_sum, positives = (t.sum(dim=0) for t in _bin_sums(p, g, num_bins))
+    empty = count == 0
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=count.device)
+    return ReliabilityDiagram(
+        bin_edges=torch.linspace(0, 1, num_bins + 1, dtype=torch.float64, device=count.device),
+        mean_prob=torch.where(empty, nan, prob_sum / count.clamp(min=1)),
+        fraction_positive=torch.where(empty, nan, positives / count.clamp(min=1)),
+        count=count.round().long(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def mean_over_images(scores: Tensor | Sequence[float]) -> Tensor:
+    """Plain mean of per-image scores (the paper's tables), as a float64 0-dim tensor."""
+    values = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    if values.numel() == 0:
+        raise ValueError("mean_over_images: no scores given")
+    return values.mean()
+
+
+def mean_over_classes(
+    scores_by_class: Mapping[str, Tensor | Sequence[float]],
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Cityscapes aggregation: mean over the instances of each class, then mean of class means.
+
+    Returns ({class: mean over its instances}, mean over classes); every class counts once,
+    however many instances it has (the paper's "Mean" column).
+    """
+    if not scores_by_class:
+        raise ValueError("mean_over_classes: no classes given")
+    per_class: dict[str, Tensor] = {}
+    for name, scores in scores_by_class.items():
+        values = torch.as_tensor(scores, dtype=torch.float64).flatten()
+        if values.numel() == 0:
+            raise ValueError(f"mean_over_classes: class {name!r} has no scores")
+        per_class[name] = values.mean()
+    return per_class, torch.stack(list(per_class.values())).mean()

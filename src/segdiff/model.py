@@ -1,0 +1,308 @@
+"""The SegDiff network: eps_theta(x_t, I, t) = D(E'(F(I) + G(x_t), t), t).
+
+Amit et al. 2021, sec. 3 and ../shared/PAPER.md "Architecture". The network only predicts noise; the
+schedule and the sampling loop live in `diffusion.py` and `sampling.py`.
+
+What depends on t is split from what does not: `cond = net.encode_image(image)` runs the image
+encoder F once per image, `net.denoise(x_t, t, cond)` runs at every step. Calling `net(x_t, t,
+image)` does both, for training.
+
+Conventions: images enter in [0, 1] (mapped to [-1, 1] here, once); x_t is the noisy mask in
+diffusion space (B, 1, H, W); t holds integer steps 0..T-1 (the reference embeds the integer step,
+not a rescaled one).
+
+Conditioning variants (the paper's ablation, Table 4):
+- ``sum``: F(I) + G(x_t) (the method).
+- ``concat``: F(I) and G(x_t) concatenated on channels (2C channels enter E').
+- ``image-concat``: I concatenated to x_t before G; there is no encoder F.
+- ``add-after-down-N``: G(x_t) alone enters E'; F(I), brought to the resolution and width of
+  the N-th downsampling's output by N stride-2 3x3 convs, is added right after that
+  downsampling (N = 1, 3, 5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ExperimentConfig, ModelConfig
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters: residual branches and the output start as the identity / zero."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(groups, channels), channels)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of integer steps (B,) -> (B, dim), as in improved-diffusion."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+# --- image encoder F: ESRGAN's RRDB trunk ----------------------------------------------------------
+class ResidualDenseBlock(nn.Module):
+    """Five 3x3 convs with dense concatenation; output scaled by 0.2 and added to the input."""
+
+    def __init__(self, channels: int, growth: int):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels + i * growth, growth if i < 4 else channels, 3, padding=1) for i in range(5)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        for i, conv in enumerate(self.convs):
+            out = conv(torch.cat(features, dim=1))
+            if i < 4:
+                features.append(F.leaky_relu(out, 0.2))
+        return x + 0.2 * out
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual dense block: three dense blocks, scaled by 0.2, plus the input."""
+
+    def __init__(self, channels: int, growth: int):
+        super().__init__()
+        self.blocks = nn.Sequential(*(ResidualDenseBlock(channels, growth) for _ in range(3)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + 0.2 * self.blocks(x)
+
+
+class ImageEncoder(nn.Module):
+    """F: conv, RRDB trunk with a residual around it, conv, LeakyReLU, conv. No norm, no t."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int, growth: int, num_blocks: int):
+        super().__init__()
+        self.conv_first = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.trunk = nn.Sequential(*(RRDB(width, growth) for _ in range(num_blocks)))
+        self.trunk_conv = nn.Conv2d(width, width, 3, padding=1)
+        self.conv_hr = nn.Conv2d(width, width, 3, padding=1)
+        self.conv_last = nn.Conv2d(width, out_channels, 3, padding=1)
+
+    def forward(self, image: Tensor) -> Tensor:
+        fea = self.conv_first(image)
+        fea = fea + self.trunk_conv(self.trunk(fea))
+        return self.conv_last(F.leaky_relu(self.conv_hr(fea), 0.2))
+
+
+# --- U-Net parts (improved-diffusion style) ------------------------------------------------------------
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, conv; + timestep embedding; GroupNorm, SiLU, dropout, zero conv; skip."""
+
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float, groups: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(norm(channels, groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        # The embedding is added before the second norm (no scale-shift): with it the reference's
+        # parameter counts (159,838,209 for Vaihingen) are reproduced exactly.
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.out_norm = norm(out_channels, groups)
+        self.out_layers = nn.Sequential(
+            nn.SiLU(), nn.Dropout(dropout), zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        )
+        self.skip = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.in_layers(x) + self.emb_layers(emb)[:, :, None, None]
+        h = self.out_norm(h)
+        return self.skip(x) + self.out_layers(h)
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all positions, with a zero-initialised output projection."""
+
+    def __init__(self, channels: int, num_heads: int, groups: int):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"attention: {channels} channels not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.norm = norm(channels, groups)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x).reshape(b, c, h * w))  # (B, 3C, HW)
+        q, k, v = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, h * w).transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
+        out = out.transpose(-1, -2).reshape(b, c, h * w)
+        return x + self.proj_out(out).reshape(b, c, h, w)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Block(nn.ModuleList):
+    """A sequence of layers of which the residual blocks also take the timestep embedding."""
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        for layer in self:
+            x = layer(x, emb)
+        return x
+
+
+# --- the network ------------------------------------------------------------------------------------
+class SegDiff(nn.Module):
+    """The SegDiff noise predictor.
+
+    >>> net = SegDiff.from_preset("tiny")
+    >>> cond = net.encode_image(torch.rand(2, 3, 32, 32))      # F(I), once per image
+    >>> eps = net.denoise(torch.randn(2, 1, 32, 32), torch.tensor([5, 9]), cond)
+    """
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        c, groups = config.base_channels, config.norm_groups
+        emb_dim = 4 * c
+        self.time_embed = nn.Sequential(nn.Linear(c, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        # Conditioning: F and G, and where F(I) joins the U-Net.
+        variant = config.conditioning
+        self.add_after_down = int(variant.rsplit("-", 1)[1]) if variant.startswith("add-after-down-") else 0
+        mask_in = 1 + config.in_channels if variant == "image-concat" else 1
+        self.mask_encoder = nn.Conv2d(mask_in, c, 3, padding=1)  # G
+        self.image_encoder = None if variant == "image-concat" else ImageEncoder(
+            config.in_channels, c, config.rrdb_channels, config.rrdb_growth, config.rrdb_blocks
+        )
+        first_channels = 2 * c if variant == "concat" else c
+
+        # Encoder E'.
+        self.input_blocks = nn.ModuleList()
+        skip_channels, ch, resolution = [first_channels], first_channels, config.image_size
+        cond_down_widths: list[int] = []
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks):
+                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * c, config.dropout, groups)]
+                ch = mult * c
+                if resolution in config.attention_resolutions:
+                    layers.append(AttentionBlock(ch, config.num_heads, groups))
+                self.input_blocks.append(Block(layers))
+                skip_channels.append(ch)
+            if level != len(config.channel_mult) - 1:
+                self.input_blocks.append(Block([Downsample(ch)]))
+                skip_channels.append(ch)
+                cond_down_widths.append(ch)
+                resolution //= 2
+        # Index into input_blocks after which F(I) is added (add-after-down-N), and the stride-2
+        # convs that bring F(I) to that resolution and width.
+        self.cond_index = -1
+        self.cond_down = None
+        if self.add_after_down:
+            downs = [i for i, b in enumerate(self.input_blocks) if isinstance(b[0], Downsample)]
+            self.cond_index = downs[self.add_after_down - 1]
+            widths = [c] + cond_down_widths[: self.add_after_down]
+            convs: list[nn.Module] = []
+            for i in range(self.add_after_down):
+                convs += [nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
+                if i < self.add_after_down - 1:
+                    convs.append(nn.SiLU())
+            self.cond_down = nn.Sequential(*convs)
+
+        self.middle_block = Block([
+            ResBlock(ch, emb_dim, ch, config.dropout, groups),
+            AttentionBlock(ch, config.num_heads, groups),
+            ResBlock(ch, emb_dim, ch, config.dropout, groups),
+        ])
+
+        # Decoder D: one more block per level than the encoder, each taking a skip.
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            for i in range(config.num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * c, config.dropout, groups)]
+                ch = mult * c
+                if resolution in config.attention_resolutions:
+                    layers.append(AttentionBlock(ch, config.num_heads, groups))
+                if level and i == config.num_res_blocks:
+                    layers.append(Upsample(ch))
+                    resolution *= 2
+                self.output_blocks.append(Block(layers))
+        self.out = nn.Sequential(norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(c, 1, 3, padding=1)))
+
+    # --- constructors -----------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "SegDiff":
+        """The network of a named preset (`vaihingen`, `monuseg`, `cityscapes`, `small`, `tiny`).
+
+        Keyword overrides replace `ModelConfig` fields, e.g. ``conditioning="concat"``.
+        """
+        config = ExperimentConfig.from_preset(name).model
+        valid = set(asdict(config))
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(f"unknown model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        return cls(replace(config, **overrides))
+
+    # --- the two halves ---------------------------------------------------------------------------
+    def encode_image(self, image: Tensor) -> Tensor:
+        """Everything that depends on the image alone (F(I), or I itself for image-concat).
+
+        image: (B, C_in, H, W) in [0, 1]. Computed once per image and reused at every step.
+        """
+        image = image * 2 - 1
+        if self.image_encoder is None:
+            return image
+        features = self.image_encoder(image)  # (B, C, H, W)
+        return self.cond_down(features) if self.cond_down is not None else features
+
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """Predicted noise eps_theta (B, 1, H, W) from x_t (B, 1, H, W), steps t (B,), cond.
+
+        `cond` may have batch 1 (one image, many generations): it is broadcast.
+        """
+        if cond.shape[0] != x_t.shape[0]:
+            cond = cond.expand(x_t.shape[0], *cond.shape[1:])
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        emb = self.time_embed(timestep_embedding(t, self.config.base_channels))
+        variant = self.config.conditioning
+        if variant == "image-concat":
+            h = self.mask_encoder(torch.cat([x_t, cond], dim=1))
+        elif variant == "concat":
+            h = torch.cat([cond, self.mask_encoder(x_t)], dim=1)
+        elif variant == "sum":
+            h = cond + self.mask_encoder(x_t)
+        else:  # add-after-down-N: joins below
+            h = self.mask_encoder(x_t)
+        skips = [h]
+        for i, block in enumerate(self.input_blocks):
+            h = block(h, emb)
+            if i == self.cond_index:
+                h = h + cond
+            skips.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out(h)
+
+    def forward(self, x_t: Tensor, t: Tensor, image: Tensor) -> Tensor:
+        return self.denoise(x_t, t, self.encode_image(image))

@@ -1,0 +1,69 @@
+"""Checkpoints: round trip, code-free loading, clear errors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from segdiff import DDPMScheduler, SegDiff, predict
+from segdiff.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_model, save_checkpoint
+from segdiff.config import ExperimentConfig
+
+
+def trained_like(cfg):
+    torch.manual_seed(0)
+    net = SegDiff(cfg.model).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return net
+
+
+def test_save_load_gives_identical_predictions(tmp_path):
+    cfg = ExperimentConfig.tiny()
+    net = trained_like(cfg)
+    path = save_checkpoint(tmp_path / "ck.safetensors",
+                           Checkpoint(config=cfg, ema=net.state_dict(), state={"step": 12}))
+    loaded, loaded_cfg = load_model(path)
+    assert loaded_cfg == cfg
+    images, s = torch.rand(2, 3, 32, 32), DDPMScheduler(25)
+    a = predict(net, images, s, num_generations=2, generator=torch.Generator().manual_seed(0))
+    b = predict(loaded, images, s, num_generations=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.prob, b.prob)
+    assert load_checkpoint(path).state == {"step": 12}
+
+
+def test_checkpoint_leaves_no_temporary_files(tmp_path):
+    cfg = ExperimentConfig.tiny()
+    save_checkpoint(tmp_path / "ck.safetensors", Checkpoint(config=cfg, ema=SegDiff(cfg.model).state_dict()))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]
+
+
+def test_weights_from_another_preset_are_a_clear_error(tmp_path):
+    tiny = ExperimentConfig.tiny()
+    small = ExperimentConfig.small()
+    path = save_checkpoint(tmp_path / "mixed.safetensors",
+                           Checkpoint(config=small, ema=SegDiff(tiny.model).state_dict()))
+    with pytest.raises(CheckpointError, match=r"mixed.safetensors: weights do not match its config \(preset 'small'\)"):
+        load_model(path)
+
+
+def test_non_segdiff_files_are_clear_errors(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(CheckpointError, match="nope.safetensors: no such checkpoint file"):
+        load_model(missing)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="garbage.safetensors: not a readable safetensors file"):
+        load_model(garbage)
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="other.safetensors: not a segdiff checkpoint"):
+        load_model(other)
+    bad_cfg = tmp_path / "badcfg.safetensors"
+    save_file({"ema/w": torch.zeros(2)}, str(bad_cfg),
+              metadata={"format": "segdiff", "config": json.dumps({"model": {"width": 3}})})
+    with pytest.raises(CheckpointError, match="badcfg.safetensors: its config cannot be read.*width"):
+        load_model(bad_cfg)
+    with pytest.raises(CheckpointError, match="without best.safetensors or last.safetensors"):
+        load_model(tmp_path)

@@ -1,0 +1,98 @@
+"""The schedule and its closed forms, checked against formulas computed here in numpy."""
+
+import numpy as np
+import pytest
+import torch
+
+from segdiff.diffusion import DDPMScheduler, from_signed, to_signed
+
+
+def numpy_tables(T):
+    betas = np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T)
+    abar = np.cumprod(1 - betas)
+    return betas, abar
+
+
+def test_linear_schedule_for_t100_runs_from_0001_to_02():
+    s = DDPMScheduler(100)
+    assert s.betas[0].item() == pytest.approx(0.001)
+    assert s.betas[-1].item() == pytest.approx(0.2)
+    betas, abar = numpy_tables(100)
+    np.testing.assert_allclose(s.betas.numpy(), betas, rtol=1e-12)
+    np.testing.assert_allclose(s.alphas_cumprod.numpy(), abar, rtol=1e-12)
+
+
+@pytest.mark.parametrize("T", [25, 1000])
+def test_schedule_scales_with_number_of_steps(T):
+    s = DDPMScheduler(T)
+    assert s.betas[0].item() == pytest.approx(1e-4 * 1000 / T)
+    assert s.betas[-1].item() == pytest.approx(0.02 * 1000 / T)
+
+
+def test_add_noise_is_q_sample():
+    s = DDPMScheduler(100)
+    betas, abar = numpy_tables(100)
+    g = torch.Generator().manual_seed(0)
+    x0 = to_signed(torch.randint(0, 2, (4, 1, 8, 8), generator=g).double())
+    noise = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 10, 50, 99])
+    expected = np.sqrt(abar[t.numpy()])[:, None, None, None] * x0.numpy() + \
+        np.sqrt(1 - abar[t.numpy()])[:, None, None, None] * noise.numpy()
+    np.testing.assert_allclose(s.add_noise(x0, noise, t).numpy(), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("t", [1, 17, 99])
+def test_posterior_matches_bayes_rule(t):
+    # q(x_{t-1}|x_t,x_0) ∝ N(x_t; sqrt(a_t) x_{t-1}, b_t) N(x_{t-1}; sqrt(abar_{t-1}) x_0, 1-abar_{t-1}):
+    # precision = a_t/b_t + 1/(1-abar_{t-1}); mean = var (sqrt(a_t) x_t/b_t + sqrt(abar_{t-1}) x_0/(1-abar_{t-1})).
+    s = DDPMScheduler(100)
+    betas, abar = numpy_tables(100)
+    a_t, b_t, abar_prev = 1 - betas[t], betas[t], abar[t - 1]
+    var = 1 / (a_t / b_t + 1 / (1 - abar_prev))
+    x0, x_t = 0.7, -0.3
+    mean = var * (np.sqrt(a_t) * x_t / b_t + np.sqrt(abar_prev) * x0 / (1 - abar_prev))
+    assert s.posterior_variance[t].item() == pytest.approx(var, rel=1e-10)
+    got = s.posterior_mean(torch.tensor([[x0]], dtype=torch.float64), torch.tensor([[x_t]], dtype=torch.float64),
+                           torch.tensor([t]))
+    assert got.item() == pytest.approx(mean, rel=1e-10)
+
+
+@pytest.mark.parametrize("t", [1, 30, 99])
+def test_step_mean_is_posterior_mean_at_predicted_x0_and_variance_is_beta(t):
+    s = DDPMScheduler(100)
+    g = torch.Generator().manual_seed(1)
+    x_t = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    tt = torch.tensor([t, t])
+    mean = s.posterior_mean(s.predict_x0(eps, tt, x_t), x_t, tt)
+    torch.testing.assert_close(s.step(eps, t, x_t, noise=torch.zeros_like(x_t)), mean)
+    z = torch.ones_like(x_t)
+    torch.testing.assert_close(s.step(eps, t, x_t, noise=z) - mean, torch.full_like(x_t, s.betas[t].item() ** 0.5))
+
+
+def test_last_step_adds_no_noise():
+    s = DDPMScheduler(100)
+    x_t, eps = torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4)
+    torch.testing.assert_close(s.step(eps, 0, x_t, noise=torch.randn(1, 1, 4, 4)),
+                               s.step(eps, 0, x_t, noise=torch.zeros(1, 1, 4, 4)))
+
+
+def test_mask_maps_to_signed_and_back():
+    m = torch.tensor([0.0, 1.0])
+    assert to_signed(m).tolist() == [-1.0, 1.0]
+    assert from_signed(to_signed(m)).tolist() == [0.0, 1.0]
+
+
+def test_timesteps_are_descending_and_respaced_without_mutation():
+    s = DDPMScheduler(100)
+    assert s.timesteps().tolist() == list(range(99, -1, -1))
+    ten = s.timesteps(10)
+    assert ten[0] == 99 and ten[-1] == 0 and len(ten) == 10 and (ten[:-1] > ten[1:]).all()
+    assert len(s.timesteps()) == 100  # asking for 10 changed nothing
+    with pytest.raises(ValueError, match="num_inference_steps=101"):
+        s.timesteps(101)
+
+
+def test_too_few_steps_for_the_linear_schedule_is_refused():
+    with pytest.raises(ValueError, match="num_steps=10 must be in \\[21, 1000\\]"):
+        DDPMScheduler(10)
