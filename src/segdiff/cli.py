@@ -23,7 +23,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .config import ExperimentConfig
     from .diffusion import DDPMScheduler
-    from .io import save_prediction
+    from .io import colormap, overlay, save_prediction, save_sheet
     from .metrics import iou
     from .sampling import predict
     from .training import make_dataset, train
@@ -53,8 +53,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for i in range(min(len(test_set), args.num_pictures)):
         save_prediction(pictures, test_set.names[i], images[i], pred.prob[i, 0], pred.uncertainty[i, 0],
                         target=masks[i, 0], scale=4)
-    print(f"wrote {min(len(test_set), args.num_pictures)} examples to {pictures}/ "
-          "(*_image, *_gt, *_prob, *_uncertainty, *_mask, *_overlay .png)")
+    shown = range(min(len(test_set), args.num_pictures))
+    save_sheet(out / "examples.png", [[images[i], masks[i, 0], pred.prob[i, 0], colormap(pred.uncertainty[i, 0] * 2),
+                                       overlay(images[i], pred.mask[i, 0])] for i in shown], scale=4)
+    print(f"wrote {len(shown)} examples to {pictures}/ (*_image, *_gt, *_prob, *_uncertainty, *_mask, "
+          f"*_overlay .png) and a summary sheet {out / 'examples.png'} "
+          "(columns: image, ground truth, probability, uncertainty, overlay)")
     print(f"held-out IoU: {scores.mean().item():.4f} over {len(test_set)} images "
           f"(K={args.generations}); total time {time.monotonic() - started:.0f} s")
     return 0
@@ -152,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Prints the held-out IoU. Takes 2-4 minutes on 2 CPU cores.")
     p.add_argument("--out", default="segdiff-demo", help="output folder (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
-    p.add_argument("--time-budget", type=float, default=3.0, help="stop training after this many minutes "
+    p.add_argument("--time-budget", type=float, default=2.75, help="stop training after this many minutes "
                    "(default: %(default)s)")
     p.add_argument("--generations", type=int, default=8, help="K samples averaged per image (default: %(default)s)")
     p.add_argument("--num-test", type=int, default=32, help="held-out images to score (default: %(default)s)")

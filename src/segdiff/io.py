@@ -90,3 +90,10 @@ def save_prediction(out_dir: str | Path, name: str, image: Tensor, prob: Tensor,
         save_png(path, picture, scale)
         paths.append(path)
     return paths
+
+
+def save_sheet(path: str | Path, rows: list[list[Tensor]], scale: int = 1) -> None:
+    """One PNG of equally sized pictures, a row per list; (H, W) pictures are shown in grey."""
+    as_rgb = lambda x: x.expand(3, -1, -1) if x.ndim == 3 else x[None].expand(3, -1, -1)  # noqa: E731
+    sheet = torch.cat([torch.cat([as_rgb(x.float().cpu()) for x in row], dim=2) for row in rows], dim=1)
+    save_png(path, sheet, scale)
