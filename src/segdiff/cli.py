@@ -18,49 +18,10 @@ DESCRIPTION = "Image segmentation with diffusion probabilistic models (SegDiff, 
 
 # --- demo ---------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    import torch
+    from .demo import run_demo
 
-    from .checkpoint import load_model
-    from .config import ExperimentConfig
-    from .diffusion import DDPMScheduler
-    from .io import colormap, overlay, save_prediction, save_sheet
-    from .metrics import iou
-    from .sampling import predict
-    from .training import make_dataset, train
-
-    started = time.monotonic()
-    out = Path(args.out)
-    cfg = ExperimentConfig.tiny()
-    cfg = replace(cfg,
-                  data=replace(cfg.data, num_test=args.num_test),
-                  train=replace(cfg.train, out_dir=str(out / "run"), seed=args.seed, device=args.device,
-                                max_steps=args.steps or cfg.train.max_steps,
-                                time_budget_min=args.time_budget))
-    print(f"segdiff demo: training the 'tiny' preset on synthetic textured shapes "
-          f"({cfg.train.max_steps} steps at most, {cfg.train.time_budget_min} min budget)")
-    run = train(cfg)
-
-    model, cfg = load_model(run / "last.safetensors", device=torch.device(args.device if args.device != "auto" else "cpu"))
-    test_set = make_dataset(cfg, "test")
-    images, masks = (torch.stack(x) for x in zip(*(test_set[i] for i in range(len(test_set)))))
-    print(f"sampling {len(test_set)} held-out images x {args.generations} generations "
-          f"(DDPM, T={cfg.diffusion.num_steps}) ...")
-    generator = torch.Generator().manual_seed(args.seed)
-    pred = predict(model, images, DDPMScheduler.from_config(cfg.diffusion), num_generations=args.generations,
-                   max_batch=256, generator=generator)
-    scores = iou(pred.mask[:, 0], masks[:, 0])
-    pictures = out / "pictures"
-    for i in range(min(len(test_set), args.num_pictures)):
-        save_prediction(pictures, test_set.names[i], images[i], pred.prob[i, 0], pred.uncertainty[i, 0],
-                        target=masks[i, 0], scale=4)
-    shown = range(min(len(test_set), args.num_pictures))
-    save_sheet(out / "examples.png", [[images[i], masks[i, 0], pred.prob[i, 0], colormap(pred.uncertainty[i, 0] * 2),
-                                       overlay(images[i], pred.mask[i, 0])] for i in shown], scale=4)
-    print(f"wrote {len(shown)} examples to {pictures}/ (*_image, *_gt, *_prob, *_uncertainty, *_mask, "
-          f"*_overlay .png) and a summary sheet {out / 'examples.png'} "
-          "(columns: image, ground truth, probability, uncertainty, overlay)")
-    print(f"held-out IoU: {scores.mean().item():.4f} over {len(test_set)} images "
-          f"(K={args.generations}); total time {time.monotonic() - started:.0f} s")
+    run_demo(args.out, steps=args.steps, time_budget_min=args.time_budget, num_generations=args.generations,
+             num_test=args.num_test, num_pictures=args.num_pictures, seed=args.seed, device=args.device)
     return 0
 
 
