@@ -32,3 +32,10 @@ def test_override_parses_values_and_rejects_bad_keys():
         ExperimentConfig.tiny().override(["train.foo=1"])
     with pytest.raises(ValueError, match="image_size=30 must be divisible"):
         ExperimentConfig.tiny().override(["model.image_size=30"])
+
+
+def test_config_sampler_choices_are_the_samplers_that_exist():
+    from segdiff.config import SAMPLER_NAMES
+    from segdiff.sampling import SAMPLERS
+
+    assert set(SAMPLER_NAMES) == set(SAMPLERS)

@@ -213,6 +213,18 @@ def test_monuseg_train_gives_reproducible_random_crops_of_the_resized_image(tmp_
     _check_item(*aug[1], 16)
 
 
+def test_monuseg_names_live_in_monuseg_and_stay_importable_from_data(tmp_path):
+    import segdiff.data
+    import segdiff.monuseg
+
+    for name in ("MoNuSeg", "quadrants", "stitch_quadrants", "read_monuseg_xml"):
+        assert getattr(segdiff.data, name) is getattr(segdiff.monuseg, name), name
+    with pytest.raises(AttributeError, match="no attribute 'Monuseg'"):
+        segdiff.data.Monuseg  # noqa: B018 (a misspelling is still an AttributeError)
+    _write_monuseg(tmp_path, "test", ["a"])
+    assert type(build_dataset("monuseg", tmp_path, "test", 16)) is segdiff.monuseg.MoNuSeg
+
+
 # ----------------------------------------------------------------------------------------------
 # Folder datasets
 

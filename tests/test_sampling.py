@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from segdiff import DDPMScheduler, SegDiff, predict, sample_ddim, sample_ddpm
-from segdiff.diffusion import _gather, to_signed
+from segdiff.data import quadrants, stitch_quadrants
+from segdiff.diffusion import _gather, from_signed, to_signed
+from segdiff.sampling import (
+    SAMPLER_FUNCTIONS, derive_seed, dpm_solver_scheduler, generation_seeds, respaced_betas, sample_dpm_solver,
+)
+from segdiff.sliding import predict_sliding, window_starts, window_weights
 
 
 def oracle(scheduler, x0):
@@ -34,10 +39,17 @@ def test_ddim_with_true_noise_recovers_x0(x0, steps, eta):
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
 
 
-def test_ddpm_refuses_respacing():
+@pytest.mark.parametrize("steps", [10, 25])
+def test_respaced_ddpm_with_true_noise_recovers_x0(x0, steps):
     s = DDPMScheduler(100)
-    with pytest.raises(ValueError, match="ddim"):
-        sample_ddpm(lambda x, t: x, s, (1, 1, 4, 4), num_steps=10)
+    out = sample_ddpm(oracle(s, x0), s, x0.shape, generator=torch.Generator().manual_seed(1), num_steps=steps)
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
+
+
+def test_ddpm_rejects_more_steps_than_trained():
+    s = DDPMScheduler(100)
+    with pytest.raises(ValueError, match=r"must be in \[1, 100\]"):
+        sample_ddpm(lambda x, t: x, s, (1, 1, 4, 4), num_steps=101)
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +102,199 @@ def test_image_encoder_runs_once_per_predict_call(net):
 def test_predict_rejects_unknown_sampler(net):
     with pytest.raises(ValueError, match="sampler='euler' is not valid"):
         predict(net, torch.rand(1, 3, 32, 32), DDPMScheduler(25), sampler="euler")
+
+
+# --- respacing, DPM-Solver++ ------------------------------------------------------------------------
+def test_respaced_betas_keep_alphas_cumprod_at_the_kept_steps():
+    s = DDPMScheduler(100)
+    torch.testing.assert_close(respaced_betas(s, s.timesteps()), s.betas.flip(0), atol=1e-12, rtol=0)
+    steps = s.timesteps(10)  # 99, 88, ..., 0
+    betas = respaced_betas(s, steps)
+    # the respaced chain's alpha_bar at kept step s_i is the product of (1 - beta') over s_i and below
+    chain_abar = torch.cumprod((1 - betas).flip(0), 0).flip(0)
+    torch.testing.assert_close(chain_abar, s.alphas_cumprod[steps], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [10, 25])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_dpm_solver_with_true_noise_recovers_x0(x0, steps, stochastic):
+    s = DDPMScheduler(100)
+    generator = [torch.Generator().manual_seed(i) for i in range(3)]
+    out = sample_dpm_solver(oracle(s, x0), s, x0.shape, generator=generator, num_steps=steps, stochastic=stochastic)
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("sampler,steps", [("sde-dpm-solver++", 100), ("ddpm", 100)])
+def test_stochastic_samplers_draw_from_the_data_distribution(sampler, steps):
+    """Gaussian data N(0.5, 0.3^2) with its ideal denoiser: 8192 samples have its mean and std.
+
+    (At T = 100 steps; with sigma_t^2 = beta_t and few steps the spread comes out a little wider.)
+    """
+    s = DDPMScheduler(100)
+    denoise, _, _ = _gaussian_ode_case(s, mu=0.5, sd=0.3)
+    out = SAMPLER_FUNCTIONS[sampler](denoise, s, (8, 1, 32, 32), generator=torch.Generator().manual_seed(2),
+                                     num_steps=steps)
+    assert abs(out.mean().item() - 0.5) < 0.02 and abs(out.std().item() - 0.3) < 0.02
+    # and reproducible: all its noise comes from the generator
+    again = SAMPLER_FUNCTIONS[sampler](denoise, s, (8, 1, 32, 32), generator=torch.Generator().manual_seed(2),
+                                       num_steps=steps)
+    assert torch.equal(out, again)
+
+
+def test_dpm_solver_runs_our_schedule_and_steps():
+    s = DDPMScheduler(100)
+    solver = dpm_solver_scheduler(s, 10)
+    assert solver.timesteps.tolist() == s.timesteps(10).tolist()  # 99, 88, ..., 0: trained integer steps
+    torch.testing.assert_close(solver.alphas_cumprod.double(), s.alphas_cumprod, atol=1e-6, rtol=1e-5)
+
+
+def _gaussian_ode_case(s, mu=0.0, sd=1.0):
+    """Data x_0 ~ N(mu, sd^2) per pixel: the ideal eps and the exact end of the probability-flow ODE.
+
+    x_t ~ N(sqrt(abar) mu, abar sd^2 + 1 - abar), E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) mu) /
+    (abar sd^2 + 1 - abar); the ODE keeps each pixel's standardised value, so from x_T it ends at
+    mu + sd (x_T - sqrt(abar_T) mu) / sqrt(abar_T sd^2 + 1 - abar_T).
+    """
+    def denoise(x_t, t):
+        abar = _gather(s.alphas_cumprod, t, x_t)
+        return (1 - abar).sqrt() * (x_t - abar.sqrt() * mu) / (abar * sd**2 + 1 - abar)
+    shape = (2, 1, 16, 16)
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    abar_T = float(s.alphas_cumprod[-1])
+    exact = mu + sd * (x_T - abar_T**0.5 * mu) / (abar_T * sd**2 + 1 - abar_T) ** 0.5
+    return denoise, shape, exact
+
+
+def test_dpm_solver_is_second_order_where_ddim_is_first_order():
+    s = DDPMScheduler(100)
+    denoise, shape, exact = _gaussian_ode_case(s)
+    error = {}
+    for name, sampler in (("dpm", sample_dpm_solver), ("ddim", sample_ddim)):
+        for n in (50, 100):
+            out = sampler(denoise, s, shape, generator=torch.Generator().manual_seed(1), num_steps=n)
+            error[name, n] = (out - exact).abs().mean().item()
+    # Halving the step size: a first-order method's error halves, a second-order one's quarters.
+    assert error["ddim", 50] / error["ddim", 100] < 2.5
+    assert error["dpm", 50] / error["dpm", 100] > 3.5
+    assert error["dpm", 100] < error["ddim", 100] / 4
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddpm", 10), ("ddim", 10), ("dpm-solver++", 5),
+                                           ("sde-dpm-solver++", 5)])
+def test_batched_generations_with_cached_features_match_the_reference_pattern(net, sampler, steps):
+    """predict (F(I) once, K rows batched) == the full network at every step, one generation at a time."""
+    s, images, k = DDPMScheduler(25), torch.rand(2, 3, 32, 32), 3
+    seeds = [derive_seed(7, i) for i in range(2 * k)]
+    fast = predict(net, images, s, num_generations=k, sampler=sampler, num_steps=steps, max_batch=64, seeds=seeds,
+                   keep_generations=True)
+    for row, seed in enumerate(seeds):
+        image = images[row // k][None]
+        x0 = SAMPLER_FUNCTIONS[sampler](lambda x, t: net(x, t, image), s, (1, 1, 32, 32),
+                                        generator=[torch.Generator().manual_seed(seed)], num_steps=steps)
+        torch.testing.assert_close(fast.generations[row // k, row % k], from_signed(x0)[0, 0], atol=1e-4, rtol=0)
+
+
+def test_predict_with_seeds_does_not_depend_on_the_other_images(net):
+    s, images = DDPMScheduler(25), torch.rand(2, 3, 32, 32)
+    seeds_a, seeds_b = generation_seeds(derive_seed(0, "a"), 3), generation_seeds(derive_seed(0, "b"), 3)
+    together = predict(net, images, s, num_generations=3, sampler="ddim", num_steps=5, seeds=seeds_a + seeds_b)
+    alone = predict(net, images[1:], s, num_generations=3, sampler="ddim", num_steps=5, seeds=seeds_b, max_batch=2)
+    torch.testing.assert_close(together.prob[1:], alone.prob, atol=1e-5, rtol=0)
+    other = predict(net, images[1:], s, num_generations=3, sampler="ddim", num_steps=5, seeds=seeds_a)
+    assert not torch.allclose(other.prob, alone.prob, atol=1e-3)
+
+
+def test_predict_checks_seed_count_and_eta(net):
+    with pytest.raises(ValueError, match="2 seeds for 1 image"):
+        predict(net, torch.rand(1, 3, 32, 32), DDPMScheduler(25), num_generations=3, seeds=[1, 2])
+    with pytest.raises(ValueError, match="eta"):
+        predict(net, torch.rand(1, 3, 32, 32), DDPMScheduler(25), num_generations=1, sampler="ddpm", eta=0.5)
+
+
+def test_derive_seed_separates_its_parts():
+    seeds = {derive_seed(0, "a", 0, k) for k in range(50)} | {derive_seed(1, "a", 0, 0), derive_seed(0, "b", 0, 0)}
+    assert len(seeds) == 52 and all(0 <= x < 2**62 for x in seeds)
+    assert derive_seed(0, "a1") != derive_seed(0, "a", 1)
+    assert generation_seeds(5, 3, 2) == [derive_seed(5, 2, k) for k in range(3)]
+
+
+def test_autocast_runs_the_network_in_bfloat16_and_stays_close(net):
+    dtypes = []
+    handle = net.out.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    try:
+        s, images, seeds = DDPMScheduler(25), torch.rand(1, 3, 32, 32), [3, 4]
+        kwargs = dict(num_generations=2, sampler="ddim", num_steps=3, seeds=seeds, keep_generations=True)
+        ref = predict(net, images, s, **kwargs)
+        low = predict(net, images, s, autocast=True, **kwargs)
+    finally:
+        handle.remove()
+    assert dtypes[:3] == [torch.float32] * 3 and dtypes[3:] == [torch.bfloat16] * 3
+    assert low.generations.dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa: the maps agree to a few percent, not bit for bit
+    assert (low.generations - ref.generations).abs().mean() < 0.05
+
+
+@pytest.mark.slow
+def test_compiled_denoise_gives_the_eager_result(net):
+    s, images, seeds = DDPMScheduler(25), torch.rand(1, 3, 32, 32), [3, 4]
+    eager = predict(net, images, s, num_generations=2, sampler="ddim", num_steps=3, seeds=seeds)
+    compiled = predict(net, images, s, num_generations=2, sampler="ddim", num_steps=3, seeds=seeds, compile=True)
+    torch.testing.assert_close(compiled.prob, eager.prob, atol=1e-4, rtol=0)
+
+
+# --- sliding windows ---------------------------------------------------------------------------------
+def test_window_starts_cover_the_image_with_at_least_the_overlap():
+    assert window_starts(64, 32, 0) == [0, 32]
+    assert window_starts(32, 32, 8) == [0] and window_starts(20, 32, 8) == [0]
+    for length, tile, overlap in ((77, 32, 8), (100, 32, 0), (1000, 256, 64), (33, 32, 31)):
+        starts = window_starts(length, tile, overlap)
+        assert starts[0] == 0 and starts[-1] == length - tile
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+    with pytest.raises(ValueError, match="overlap=32 must be in"):
+        window_starts(64, 32, 32)
+
+
+@pytest.mark.parametrize("length,overlap", [(77, 8), (64, 0), (100, 12)])
+def test_linear_weights_cross_fade_to_one(length, overlap):
+    """Where at most two windows meet (overlap <= tile / 2) the weights sum to 1 at every pixel."""
+    starts = window_starts(length, 32, overlap)
+    total = torch.zeros(length, dtype=torch.float64)
+    for start, w in zip(starts, window_weights(starts, 32, "linear")):
+        total[start:start + 32] += w
+        assert (w > 0).all()
+    torch.testing.assert_close(total, torch.ones(length, dtype=torch.float64))
+
+
+def test_sliding_at_overlap_0_is_exactly_the_quadrant_protocol(net):
+    """MoNuSeg: an image twice the input, four quadrants sampled separately and stitched."""
+    s, image = DDPMScheduler(25), torch.rand(3, 64, 64)
+    kwargs = dict(num_generations=3, sampler="ddpm", num_steps=8, max_batch=64)
+    tiled = predict_sliding(net, image, s, overlap=0, generator=torch.Generator().manual_seed(0), **kwargs)
+    parts = predict(net, quadrants(image), s, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(tiled.prob[0], stitch_quadrants(parts.prob))
+    assert torch.equal(tiled.uncertainty[0], stitch_quadrants(parts.uncertainty))
+    assert torch.equal(tiled.mask, (tiled.prob > 0.5).float())
+
+
+def test_sliding_blends_overlapping_windows_linearly(net):
+    s, image = DDPMScheduler(25), torch.rand(3, 32, 50)
+    kwargs = dict(num_generations=2, sampler="ddim", num_steps=4, max_batch=64)
+    tiled = predict_sliding(net, image, s, overlap=8, image_seed=11, **kwargs)
+    assert window_starts(50, 32, 8) == [0, 18]  # columns 18..31 are shared
+    seeds = generation_seeds(11, 2, 0) + generation_seeds(11, 2, 1)
+    windows = predict(net, torch.stack([image[:, :, :32], image[:, :, 18:]]), s, seeds=seeds, **kwargs).prob[:, 0]
+    expected = torch.zeros(32, 50, dtype=torch.float64)
+    expected[:, :18] = windows[0, :, :18]
+    expected[:, 32:] = windows[1, :, 14:]
+    ramp = torch.arange(1, 15, dtype=torch.float64) / 15  # window 1's weight across the 14 shared columns
+    expected[:, 18:32] = (1 - ramp) * windows[0, :, 18:] + ramp * windows[1, :, :14]
+    torch.testing.assert_close(tiled.prob[0, 0], expected.float(), atol=1e-6, rtol=0)
+
+
+def test_sliding_pads_small_images_and_keeps_any_size(net):
+    s = DDPMScheduler(25)
+    for h, w in ((20, 45), (7, 3)):
+        pred = predict_sliding(net, torch.rand(3, h, w), s, overlap=4, num_generations=1, sampler="ddim", num_steps=2,
+                               image_seed=0)
+        assert pred.prob.shape == pred.uncertainty.shape == pred.mask.shape == (1, 1, h, w)
+        assert 0 <= pred.prob.min() and pred.prob.max() <= 1

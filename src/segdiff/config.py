@@ -15,6 +15,8 @@ from typing import Any, Literal, get_args
 
 Conditioning = Literal["sum", "concat", "image-concat", "add-after-down-1", "add-after-down-3", "add-after-down-5"]
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
+Sampler = Literal["ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"]  # the functions in sampling.py
+SAMPLER_NAMES: tuple[str, ...] = get_args(Sampler)
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -126,24 +128,36 @@ class TrainConfig:
     save_every: int = 1000
     out_dir: str = "runs/segdiff"
     time_budget_min: float = 0.0  # stop cleanly after this many minutes (0: no limit)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (under torchrun: cuda:LOCAL_RANK)
+    keep_last: int = 3  # step-numbered full checkpoints kept (last-<step>.safetensors)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16: CUDA only, with a dynamic loss scale
+    max_nonfinite: int = 20  # stop after this many consecutive steps with a non-finite loss or gradient
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0: off, as in the paper)
+    channels_last: bool = False  # speed options: same results within float tolerance
+    fused_adamw: bool = False  # AdamW's fused kernel (CUDA, CPU) where this torch offers it
+    compile: bool = False  # torch.compile the network (first steps slower while it compiles)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_steps < 0 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1, max_steps >= 0, lr > 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
+        _check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        if self.keep_last < 1 or self.max_nonfinite < 1 or self.save_every < 1 or self.log_every < 1:
+            raise ValueError("keep_last, max_nonfinite, save_every and log_every must be >= 1")
+        if self.grad_clip < 0 or self.val_every < 0:
+            raise ValueError(f"grad_clip={self.grad_clip} and val_every={self.val_every} must be >= 0")
 
 
 @dataclass(frozen=True)
 class SampleConfig:
     num_generations: int = 30  # K, the paper's main tables
-    sampler: Literal["ddpm", "ddim", "dpm-solver++"] = "ddpm"
+    sampler: Sampler = "ddpm"
     num_sampling_steps: int = 0  # 0: all T steps
     max_batch: int = 32  # generations run together; bounds memory whatever K is
 
     def __post_init__(self) -> None:
-        _check_choice("sampler", self.sampler, ("ddpm", "ddim", "dpm-solver++"))
+        _check_choice("sampler", self.sampler, SAMPLER_NAMES)
         if self.num_generations < 1 or self.max_batch < 1:
             raise ValueError("num_generations and max_batch must be >= 1")
 

@@ -1,10 +1,15 @@
 """Datasets for SegDiff: Vaihingen buildings, MoNuSeg nuclei, Cityscapes instance crops, folders.
 
+Here: file reading, resizing, splits, the dataset base class, Vaihingen, user folders and the
+registry. MoNuSeg is in :mod:`segdiff.monuseg`, Cityscapes in :mod:`segdiff.cityscapes`; both
+build on the helpers here. docs/datasets.md gives each dataset's layout and rules.
+
 Conventions (other modules depend on them):
 - Every dataset is a ``torch.utils.data.Dataset`` whose ``__getitem__`` returns ``(image, mask)``:
   image float32 (3, H, W) in [0, 1]; mask float32 (1, H, W) with values exactly {0., 1.}; both
   square at ``image_size`` unless a test protocol says otherwise (MoNuSeg test/val: the full
-  2 * image_size image, see :class:`MoNuSeg`). ``.names`` lists the sample ids in item order.
+  2 * image_size image, see :class:`segdiff.monuseg.MoNuSeg`). ``.names`` lists the sample ids
+  in item order.
 - One entry point, :func:`build_dataset`; ``DATASETS`` holds the valid names.
 - Splits: ``train`` and ``test`` are the benchmark's own; ``val`` is carved from the training
   data by :func:`carve_validation` (fixed seed, deterministic, disjoint from the train
@@ -26,25 +31,20 @@ from __future__ import annotations
 
 import hashlib
 import re
-import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 import tifffile
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .augment import (
-    FOLDER_AUGMENT,
-    MONUSEG_AUGMENT,
-    VAIHINGEN_AUGMENT,
-    AugmentSpec,
-    augment_pair,
-    item_generator,
-)
+from .augment import FOLDER_AUGMENT, VAIHINGEN_AUGMENT, AugmentSpec, augment_pair, item_generator
+
+if TYPE_CHECKING:  # re-exported lazily at the end of this module
+    from .monuseg import MoNuSeg, quadrants, read_monuseg_xml, stitch_quadrants
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -405,143 +405,6 @@ class Vaihingen(SegmentationDataset):
 
 
 # ----------------------------------------------------------------------------------------------
-# MoNuSeg 2018
-
-def read_monuseg_xml(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """Rasterise a MoNuSeg annotation XML (one polygon per nucleus) to a bool mask (H, W).
-
-    Each ``Region``'s ``Vertex`` X/Y (floats, pixel units) is filled with Pillow's
-    ``ImageDraw.polygon`` (fill only, no outline); regions with fewer than 3 vertices have no
-    area and are skipped. This reproduces the shipped PNG masks exactly with Pillow 10.x-11.0;
-    Pillow >= 11.2 fills a handful of hairline slivers differently (at most 2 pixels per
-    image on the test set, IoU >= 0.99999), Pillow 11.1 differs more.
-    """
-    path = Path(path)
-    _check_file(path)
-    try:
-        regions = ET.parse(path).getroot().iter("Region")
-        polygons = [[(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
-                    for region in regions]
-    except (ET.ParseError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}: cannot parse MoNuSeg annotation XML ({exc})") from exc
-    canvas = Image.new("L", (size[1], size[0]), 0)
-    draw = ImageDraw.Draw(canvas)
-    for polygon in polygons:
-        if len(polygon) >= 3:
-            draw.polygon(polygon, fill=1)
-    return np.asarray(canvas) > 0
-
-
-def quadrants(x: torch.Tensor) -> torch.Tensor:
-    """Split (..., C, H, W) into its four quadrants (..., 4, C, H/2, W/2).
-
-    Order: top-left, top-right, bottom-left, bottom-right. The MoNuSeg test protocol samples
-    the four 256x256 quadrants of the 512x512 image separately.
-    """
-    h, w = x.shape[-2:]
-    if x.dim() < 3 or h % 2 or w % 2:
-        raise ValueError(f"quadrants needs (..., C, H, W) with even H and W, got {tuple(x.shape)}")
-    h2, w2 = h // 2, w // 2
-    parts = [x[..., :h2, :w2], x[..., :h2, w2:], x[..., h2:, :w2], x[..., h2:, w2:]]
-    return torch.stack(parts, dim=-4)
-
-
-def stitch_quadrants(q: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`quadrants`: (..., 4, C, h, w) -> (..., C, 2h, 2w)."""
-    if q.dim() < 4 or q.shape[-4] != 4:
-        raise ValueError(f"stitch_quadrants needs (..., 4, C, h, w), got {tuple(q.shape)}")
-    tl, tr, bl, br = q.unbind(-4)
-    return torch.cat([torch.cat([tl, tr], dim=-1), torch.cat([bl, br], dim=-1)], dim=-2)
-
-
-def _find_monuseg_split(root: Path, folder: str) -> Path:
-    if not root.exists():
-        raise DataError(f"{root}: data root does not exist")
-    base = root / "monuseg" if (root / "monuseg").is_dir() else root
-    directory = base / folder
-    if not (directory / "images").is_dir():
-        extra = " (the shared data has no MoNuSeg train/ folder yet)" if folder == "train" else ""
-        raise DataError(f"{directory}/images: MoNuSeg {folder} folder not found{extra}; expected "
-                        f"ROOT/monuseg/{folder}/images/*.tif and masks/*.png")
-    return directory
-
-
-class MoNuSeg(SegmentationDataset):
-    """MoNuSeg 2018 nuclei with the paper's protocol.
-
-    Everything is first resized to ``2 * image_size`` (512 for the paper's 256). ``train``
-    returns a random ``image_size`` crop of it (drawn from the item generator, augmentation or
-    not; ``augment`` adds flips, rotation, scale and colour jitter, applied before cropping so
-    that fewer crops see the zero fill). ``test`` and ``val`` return the full 512 image and mask:
-    split them with :func:`quadrants`, sample each, and :func:`stitch_quadrants` the result;
-    metrics are computed at 512. ``mask_source="xml"`` rasterises the annotation XMLs instead
-    of reading the PNG masks (only the test release ships XMLs).
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: Split,
-        image_size: int = 256,
-        *,
-        augment: bool = False,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        mask_source: Literal["png", "xml"] = "png",
-        augment_spec: AugmentSpec = MONUSEG_AUGMENT,
-    ) -> None:
-        super().__init__(seed=seed)
-        _check_split(split)
-        if mask_source not in ("png", "xml"):
-            raise ValueError(f"mask_source must be 'png' or 'xml', got {mask_source!r}")
-        self.directory = _find_monuseg_split(Path(root), "test" if split == "test" else "train")
-        self.image_size, self.split, self.mask_source = image_size, split, mask_source
-        self.full_size = 2 * image_size
-        self.augment_spec = augment_spec if augment and split == "train" else None
-        stems = sorted(p.stem for p in (self.directory / "images").glob("*.tif"))
-        if not stems:
-            raise DataError(f"{self.directory / 'images'}: no .tif images found")
-        for stem in stems:
-            _check_file(self._mask_path(stem))
-        self._set_names(stems if split == "test"
-                        else select_split(stems, split, val_fraction, seed, self.directory))
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def _mask_path(self, stem: str) -> Path:
-        if self.mask_source == "xml":
-            return self.directory / "annotations" / f"{stem}.xml"
-        return self.directory / "masks" / f"{stem}.png"
-
-    def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if index not in self._cache:
-            stem = self.names[index]
-            image = read_image(self.directory / "images" / f"{stem}.tif")
-            if self.mask_source == "xml":
-                mask = read_monuseg_xml(self._mask_path(stem), image.shape[:2])
-            else:
-                mask = read_mask(self._mask_path(stem))
-            if image.shape[:2] != mask.shape:
-                raise DataError(f"{self._mask_path(stem)}: mask {mask.shape} and image "
-                                f"{image.shape[:2]} differ in size")
-            self._cache[index] = (image, mask)
-        return self._cache[index]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image_np, mask_np = self._decoded(index)
-        image = resize_image(image_to_tensor(image_np), self.full_size)
-        mask = resize_mask(mask_to_tensor(mask_np), self.full_size)
-        if self.split != "train":
-            return image, mask
-        generator = self._next_generator(index)
-        if self.augment_spec is not None:
-            image, mask = augment_pair(image, mask, self.augment_spec, generator)
-        span = self.full_size - self.image_size + 1
-        top, left = torch.randint(span, (2,), generator=generator).tolist()
-        window = (slice(None), slice(top, top + self.image_size), slice(left, left + self.image_size))
-        return image[window].contiguous(), mask[window].contiguous()
-
-
-# ----------------------------------------------------------------------------------------------
 # A folder of the user's own images and masks
 
 
@@ -651,6 +514,12 @@ class FolderDataset(SegmentationDataset):
 # Registry and entry point
 
 
+def _build_monuseg(root: Path, split: Split, image_size: int, **kwargs: Any) -> Dataset:
+    from .monuseg import MoNuSeg  # monuseg.py imports helpers from here
+
+    return MoNuSeg(root, split, image_size, **kwargs)
+
+
 def _build_cityscapes(root: Path, split: Split, image_size: int, **kwargs: Any) -> Dataset:
     from .cityscapes import CityscapesInstances  # cityscapes.py imports helpers from here
 
@@ -669,7 +538,7 @@ def _build_synthetic(root: Path, split: Split, image_size: int, *, num_train: in
 
 _REGISTRY: dict[str, Callable[..., Dataset]] = {
     "vaihingen": Vaihingen,
-    "monuseg": MoNuSeg,
+    "monuseg": _build_monuseg,
     "cityscapes": _build_cityscapes,
     "folder": FolderDataset,
     "synthetic": _build_synthetic,
@@ -704,3 +573,17 @@ def build_dataset(
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     return _REGISTRY[name](Path(root), split, image_size, augment=augment,
                            val_fraction=val_fraction, seed=seed, **options)
+
+
+# MoNuSeg lives in monuseg.py, which imports this module's helpers; its names stay importable
+# from here (``from segdiff.data import MoNuSeg``) through a lazy module attribute (PEP 562),
+# so neither module has to be imported first.
+_MONUSEG_NAMES = frozenset({"MoNuSeg", "quadrants", "read_monuseg_xml", "stitch_quadrants"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MONUSEG_NAMES:
+        from . import monuseg
+
+        return getattr(monuseg, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,16 +2,43 @@
 
 A sampler is a function of a `denoise(x_t, t) -> eps_pred` callable, a scheduler and a shape
 (k-diffusion's design): the network is hidden behind the callable, so any sampler runs any
-model. `predict` is the user-facing call: it encodes each image once (F(I) is never recomputed
-per step), runs the K generations of every image as batches of at most `max_batch` rows (memory
+model. Every sampler has the signature
+``sample_X(denoise, scheduler, shape, *, generator, device, num_steps) -> x_0`` (signed), where
+`num_steps` respaces the trained T steps (None: all of them):
+
+- ``ddpm``: ancestral DDPM, sigma_t^2 = beta_t (the paper's sampler). With fewer steps the chain
+  is respaced as in improved-diffusion (Nichol & Dhariwal 2021, sec. 4): the betas are recomputed
+  from alpha_bar at the kept steps, so the shorter chain has the same marginals there.
+- ``ddim``: Song et al. 2021, eq. 12; ``eta=0`` is deterministic given x_T.
+- ``dpm-solver++``: DPM-Solver++(2M) (Lu et al. 2022), a second-order multistep solver of the
+  probability-flow ODE, taken from diffusers' `DPMSolverMultistepScheduler` with our betas given
+  exactly (`trained_betas=`); it is deterministic given x_T.
+- ``sde-dpm-solver++``: SDE-DPM-Solver++(2M), the same solver for the reverse SDE: it draws fresh
+  noise at every step, like DDPM. Its first-order version is DDIM with eta = 1.
+
+Deterministic samplers (``ddim`` with eta = 0, ``dpm-solver++``) follow the network's errors
+without the correction that fresh noise gives; on a briefly trained model they lose much accuracy
+(docs/performance.md, Sampling), so the fast sampler to use is ``sde-dpm-solver++`` (10-20 steps).
+
+Steps are the trained integer steps 0..T-1 (`DDPMScheduler.timesteps(n)`, evenly spaced from T-1
+down to 0); the network always sees the step it was trained on.
+
+`predict` is the user-facing call: it encodes each image once (F(I) is never recomputed per
+step), runs the K generations of every image as batches of at most `max_batch` rows (memory
 stays bounded whatever K is), and averages them into a probability map, a mask and a per-pixel
-uncertainty (Amit et al. sec. 3.3).
+uncertainty (Amit et al. sec. 3.3). Every generation draws all its noise from its own generator
+(one per row), so a result depends on its seed alone: not on `max_batch`, nor on which images
+share a call, nor on which process of a sharded run handles it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import warnings
+import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -19,7 +46,6 @@ from torch import Tensor
 from .diffusion import DDPMScheduler, _gather, from_signed
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
-SAMPLERS = ("ddpm", "ddim")
 
 
 Generator = torch.Generator | list[torch.Generator] | None
@@ -39,18 +65,60 @@ def _randn(shape: tuple[int, ...], generator: Generator, like_device: torch.devi
     return torch.randn(shape, generator=generator, device=device).to(like_device)
 
 
+def derive_seed(*parts: object) -> int:
+    """A 62-bit seed that depends only on `parts` (e.g. (seed, image name, tile, generation)).
+
+    Stable across processes and Python runs (SHA-256 of the parts' text, not `hash()`), so a
+    sharded run draws for each image exactly the noise a single-process run draws.
+    """
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 2
+
+
+def generation_seeds(image_seed: int, num_generations: int, index: int = 0) -> list[int]:
+    """The seeds of the K generations of one image (or of its tile `index`)."""
+    return [derive_seed(image_seed, index, k) for k in range(num_generations)]
+
+
+# --- samplers -----------------------------------------------------------------------------------
+def respaced_betas(scheduler: DDPMScheduler, steps: Tensor) -> Tensor:
+    """Betas of the chain that visits only `steps` (descending), as improved-diffusion's respace.
+
+    beta'_i = 1 - alpha_bar(s_i) / alpha_bar(s_{i+1}) with alpha_bar after the last step = 1, so
+    the respaced chain's alpha_bar' equals alpha_bar at every kept step (float64).
+    With all T steps these are the trained betas.
+    """
+    abar = scheduler.alphas_cumprod[steps]  # (n,) at s_0 > s_1 > ... > s_{n-1}
+    abar_next = torch.cat([abar[1:], torch.ones(1, dtype=abar.dtype)])
+    return 1 - abar / abar_next
+
+
 @torch.no_grad()
 def sample_ddpm(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ...], *,
                 generator: Generator = None, device: torch.device | str = "cpu",
                 num_steps: int | None = None) -> Tensor:
-    """Ancestral DDPM over all T steps, sigma_t^2 = beta_t (the paper's sampler). Returns x_0 (signed)."""
-    if num_steps not in (None, scheduler.num_steps):
-        raise ValueError(f"ddpm runs all {scheduler.num_steps} trained steps; use --sampler ddim for fewer")
+    """Ancestral DDPM, sigma_t^2 = beta_t (the paper's sampler). Returns x_0 (signed).
+
+    All T steps by default; `num_steps` < T runs the respaced chain (`respaced_betas`). One noise
+    draw per step and row, the last one unused, in both cases.
+    """
     device = torch.device(device)
     x = _randn(shape, generator, device)
-    for t in scheduler.timesteps():
+    if num_steps in (None, scheduler.num_steps):
+        for t in scheduler.timesteps():
+            t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+            x = scheduler.step(denoise(x, t_batch), t_batch, x, noise=_randn(shape, generator, device))
+        return x
+    steps = scheduler.timesteps(num_steps)
+    betas = respaced_betas(scheduler, steps)
+    for i, t in enumerate(steps):
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-        x = scheduler.step(denoise(x, t_batch), t_batch, x, noise=_randn(shape, generator, device))
+        eps = denoise(x, t_batch)
+        noise = _randn(shape, generator, device)
+        beta, abar = float(betas[i]), float(scheduler.alphas_cumprod[t])
+        # Ho et al. eq. 11 with the respaced beta'_i; no noise after the last kept step.
+        mean = (x - beta / (1 - abar) ** 0.5 * eps) / (1 - beta) ** 0.5
+        x = mean + beta ** 0.5 * noise if i + 1 < len(steps) else mean
     return x
 
 
@@ -79,9 +147,66 @@ def sample_ddim(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ..
     return x
 
 
-SAMPLER_FUNCTIONS = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+def dpm_solver_scheduler(scheduler: DDPMScheduler, num_steps: int | None = None, *, order: int = 2,
+                         stochastic: bool = False):
+    """diffusers' DPM-Solver++ scheduler on our exact betas, set to visit `scheduler.timesteps(n)`.
+
+    stochastic: the SDE variant (``sde-dpmsolver++``), else the ODE one. A fresh object per
+    sampling run: diffusers' schedulers keep per-run state (the previous model outputs, the step
+    index), which is why ours stays immutable and builds this one. The last step goes to
+    sigma = 0 (x_0 itself) and is first order, as diffusers does for short schedules.
+    """
+    try:
+        from diffusers import DPMSolverMultistepScheduler
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("the dpm-solver++ samplers need the diffusers package: pip install diffusers") from exc
+
+    solver = DPMSolverMultistepScheduler(
+        num_train_timesteps=scheduler.num_steps,
+        trained_betas=scheduler.betas.numpy(),  # our linear 0.001..0.2 (T=100), exactly
+        solver_order=order, algorithm_type="sde-dpmsolver++" if stochastic else "dpmsolver++",
+        prediction_type="epsilon", thresholding=False, lower_order_final=True, final_sigmas_type="zero",
+    )
+    with warnings.catch_warnings():  # diffusers calls np.array on a torch tensor; numpy 2 complains, harmlessly
+        warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
+                                category=DeprecationWarning)
+        solver.set_timesteps(timesteps=scheduler.timesteps(num_steps).tolist())
+    return solver
 
 
+@torch.no_grad()
+def sample_dpm_solver(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ...], *,
+                      generator: Generator = None, device: torch.device | str = "cpu",
+                      num_steps: int | None = None, order: int = 2, stochastic: bool = False) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022) on `num_steps` respaced steps; one network call per step.
+
+    ODE (deterministic given x_T) by default; `stochastic=True` is SDE-DPM-Solver++(2M), whose
+    per-step noise comes from `generator` (a list: one generator per row, diffusers' convention
+    too, so chunking never changes the result).
+    """
+    device = torch.device(device)
+    x = _randn(shape, generator, device)
+    solver = dpm_solver_scheduler(scheduler, num_steps, order=order, stochastic=stochastic)
+    for t in solver.timesteps:
+        t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        x = solver.step(denoise(x, t_batch), int(t), x, generator=generator, return_dict=False)[0]
+    return x
+
+
+def sample_sde_dpm_solver(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ...], *,
+                          generator: Generator = None, device: torch.device | str = "cpu",
+                          num_steps: int | None = None) -> Tensor:
+    """SDE-DPM-Solver++(2M) on `num_steps` respaced steps: fresh noise every step, like DDPM."""
+    return sample_dpm_solver(denoise, scheduler, shape, generator=generator, device=device, num_steps=num_steps,
+                             stochastic=True)
+
+
+SAMPLER_FUNCTIONS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm-solver++": sample_dpm_solver,
+                     "sde-dpm-solver++": sample_sde_dpm_solver}
+SAMPLERS = tuple(SAMPLER_FUNCTIONS)
+
+
+# --- the ensemble ---------------------------------------------------------------------------------
 @dataclass
 class Prediction:
     """The ensemble of K generations per image, all (B, 1, H, W) in [0, 1].
@@ -97,35 +222,78 @@ class Prediction:
     generations: Tensor | None = None
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the device does it natively (CPU, Ampere+ GPUs), else float16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, Callable]" = weakref.WeakKeyDictionary()
+
+
+def compiled_denoise(model) -> Callable:
+    """`torch.compile(model.denoise)`, compiled once per model object and reused across calls."""
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model.denoise)
+    return _COMPILED[model]
+
+
 @torch.no_grad()
 def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations: int = 30,
             sampler: str = "ddpm", num_steps: int | None = None, max_batch: int = 32,
-            generator: torch.Generator | None = None, keep_generations: bool = False) -> Prediction:
+            generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
+            eta: float = 0.0, autocast: bool = False, compile: bool = False,
+            keep_generations: bool = False) -> Prediction:
     """Segment `images` (B, C, H, W) in [0, 1] with `num_generations` samples each.
 
     F(I) is computed once per image; the B*K generations run in chunks of `max_batch`. Each
-    generation draws its noise from its own generator, seeded from `generator`, so the result
-    depends on the seed alone, not on `max_batch` or on which images share the call.
+    generation draws its noise from its own generator, seeded from `seeds` (one per row, B*K,
+    image-major: row i*K + k is generation k of image i) or else drawn from `generator`, so the
+    result depends on the seeds alone, not on `max_batch` or on which images share the call.
+
+    sampler: one of `SAMPLERS`; num_steps: respaced steps (None: all T); eta: DDIM's eta.
+    autocast: run the network in bfloat16 (float16 on GPUs without bf16) under `torch.autocast`;
+    the sampler's arithmetic stays float32. Off by default because it changes results; it is
+    faster only where the hardware has bfloat16 units (docs/performance.md, Sampling).
+    compile: `torch.compile` the per-step network call (compiled once per model object). It
+    compiles for minutes; meant for long runs on a GPU.
     """
     if sampler not in SAMPLER_FUNCTIONS:
         raise ValueError(f"sampler={sampler!r} is not valid; choose one of {', '.join(SAMPLER_FUNCTIONS)}")
     if num_generations < 1 or max_batch < 1:
         raise ValueError("num_generations and max_batch must be >= 1")
+    if eta and sampler != "ddim":
+        raise ValueError(f"eta={eta} applies to sampler 'ddim' only, not {sampler!r}")
     sample = SAMPLER_FUNCTIONS[sampler]
+    options = {"eta": eta} if sampler == "ddim" else {}
     device = next(model.parameters()).device
     images = images.to(device)
     b, _, h, w = images.shape
-    cond = model.encode_image(images)  # F(I): once per image
+    rows_total = b * num_generations
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (rows_total,), generator=generator,
+                              device=generator.device if generator is not None else "cpu").tolist()
+    elif len(seeds) != rows_total:
+        raise ValueError(f"{len(seeds)} seeds for {b} image(s) x {num_generations} generations = {rows_total} rows")
+    denoise_fn = compiled_denoise(model) if compile else model.denoise
+    precision = (torch.autocast(device.type, dtype=autocast_dtype(device)) if autocast
+                 else contextlib.nullcontext())
+    with precision:
+        cond = model.encode_image(images)  # F(I): once per image
     owner = torch.arange(b, device=device).repeat_interleave(num_generations)  # image of each row
-    seeds = torch.randint(0, 2**62, (b * num_generations,), generator=generator,
-                          device=generator.device if generator is not None else "cpu").tolist()
-    out = torch.empty(b * num_generations, 1, h, w, device=device)
-    for start in range(0, b * num_generations, max_batch):
+    out = torch.empty(rows_total, 1, h, w, device=device)
+    for start in range(0, rows_total, max_batch):
         rows = owner[start:start + max_batch]
         cond_rows = cond[rows]
-        row_generators = [torch.Generator(device=device).manual_seed(s) for s in seeds[start:start + len(rows)]]
-        x0 = sample(lambda x, t: model.denoise(x, t, cond_rows), scheduler, (len(rows), 1, h, w),
-                    generator=row_generators, device=device, num_steps=num_steps)
+        row_generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds[start:start + len(rows)]]
+
+        def denoise(x: Tensor, t: Tensor) -> Tensor:
+            with precision:
+                return denoise_fn(x, t, cond_rows).float()
+
+        x0 = sample(denoise, scheduler, (len(rows), 1, h, w), generator=row_generators, device=device,
+                    num_steps=num_steps, **options)
         out[start:start + len(rows)] = from_signed(x0.float())
     generations = out.reshape(b, num_generations, h, w)
     prob = generations.mean(dim=1, keepdim=True)

@@ -1,25 +1,60 @@
 """Training: one loop, top to bottom (nanoGPT's shape).
 
-seed and device -> data -> model, EMA, optimizer -> loop (draw t, add noise, predict eps, MSE,
-step, EMA) -> periodic validation on a split carved from the training data (never the test set)
--> checkpoints `last.safetensors` and `best.safetensors` (by validation IoU) in the run folder.
+resume checks -> seed, device, processes -> data -> model, EMA, optimizer, loss scale -> resume ->
+loop (draw t, add noise, predict eps, MSE, step, EMA) -> periodic validation on a split carved
+from the training data (never the test set) -> checkpoints.
+
+The run folder:
+    config.json              the resolved config (every checkpoint carries it too)
+    log.jsonl, log.csv       one record per logged step, validation and skipped step
+    last-<step>.safetensors  the newest `train.keep_last` full checkpoints: weights, EMA weights,
+                             AdamW state, loss scale, RNG states, data position
+    last.safetensors         the newest of those (a hard link): what --resume and predict read
+    best.safetensors         the EMA weights with the best validation IoU
+
+Resuming continues bit for bit on the CPU: every random draw of the loop comes from state that
+the checkpoint holds. The epoch's order is a permutation seeded by (seed, epoch) and the batches
+already used are skipped; augmentation draws come from (seed, epoch, item) via
+`dataset.set_epoch`; t and the noise come from a generator of their own; dropout from torch's
+global generator. Writes are atomic (temporary file, fsync, rename), so a killed run leaves its
+last checkpoint intact.
+
+Under torchrun every rank runs this function (see distributed.py): `train.batch_size` is the
+global batch, t and the noise are drawn for the whole global batch and each rank takes its slice,
+so N ranks make the single-process run's updates. Rank 0 alone prints, logs and writes.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
+import hashlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from .checkpoint import Checkpoint, save_checkpoint
+from . import distributed
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_resume_checkpoint,
+    optimizer_from_checkpoint,
+    optimizer_to_checkpoint,
+    save_checkpoint,
+    save_last,
+    step_checkpoints,
+)
 from .config import ExperimentConfig
 from .data import build_dataset
 from .diffusion import DDPMScheduler, to_signed
@@ -27,6 +62,20 @@ from .io import atomic_write
 from .metrics import iou
 from .model import SegDiff
 from .sampling import predict
+
+# What a resumed run must share with the run it continues: these define the network, the data and
+# the order of the updates. Everything else may change on resume (max_steps, time budget, logging,
+# validation, device, precision, lr, weight decay, clipping, speed options, data.root, workers).
+RESUME_MUST_MATCH = ("preset", "model.", "diffusion.", "data.", "train.batch_size", "train.seed",
+                     "train.ema_decay", "train.ema_warmup")
+RESUME_MAY_CHANGE = ("data.root", "data.num_workers")
+
+LOG_COLUMNS = ("step", "event", "epoch", "loss", "grad_norm", "lr", "samples_per_s", "skipped_steps", "val_iou",
+               "time")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient; names the last good checkpoint."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,93 +115,369 @@ def evaluate_iou(model: SegDiff, dataset, scheduler: DDPMScheduler, cfg: Experim
     return torch.cat(scores).mean().item()
 
 
-def _infinite(loader: DataLoader):
-    while True:
-        yield from loader
+def _evaluate_iou_sharded(model: SegDiff, dataset, scheduler: DDPMScheduler, cfg: ExperimentConfig,
+                         ranks: distributed.Ranks, device: torch.device, max_images: int = 64) -> float:
+    """`evaluate_iou` with the images dealt out to the ranks and the mean reduced over all of them."""
+    shard = Subset(dataset, range(ranks.rank, min(len(dataset), max_images), ranks.world_size))
+    total = torch.zeros(2, dtype=torch.float64, device=device if ranks.enabled else "cpu")
+    if len(shard):
+        mean = evaluate_iou(model, shard, scheduler, cfg, num_generations=cfg.train.val_generations, seed=ranks.rank)
+        total += torch.tensor([mean * len(shard), len(shard)], dtype=torch.float64, device=total.device)
+    distributed.all_reduce_sum(total, ranks)
+    return (total[0] / total[1]).item()
 
 
-def train(cfg: ExperimentConfig, *, progress: bool = True) -> Path:
-    """Train `cfg` and return the run folder (config.json, log.jsonl, last/best checkpoints)."""
+def _mixed_seed(*numbers: int) -> int:
+    """A seed mixed from several integers (NumPy's SeedSequence: nearby inputs give unrelated seeds)."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0])
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which saves a checkpoint before stopping."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _check_resumable(saved: ExperimentConfig, requested: ExperimentConfig, path: Path) -> None:
+    """Raise ValueError naming every setting in RESUME_MUST_MATCH that differs."""
+    def flat(cfg: ExperimentConfig) -> dict:
+        return {f"{section}.{key}" if isinstance(values, dict) else section: value
+                for section, values in cfg.to_dict().items()
+                for key, value in (values.items() if isinstance(values, dict) else [(None, values)])}
+
+    old, new = flat(saved), flat(requested)
+    differ = [f"{k} (run: {old[k]!r}, requested: {new[k]!r})" for k in old
+              if k.startswith(RESUME_MUST_MATCH) and k not in RESUME_MAY_CHANGE and old[k] != new[k]]
+    if differ:
+        raise ValueError(f"{path}: cannot resume: the requested config differs from the run's in {'; '.join(differ)}. "
+                         "These define the network, the data and the order of updates; resume without changing "
+                         "them, or start a new run in another folder")
+
+
+def _dataset_fingerprint(dataset) -> str:
+    """A short hash of the training set's sample ids, to notice a changed dataset on resume."""
+    names = getattr(dataset, "names", None) or [f"{len(dataset)} items"]
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def _rewind_logs(source: Path, out_dir: Path, step: int) -> None:
+    """Copy the logs of `source` up to `step` into `out_dir`: a resumed run re-logs later steps."""
+    for name in ("log.jsonl", "log.csv"):
+        if not (source / name).is_file():
+            continue
+        lines = (source / name).read_text().splitlines(keepends=True)
+        kept = lines[:1] if name == "log.csv" else []  # the CSV header
+        for line in lines[len(kept):]:
+            try:  # a run killed while writing may leave a partial last line
+                line_step = json.loads(line)["step"] if name == "log.jsonl" else int(line.split(",")[0])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if line_step <= step and line.endswith("\n"):
+                kept.append(line)
+        atomic_write(out_dir / name, lambda p: p.write_text("".join(kept)))
+
+
+def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | None = None) -> Path:
+    """Train `cfg` and return the run folder (config.json, logs, last and best checkpoints).
+
+    `resume`: a run folder (its last.safetensors) or a checkpoint file to continue from; its
+    config must agree with `cfg` on RESUME_MUST_MATCH. Raises TrainingDiverged after
+    `train.max_nonfinite` consecutive non-finite steps (keeping the last good checkpoint), and
+    KeyboardInterrupt after saving a checkpoint when asked to stop (SIGINT, SIGTERM).
+    """
     tc = cfg.train
     out_dir = Path(tc.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2)))
-    torch.manual_seed(tc.seed)
+
+    # --- resume: everything is checked before anything is written ---------------------------------
+    ckpt = None
+    if resume is not None:
+        resume_path, ckpt = load_resume_checkpoint(resume)
+        if not ckpt.optim or "data" not in ckpt.state:
+            raise CheckpointError(f"{resume_path}: holds no optimizer state or data position (an inference "
+                                  "checkpoint such as best.safetensors); resume from the run's last.safetensors")
+        _check_resumable(ckpt.config, cfg, resume_path)
+        newer = [p.name for s, p in step_checkpoints(out_dir) if s > ckpt.state["step"]]
+        if newer:
+            raise ValueError(f"{out_dir}: holds checkpoints newer than step {ckpt.state['step']} of {resume_path} "
+                             f"({', '.join(newer)}); resuming there would mix two runs: pass --out NEW_FOLDER "
+                             f"to branch from step {ckpt.state['step']}")
+
+    # --- seed, device, processes ------------------------------------------------------------------------
     device = resolve_device(tc.device)
+    if tc.precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.precision=fp16 needs a CUDA device (its dynamic loss scale is CUDA only); "
+                         f"on {device.type} use train.precision=bf16 or fp32")
+    if tc.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("train.precision=bf16: this GPU has no bfloat16; use fp16 or fp32")
+    ranks, device = distributed.setup(device)
+    master = ranks.is_main
+    torch.manual_seed(tc.seed)  # the initial weights: the same on every rank
     if device.type == "cpu":
         # Denormal floats (tiny activations and Adam moments) make CPU kernels 10-100x slower
         # mid-run; flushing them to zero changes results by less than float32 resolution.
         torch.set_flush_denormal(True)
+    if master:
+        print("segdiff train: resolved config\n" + json.dumps(cfg.to_dict(), indent=2), flush=True)
 
-    # --- data ---------------------------------------------------------------------------------------
+    # --- data -----------------------------------------------------------------------------------------------
     train_set = make_dataset(cfg, "train", augment=cfg.data.augment)
     val_set = make_dataset(cfg, "val") if tc.val_every else None
-    loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, drop_last=len(train_set) >= tc.batch_size,
-                        num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(tc.seed),
-                        persistent_workers=cfg.data.num_workers > 0)
-    batches = _infinite(loader)
+    sampler = distributed.GlobalBatchSampler(len(train_set), tc.batch_size, seed=tc.seed, rank=ranks.rank,
+                                             world_size=ranks.world_size)
+    # The loader gets a generator of its own for its workers' seeds: the global one drives dropout
+    # and is saved, so it must not be consumed by each new pass over the loader.
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        persistent_workers=cfg.data.num_workers > 0, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(tc.seed), worker_init_fn=_ignore_sigint)
+    fingerprint = _dataset_fingerprint(train_set)
+    if ckpt is not None and ckpt.state["data"]["fingerprint"] != fingerprint:
+        raise ValueError(f"{resume_path}: cannot resume: the training set changed (the run had "
+                         f"{ckpt.state['data']['num_items']} items, the data now gives {len(train_set)}, and the "
+                         "sample ids differ); resume with the run's data")
+    if master:  # the first write: every check that can refuse the run has passed
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2)))
 
-    # --- model, EMA, optimizer ------------------------------------------------------------------------
+    # --- model, EMA, optimizer, loss scale ----------------------------------------------------------------
     model = SegDiff(cfg.model).to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).eval().requires_grad_(False)  # the EMA weights are evaluated, as in the paper
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    try:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                                      fused=True if tc.fused_adamw else None)
+    except RuntimeError as exc:  # no fused kernel for this device in this torch
+        if master:
+            print(f"train.fused_adamw: not available here ({exc}); using the default AdamW", flush=True)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
     scheduler = DDPMScheduler.from_config(cfg.diffusion)
+    # t and the noise are drawn for the whole global batch, the same on every rank.
+    noise_generator = torch.Generator(device=device).manual_seed(tc.seed)
+    step, best_iou, skipped, elapsed_before = 0, -1.0, 0, 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model)
+        ema.load_state_dict(ckpt.ema)
+        # The moments and step counts are restored; the param_groups (lr, weight decay, fused or not)
+        # are this run's, which may differ from the saved ones (see RESUME_MUST_MATCH).
+        saved = optimizer_from_checkpoint(ckpt.optim, ckpt.state["optimizer"])
+        optimizer.load_state_dict({"state": saved["state"], "param_groups": optimizer.state_dict()["param_groups"]})
+        if scaler.is_enabled() and ckpt.state.get("grad_scaler"):
+            scaler.load_state_dict(ckpt.state["grad_scaler"])
+        if ckpt.state.get("noise_device") == device.type:
+            noise_generator.set_state(ckpt.rng["noise"])
+        else:  # a generator's state is device-specific: on another device the draws go on from a new seed
+            noise_generator.manual_seed(_mixed_seed(tc.seed, ckpt.state["step"]))
+            if master:
+                print(f"resuming on {device.type}, saved on {ckpt.state.get('noise_device')}: t and the noise are "
+                      "drawn from a new seed, so the run will not repeat the original bit for bit")
+        if f"torch_cpu/{ranks.rank}" in ckpt.rng:
+            torch.set_rng_state(ckpt.rng[f"torch_cpu/{ranks.rank}"])
+        else:  # more ranks than the saved run: this rank's dropout draws start from a derived seed
+            torch.manual_seed(_mixed_seed(tc.seed, ranks.rank, ckpt.state["step"]))
+        if device.type == "cuda" and f"cuda/{ranks.rank}" in ckpt.rng:
+            torch.cuda.set_rng_state(ckpt.rng[f"cuda/{ranks.rank}"], device)
+        step, best_iou, skipped = ckpt.state["step"], ckpt.state["best_val_iou"], ckpt.state["skipped_steps"]
+        elapsed_before = ckpt.state.get("elapsed_s", 0.0)
+        if master:
+            _rewind_logs(resume_path.parent, out_dir, step)
+            print(f"resuming from {resume_path} at step {step} (epoch {ckpt.state['data']['epoch']}, batch "
+                  f"{ckpt.state['data']['batch_in_epoch']} of {sampler.batches_per_epoch})", flush=True)
+    elif ranks.rank > 0:  # dropout draws of their own on the other ranks
+        torch.manual_seed(_mixed_seed(tc.seed, ranks.rank))
+    net = model
+    if ranks.enabled:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"segdiff: preset {cfg.preset}, {n_params / 1e6:.2f} M parameters, {len(train_set)} training images, "
-          f"device {device}, run folder {out_dir}")
+    if master:
+        print(f"segdiff: preset {cfg.preset}, {n_params / 1e6:.2f} M parameters, {len(train_set)} training images, "
+              f"device {device}" + (f" x {ranks.world_size} processes" if ranks.enabled else "")
+              + f", {tc.precision}, run folder {out_dir}", flush=True)
 
-    def checkpoint(name: str, step: int, extra: dict) -> None:
-        save_checkpoint(out_dir / f"{name}.safetensors", Checkpoint(
-            config=cfg, ema=ema.state_dict(), model=model.state_dict(), state={"step": step, **extra}))
+    def batches(first_step: int):
+        """Global batches (this rank's slice) from the data position of `first_step` on, endlessly."""
+        epoch, start = divmod(first_step, sampler.batches_per_epoch)
+        while True:
+            sampler.set_position(epoch, start)
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)  # augmentation draws of this epoch
+            yield from loader
+            epoch, start = epoch + 1, 0
 
-    # --- loop -------------------------------------------------------------------------------------------
-    best_iou, start_time = -1.0, time.monotonic()
-    log = open(out_dir / "log.jsonl", "a")
-    bar = tqdm(total=tc.max_steps, disable=not progress, dynamic_ncols=True, desc="train")
-    step = 0
+    last_saved: list[Path] = []
+
+    def save(kind: str, val_iou: float | None = None) -> None:
+        """`last`: everything to resume from; `best`: the weights. Every rank calls it; rank 0 writes."""
+        distributed.check_in_sync(model, ranks, device)
+        rng_states = distributed.gather_objects(
+            (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None),
+            ranks) if kind == "last" else []
+        if not master:
+            return
+        epoch, batch_in_epoch = divmod(step, sampler.batches_per_epoch)
+        state = {"step": step, "best_val_iou": best_iou, "skipped_steps": skipped, "world_size": ranks.world_size,
+                 "elapsed_s": elapsed(), "noise_device": device.type}
+        if kind == "best":
+            save_checkpoint(out_dir / "best.safetensors", Checkpoint(
+                config=cfg, ema=ema.state_dict(), model=model.state_dict(), state={**state, "val_iou": val_iou}))
+            return
+        optim_tensors, optim_meta = optimizer_to_checkpoint(optimizer.state_dict())
+        rng = {"noise": noise_generator.get_state()}
+        for rank, (cpu_state, cuda_state) in enumerate(rng_states):
+            rng[f"torch_cpu/{rank}"] = cpu_state
+            if cuda_state is not None:
+                rng[f"cuda/{rank}"] = cuda_state
+        state.update(optimizer=optim_meta, grad_scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                     data={"epoch": epoch, "batch_in_epoch": batch_in_epoch, "permutation_seed": tc.seed,
+                           "batches_per_epoch": sampler.batches_per_epoch, "num_items": len(train_set),
+                           "fingerprint": fingerprint})
+        last_saved.append(save_last(out_dir, step, Checkpoint(
+            config=cfg, ema=ema.state_dict(), model=model.state_dict(), optim=optim_tensors, state=state, rng=rng),
+            tc.keep_last))
+
+    # Logs (rank 0): JSON lines and the same records as CSV.
+    new_csv = not (out_dir / "log.csv").exists()
+    log_jsonl = open(out_dir / "log.jsonl", "a") if master else None
+    log_csv = open(out_dir / "log.csv", "a", newline="") if master else None
+    csv_writer = csv.DictWriter(log_csv, LOG_COLUMNS) if master else None
+    if master and new_csv:
+        csv_writer.writeheader()
+
+    def log(record: dict) -> None:
+        if master:
+            record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+            log_jsonl.write(json.dumps(record) + "\n")
+            log_jsonl.flush()
+            csv_writer.writerow(record)
+            log_csv.flush()
+
+    # Ctrl-C (SIGINT) and SIGTERM (schedulers, torchrun) finish the step, save and stop; a second one aborts.
+    stop_signals: list[int] = []
+
+    def request_stop(signum, frame):
+        stop_signals.append(signum)
+        signal.signal(signum, previous_handlers[signum])
+        if master:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
+                  "(send it again to abort without saving)", flush=True)
+
+    previous_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    # --- loop ---------------------------------------------------------------------------------------------------
+    per_rank = tc.batch_size // ranks.world_size
+    share = slice(ranks.rank * per_rank, (ranks.rank + 1) * per_rank)
+    data = batches(step)
+    consecutive_nonfinite, start_time = 0, time.monotonic()
+    logged_step, logged_time = step, start_time
+
+    def elapsed() -> float:
+        """Seconds of training over all sessions of the run (the logs' `time`)."""
+        return elapsed_before + time.monotonic() - start_time
+
+    bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and master), dynamic_ncols=True, desc="train")
+
+    def say(message: str) -> None:
+        if master:
+            bar.write(message)
+
     try:
         while step < tc.max_steps:
-            image, mask = next(batches)
+            image, mask = next(data)
             image, x0 = image.to(device, non_blocking=True), to_signed(mask.to(device, non_blocking=True))
-            t = torch.randint(0, scheduler.num_steps, (x0.shape[0],), device=device)
-            noise = torch.randn_like(x0)
-            eps_pred = model(scheduler.add_noise(x0, noise, t), t, image)
-            # Mean squared error over pixels and batch; the reference sums over pixels, which only
-            # rescales the gradient (AdamW is invariant to that up to its epsilon).
-            loss = F.mse_loss(eps_pred, noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+            if tc.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            t = torch.randint(0, scheduler.num_steps, (tc.batch_size,), generator=noise_generator, device=device)[share]
+            noise = torch.randn((tc.batch_size, *x0.shape[1:]), generator=noise_generator, device=device)[share]
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                eps_pred = net(scheduler.add_noise(x0, noise, t), t, image)
+            # Mean squared error over pixels and batch, in float32; the reference sums over pixels,
+            # which only rescales the gradient (AdamW is invariant to that up to its epsilon).
+            loss = F.mse_loss(eps_pred.float(), noise)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
 
-            # EMA; with warm-up the decay grows as (1+n)/(10+n), so short runs are not dominated by init.
-            decay = min(tc.ema_decay, (1 + step) / (10 + step)) if tc.ema_warmup else tc.ema_decay
-            with torch.no_grad():
-                for e, p in zip(ema.parameters(), model.parameters()):
-                    e.lerp_(p, 1 - decay)
-
-            bar.update(1)
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                log.write(json.dumps({"step": step, "loss": loss.item(), "time": time.monotonic() - start_time}) + "\n")
-                log.flush()
-
+            # One synchronisation per step: the mean loss, the gradient norm and any rank's wish to
+            # stop (time budget, signal), so that every rank takes the same decisions.
             out_of_time = tc.time_budget_min > 0 and time.monotonic() - start_time > 60 * tc.time_budget_min
-            last = step == tc.max_steps or out_of_time
-            if val_set is not None and (step % tc.val_every == 0 or last):
-                val_iou = evaluate_iou(ema, val_set, scheduler, cfg, num_generations=tc.val_generations)
-                log.write(json.dumps({"step": step, "val_iou": val_iou, "time": time.monotonic() - start_time}) + "\n")
-                log.flush()
-                bar.write(f"step {step}: validation IoU {val_iou:.4f}")
+            stats = torch.stack([loss.detach().float(), grad_norm.float().to(loss.device),
+                                 torch.tensor(float(out_of_time), device=loss.device),
+                                 torch.tensor(float(bool(stop_signals)), device=loss.device)])
+            loss_value, norm_value, out_of_time, interrupted = distributed.all_reduce_sum(stats, ranks).tolist()
+            loss_value, norm_value = loss_value / ranks.world_size, norm_value / ranks.world_size
+            out_of_time, interrupted = out_of_time > 0, interrupted > 0
+
+            if math.isfinite(loss_value) and math.isfinite(norm_value):
+                scaler.step(optimizer)
+                # EMA; with warm-up the decay of update n grows as (1+n)/(10+n), so short runs are not
+                # dominated by the initial weights.
+                n = step + 1
+                decay = min(tc.ema_decay, (1 + n) / (10 + n)) if tc.ema_warmup else tc.ema_decay
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+                consecutive_nonfinite = 0
+            else:
+                # A non-finite loss or gradient (fp16 overflow, a bad batch, divergence) skips the
+                # update instead of writing NaN into the weights; many in a row stop the run.
+                skipped += 1
+                consecutive_nonfinite += 1
+                log({"step": step + 1, "event": "skipped", "loss": loss_value, "grad_norm": norm_value,
+                     "skipped_steps": skipped, "time": elapsed()})
+                say(f"step {step + 1}: non-finite loss or gradient (loss {loss_value}, grad norm {norm_value}); "
+                    f"update skipped ({consecutive_nonfinite} in a row, {skipped} in all)")
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if consecutive_nonfinite >= tc.max_nonfinite:
+                distributed.barrier(ranks)
+                # Skipped steps never touch the weights, so every checkpoint written holds good ones.
+                kept = (f"the last good checkpoint is {last_saved[-1]}" if last_saved else
+                        f"no checkpoint was written in this session ({out_dir / 'last.safetensors'}, if any, is older)")
+                raise TrainingDiverged(
+                    f"stopped at step {step}: {consecutive_nonfinite} consecutive steps with a non-finite loss or "
+                    f"gradient (train.max_nonfinite={tc.max_nonfinite}); {kept}. Resume from it with a lower "
+                    "train.lr, train.grad_clip=1.0 or train.precision=bf16/fp32")
+
+            last = step >= tc.max_steps or out_of_time or interrupted
+            if step % tc.log_every == 0 or last:
+                now = time.monotonic()
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                log({"step": step, "event": "train", "epoch": round(step / sampler.batches_per_epoch, 3),
+                     "loss": loss_value, "grad_norm": norm_value, "lr": optimizer.param_groups[0]["lr"],
+                     "samples_per_s": (step - logged_step) * tc.batch_size / max(now - logged_time, 1e-9),
+                     "skipped_steps": skipped, "time": elapsed()})
+                logged_step, logged_time = step, now
+
+            paused = time.monotonic()  # validation and checkpoints do not count in samples_per_s
+            if val_set is not None and not interrupted and (step % tc.val_every == 0 or last):
+                val_iou = _evaluate_iou_sharded(ema, val_set, scheduler, cfg, ranks, device)
+                log({"step": step, "event": "val", "val_iou": val_iou, "time": elapsed()})
+                say(f"step {step}: validation IoU {val_iou:.4f}")
                 if val_iou > best_iou:
                     best_iou = val_iou
-                    checkpoint("best", step, {"val_iou": val_iou})
+                    save("best", val_iou)
             if step % tc.save_every == 0 or last:
-                checkpoint("last", step, {"best_val_iou": best_iou})
+                save("last")
+            logged_time += time.monotonic() - paused
             if out_of_time:
-                bar.write(f"time budget of {tc.time_budget_min} min reached at step {step}")
+                say(f"time budget of {tc.time_budget_min} min reached at step {step}")
                 break
+            if interrupted:
+                distributed.barrier(ranks)  # rank 0 has written before any rank exits
+                say(f"stopped at step {step}: saved {out_dir / 'last.safetensors'}; continue with "
+                    f"`segdiff train --resume {out_dir}`")
+                raise KeyboardInterrupt
     finally:
         bar.close()
-        log.close()
+        if master:
+            log_jsonl.close()
+            log_csv.close()
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+        distributed.teardown(ranks)
     return out_dir

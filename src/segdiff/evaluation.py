@@ -1,0 +1,480 @@
+"""Evaluation: a dataset's test protocol, the paper's metrics, calibration, and a report.
+
+`evaluate(model, config, dataset, ...)` samples K generations per image once
+(`sampling.predict(..., keep_generations=True)`) and scores, for every k = 1..K, the running
+mean of the first k generations (the mask for k is mean_k > 0.5): the scores at k = K are the
+run's result, and the whole curve over k (the paper's Fig. 5 and 6) costs no extra sampling.
+
+Protocols (PAPER.md, "Inference"), chosen from the dataset's type:
+- Vaihingen, folder, synthetic: image and mask at the model's input size (256 for the paper's
+  Vaihingen preset; the `small` preset works at 128).
+- MoNuSeg: the val/test items are full 2S x 2S images (512 for S = 256); the four S x S quadrants
+  are sampled separately and stitched (`data.quadrants` / `data.stitch_quadrants`); metrics at 2S.
+- Cityscapes instance crops: the running means at the model's input are resized (bilinear, no
+  antialiasing, as the reference and `segdiff predict` do) to the crop's original size, then
+  thresholded at 0.5 and compared with `CityscapesInstances.original_mask`.
+
+Metrics per image (`segdiff.metrics`, fractions in [0, 1]): IoU, F1, BoundF (d = 1..5), WCov
+(`weighted_coverage`, the DSAC/DarNet definition), the reference code's size-ratio "WCov"
+(`size_ratio_coverage`), the paper's calibration score and the standard ECE (10 bins, lower is
+better for both). Aggregation as in the paper: the plain mean over images; for Cityscapes the
+mean over the instances of each class, then the mean of the classes (`mean_over_classes`).
+
+Seeds: generation k of an image named NAME (of its quadrant q for MoNuSeg, row-major) is seeded
+with `sampling.generation_seeds(derive_seed(seed, NAME), K, q)[k]`, which depends on
+(seed, NAME, q, k) only. So a result does not depend on `max_batch`, `max_images` or the order
+of the images (beyond float rounding: rows batched differently move probabilities by ~1e-7),
+any image can be re-sampled alone, and the first k generations of a K-generation run are the
+generations of a k-generation run (the curve over k is what separate runs would give).
+
+Files (with `out_dir`), each written atomically (`io.atomic_write`), `summary.json` last so that
+its presence means the run finished (a stale one is deleted before anything else happens):
+`per_image.csv`, `curve.csv`, `generations_metrics.png` (metrics vs K), `generations_calibration.png`
+(calibration vs K), `reliability.png`, `examples.png` (best and worst images with their
+uncertainty), `report.md` (the table printed by the CLI), `summary.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from . import metrics
+from .config import ExperimentConfig
+from .data import FolderDataset, MoNuSeg, Vaihingen, quadrants, stitch_quadrants
+from .diffusion import DDPMScheduler
+from .io import atomic_write, colormap, overlay
+from .sampling import derive_seed, generation_seeds, predict
+
+__all__ = ["evaluate", "format_report", "running_means", "score_probabilities", "PAPER_RESULTS",
+           "PAPER_CITYSCAPES_IOU", "METRICS"]
+
+# Per-image metrics, in report order; all fractions in [0, 1].
+METRICS: tuple[str, ...] = ("f1", "iou", "wcov", "wcov_size_ratio", "boundf", "calibration", "ece")
+METRIC_LABELS = {
+    "f1": "F1",
+    "iou": "mIoU",
+    "wcov": "WCov (DSAC/DarNet definition)",
+    "wcov_size_ratio": "WCov (reference code: size ratio)",
+    "boundf": "BoundF (d = 1..5)",
+    "calibration": "calibration score (lower is better)",
+    "ece": "ECE (lower is better)",
+}
+_PERCENT_METRICS = ("f1", "iou", "wcov", "wcov_size_ratio", "boundf")  # shown x100, as the paper
+
+# The paper's reported numbers (Amit et al. 2021, arXiv 2112.00390), in percent, as quoted in
+# /work/shared/PAPER.md "Reference numbers": test splits, K = 30 generations, DDPM with all T
+# steps. The paper's WCov column is filed under `wcov_size_ratio` because the authors' code, which
+# produced it, computes min(|P|,|G|)/max(|P|,|G|) (PAPER.md, "Metrics"), not the DSAC/DarNet
+# weighted coverage it is compared with there.
+PAPER_RESULTS: dict[str, dict[str, float]] = {
+    "vaihingen": {"f1": 95.14, "iou": 91.12, "wcov_size_ratio": 93.83, "boundf": 85.09},
+    "monuseg": {"f1": 81.59, "iou": 69.00},
+    "cityscapes-expansion": {"iou": 76.44},  # mean of the eight per-class mIoUs below
+    "cityscapes-tight": {"iou": 76.19},
+}
+# Cityscapes crops, expansion setting: mIoU per class (mean over the class's instances).
+PAPER_CITYSCAPES_IOU: dict[str, float] = {
+    "bicycle": 69.80, "bus": 85.97, "person": 76.09, "train": 75.95, "truck": 80.68,
+    "motorcycle": 67.06, "car": 83.40, "rider": 72.57,
+}
+
+_NUM_EXAMPLES = 3  # best and worst images shown in examples.png (each)
+_THUMBNAIL_SIDE = 256  # example panels are kept at most this large
+_SCORE_PIXELS = 2**24  # running means scored together per chunk (bounds memory for big crops)
+
+
+# ---------------------------------------------------------------------------------------------
+# Protocol
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a dataset is tested: its name, where metrics are computed, which paper row applies."""
+
+    name: str  # vaihingen | monuseg | cityscapes | folder | synthetic | custom
+    description: str
+    paper_key: str | None  # key of PAPER_RESULTS, or None
+
+
+def protocol_for(dataset, image_size: int) -> Protocol:
+    """The test protocol of `dataset` for a model taking `image_size` inputs."""
+    from .cityscapes import CityscapesInstances  # cityscapes imports data; keep import light
+    from .synthetic import SyntheticShapes
+
+    side = f"{image_size}x{image_size}"
+    if isinstance(dataset, MoNuSeg):
+        full = 2 * image_size
+        return Protocol("monuseg", f"MoNuSeg: {full}x{full} images, four {side} quadrants sampled separately "
+                        f"and stitched, metrics at {full}x{full} (paper: 512 from 256 quadrants)", "monuseg")
+    if isinstance(dataset, CityscapesInstances):
+        return Protocol("cityscapes", f"Cityscapes instance crops ({dataset.setting}): sampled at {side}, the "
+                        "probability resized bilinearly to each crop's original size before the 0.5 threshold; "
+                        "mean over the instances of each class, then over classes",
+                        f"cityscapes-{dataset.setting}")
+    if isinstance(dataset, Vaihingen):
+        preprocessing = getattr(dataset, "preprocessing", "clean")
+        return Protocol("vaihingen", f"Vaihingen buildings: images and masks at the model input, {side} "
+                        f"({preprocessing} resizing; paper: 256x256)", "vaihingen")
+    if isinstance(dataset, FolderDataset):
+        return Protocol("folder", f"image folder: images and masks at the model input, {side}", None)
+    if isinstance(dataset, SyntheticShapes):
+        return Protocol("synthetic", f"built-in synthetic shapes at the model input, {side}", None)
+    return Protocol("custom", f"{type(dataset).__name__}: images and masks at the model input, {side}", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def running_means(generations: Tensor) -> Tensor:
+    """(K, H, W) generations in [0, 1] -> (K, H, W): row k-1 is the mean of the first k.
+
+    Each row is `generations[:k].mean(dim=0)`, the same reduction `predict` applies to all K,
+    so row K-1 is the ensemble's probability and row 0 is generation 0.
+    """
+    return torch.stack([generations[:k].mean(dim=0) for k in range(1, generations.shape[0] + 1)])
+
+
+def score_probabilities(probs: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """Score each of the probability maps `probs` (K, H, W) against one target (H, W).
+
+    The mask of row k is probs[k] > 0.5. Returns {metric: float64 (K,)} for every name in
+    `METRICS`; metrics raise ValueError for mismatched shapes or a non-binary target.
+    """
+    if probs.ndim != 3:
+        raise ValueError(f"probs must be (K, H, W), found shape {tuple(probs.shape)}")
+    if target.shape != probs.shape[1:]:
+        raise ValueError(f"prediction and target must have the same shape, found prediction "
+                         f"{tuple(probs.shape[1:])} and target {tuple(target.shape)}")
+    chunk = max(1, _SCORE_PIXELS // max(1, probs[0].numel()))
+    parts: list[dict[str, Tensor]] = []
+    for start in range(0, probs.shape[0], chunk):
+        prob = probs[start:start + chunk]
+        tgt = target.to(prob.device).expand_as(prob)
+        mask = prob > 0.5
+        parts.append({
+            "f1": metrics.f1(mask, tgt),
+            "iou": metrics.iou(mask, tgt),
+            "wcov": metrics.weighted_coverage(mask, tgt),
+            "wcov_size_ratio": metrics.size_ratio_coverage(mask, tgt),
+            "boundf": metrics.boundary_f_mean(mask, tgt),
+            "calibration": metrics.calibration_score(prob, tgt),
+            "ece": metrics.expected_calibration_error(prob, tgt),
+        })
+    return {m: torch.cat([p[m] for p in parts]).cpu() for m in METRICS}
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of (N, H, W) maps (no antialiasing, as the reference and `predict` CLI)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    out = F.interpolate(x[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    return out.clamp(0.0, 1.0)
+
+
+def _sample_one(model, scheduler: DDPMScheduler, image: Tensor, protocol: Protocol, size: tuple[int, int], *,
+                num_generations: int, sampler: str, num_steps: int | None, max_batch: int,
+                image_seed: int) -> tuple[Tensor, Tensor]:
+    """Running means (K, h, w) and uncertainty (h, w) of one image at the protocol's resolution."""
+    kwargs = dict(num_generations=num_generations, sampler=sampler, num_steps=num_steps, max_batch=max_batch,
+                  keep_generations=True)
+    if protocol.name == "monuseg":
+        seeds = [s for tile in range(4) for s in generation_seeds(image_seed, num_generations, tile)]
+        pred = predict(model, quadrants(image), scheduler, seeds=seeds, **kwargs)  # (4, K, S, S)
+        generations = stitch_quadrants(pred.generations)  # (K, 2S, 2S): K plays the channel axis
+        return running_means(generations), stitch_quadrants(pred.uncertainty)[0]
+    pred = predict(model, image[None], scheduler, seeds=generation_seeds(image_seed, num_generations), **kwargs)
+    means, uncertainty = running_means(pred.generations[0]), pred.uncertainty[0]  # (K, S, S), (1, S, S)
+    if protocol.name == "cityscapes":  # back to the crop's size, before the threshold
+        return _resize(means, size), _resize(uncertainty, size)[0]
+    return means, uncertainty[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bookkeeping while the loop runs
+
+
+class _Extremes:
+    """The `n` best and `n` worst images by IoU, with small pictures of each for examples.png."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.entries = n, []  # (iou, index, name, panels)
+
+    def offer(self, score: float, index: int, name: str, make_panels) -> None:
+        ranked = sorted(self.entries, key=lambda e: (e[0], e[1]))
+        if len(ranked) >= 2 * self.n and ranked[self.n - 1][0] < score < ranked[-self.n][0]:
+            return  # neither among the worst nor the best: skip drawing it
+        ranked.append((score, index, name, make_panels()))
+        ranked.sort(key=lambda e: (e[0], e[1]))
+        self.entries = ranked if len(ranked) <= 2 * self.n else ranked[:self.n] + ranked[-self.n:]
+
+    def rows(self) -> list[tuple[str, list[tuple[str, Tensor]]]]:
+        ranked = sorted(self.entries, key=lambda e: (-e[0], e[1]))
+        best = ranked[:min(self.n, math.ceil(len(ranked) / 2))]
+        worst = [e for e in ranked[len(best):]][-self.n:]
+        return ([(f"best: {name}, IoU {100 * s:.1f}", panels) for s, _, name, panels in best]
+                + [(f"worst: {name}, IoU {100 * s:.1f}", panels) for s, _, name, panels in worst])
+
+
+def _panels(image: Tensor, target: Tensor, prob: Tensor, uncertainty: Tensor) -> list[tuple[str, Tensor]]:
+    """Image, ground truth, probability, uncertainty and predicted-mask overlay, (3, h, w) each."""
+    h, w = target.shape
+    scale = min(1.0, _THUMBNAIL_SIDE / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    image = F.interpolate(image[None].float().cpu(), size=size, mode="bilinear", align_corners=False,
+                          antialias=scale < 1)[0].clamp(0, 1)
+    prob, uncertainty = _resize(torch.stack([prob.cpu(), uncertainty.cpu()]), size)
+    target = F.interpolate(target[None, None].float().cpu(), size=size, mode="nearest")[0, 0]
+    grey = lambda x: x[None].expand(3, -1, -1)  # noqa: E731
+    return [("image", image), ("ground truth", grey(target)), ("probability", grey(prob)),
+            ("uncertainty (std x2)", colormap(uncertainty * 2)), ("prediction", overlay(image, prob > 0.5))]
+
+
+def _aggregate(values: Tensor, classes: Sequence[str] | None) -> tuple[float, dict[str, float]]:
+    """Per-image scores (N,) -> (overall, {class: mean}): the paper's aggregation.
+
+    Without classes the plain mean over images (`metrics.mean_over_images`); with them the mean
+    over each class's instances, then over classes (`metrics.mean_over_classes`).
+    """
+    if classes is None:
+        return float(metrics.mean_over_images(values)), {}
+    by_class = {c: values[[i for i, ci in enumerate(classes) if ci == c]] for c in dict.fromkeys(classes)}
+    per_class, overall = metrics.mean_over_classes(by_class)
+    return float(overall), {c: float(v) for c, v in per_class.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation
+
+
+def _check_item(name: str, image: Tensor, target: Tensor, protocol: Protocol, image_size: int) -> None:
+    expected = 2 * image_size if protocol.name == "monuseg" else image_size
+    if image.ndim != 3 or tuple(image.shape[-2:]) != (expected, expected):
+        raise ValueError(f"{name}: the dataset gives an image of shape {tuple(image.shape)}, the model needs "
+                         f"(C, {expected}, {expected}); build the dataset at image_size={image_size}")
+    if target.ndim != 3 or target.shape[0] != 1:
+        raise ValueError(f"{name}: expected a mask of shape (1, H, W), found {tuple(target.shape)}")
+    if protocol.name != "cityscapes" and target.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"{name}: prediction and target must have the same shape, found image "
+                         f"{tuple(image.shape[-2:])} and mask {tuple(target.shape[-2:])}")
+
+
+@torch.no_grad()
+def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int = 30, sampler: str = "ddpm",
+             num_steps: int | None = None, max_batch: int = 32, seed: int = 0,
+             out_dir: str | Path | None = None, progress: bool = True, max_images: int | None = None,
+             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate `model` on `dataset` with its test protocol; return the summary (also summary.json).
+
+    Samples `num_generations` (K) generations per image once and scores the running means of
+    the first k for every k. The summary holds the metrics at k = K ("metrics", fractions in
+    [0, 1]; "per_class" for Cityscapes), the curve over k ("curve"), the pooled reliability
+    diagram, the paper's numbers ("paper", percent) where a paper row applies, the config,
+    sampler, seed and `metadata` (e.g. the checkpoint path). With `out_dir`, writes the files
+    listed in the module docstring, summary.json last. `max_images` scores only the first N;
+    `seed` fixes every generation (see the module docstring).
+
+        summary = evaluate(model, cfg, build_dataset("vaihingen", root, "test", 256),
+                           num_generations=30, seed=0)
+        summary["metrics"]["iou"], summary["curve"]["iou"]  # at K, and for k = 1..K
+    """
+    if num_generations < 1 or max_batch < 1:
+        raise ValueError(f"num_generations and max_batch must be >= 1, found {num_generations} and {max_batch}")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be >= 1, found {max_images}")
+    image_size = config.model.image_size
+    protocol = protocol_for(dataset, image_size)
+    count = len(dataset) if max_images is None else min(len(dataset), max_images)
+    if count == 0:
+        raise ValueError(f"{protocol.name}: the dataset has no images to evaluate")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and (out / "summary.json").exists():
+        (out / "summary.json").unlink()  # a stale summary must not vouch for this run's files
+    scheduler = DDPMScheduler.from_config(config.diffusion)
+    names = list(getattr(dataset, "names", [f"image_{i:05d}" for i in range(len(dataset))]))
+    records = getattr(dataset, "records", None)
+    classes = [records[i].label for i in range(count)] if protocol.name == "cityscapes" else None
+
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    curves: list[dict[str, Tensor]] = []  # per image: {metric: (K,)}
+    extremes = _Extremes(_NUM_EXAMPLES)
+    bins = [torch.zeros(10, dtype=torch.float64) for _ in range(3)]  # count, prob sum, positives
+    bar = tqdm(range(count), disable=not progress, dynamic_ncols=True, desc=f"evaluate {protocol.name}")
+    for i in bar:
+        name = names[i]
+        image_seed = derive_seed(seed, name)
+        image, target = dataset[i]
+        _check_item(name, image, target, protocol, image_size)
+        if protocol.name == "cityscapes":
+            target = dataset.original_mask(i)  # (1, h, w): the crop's own size
+        target = target[0]
+        means, uncertainty = _sample_one(
+            model, scheduler, image, protocol, tuple(target.shape), num_generations=num_generations,
+            sampler=sampler, num_steps=num_steps, max_batch=max_batch,
+            image_seed=image_seed)
+        try:
+            scores = score_probabilities(means, target)
+            diagram = metrics.reliability_diagram(means[-1], target, num_bins=10)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        curves.append(scores)
+        for acc, part in zip(bins, (diagram.count.double(), diagram.mean_prob.nan_to_num() * diagram.count,
+                                    diagram.fraction_positive.nan_to_num() * diagram.count)):
+            acc += part.cpu()
+        prob = means[-1]
+        row = {"index": i, "name": name, **({"class": classes[i]} if classes else {}),
+               "height": target.shape[0], "width": target.shape[1],
+               "target_fraction": float(target.float().mean()),
+               "predicted_fraction": float((prob > 0.5).float().mean()),
+               "mean_uncertainty": float(uncertainty.mean()), "seed": image_seed,
+               **{m: float(scores[m][-1]) for m in METRICS}}
+        rows.append(row)
+        extremes.offer(row["iou"], i, name, lambda: _panels(image if protocol.name != "cityscapes" else
+                                                          _resize(image, tuple(target.shape)),
+                                                          target, prob, uncertainty))
+        bar.set_postfix(iou=f"{sum(r['iou'] for r in rows) / len(rows):.4f}")
+    bar.close()
+    elapsed = time.monotonic() - started
+
+    # --- aggregate ------------------------------------------------------------------------------
+    summary_metrics: dict[str, float] = {}
+    per_class: dict[str, dict[str, float]] = {}
+    curve: dict[str, list[float]] = {"num_generations": list(range(1, num_generations + 1))}
+    for m in METRICS:
+        summary_metrics[m], final_by_class = _aggregate(torch.tensor([r[m] for r in rows], dtype=torch.float64),
+                                                        classes)
+        for c, v in final_by_class.items():
+            per_class.setdefault(c, {"count": classes.count(c)})[m] = v
+        by_image = torch.stack([s[m] for s in curves])  # (N, K)
+        curve[m] = [_aggregate(by_image[:, k], classes)[0] for k in range(num_generations)]
+    count_, prob_sum, positives = bins
+    occupied = count_ > 0
+    reliability = {
+        "bin_edges": torch.linspace(0, 1, 11, dtype=torch.float64).tolist(),
+        "mean_prob": [float(p / n) if n > 0 else None for p, n in zip(prob_sum, count_)],
+        "fraction_positive": [float(q / n) if n > 0 else None for q, n in zip(positives, count_)],
+        "count": [int(n) for n in count_],
+        "pooled_ece": float(((prob_sum - positives).abs() * occupied).sum() / count_.sum()),
+    }
+    paper = dict(PAPER_RESULTS.get(protocol.paper_key, {})) if protocol.paper_key else {}
+    summary: dict[str, Any] = {
+        "protocol": protocol.name,
+        "protocol_description": protocol.description,
+        "split": getattr(dataset, "split", None),
+        "num_images": count,
+        "dataset_size": len(dataset),
+        "num_generations": num_generations,
+        "sampler": sampler,
+        "num_steps": num_steps if num_steps is not None else config.diffusion.num_steps,
+        "seed": seed,
+        "max_batch": max_batch,
+        "metrics": summary_metrics,
+        "per_class": per_class,
+        "curve": curve,
+        "reliability": reliability,
+        "paper": {"source": "Amit et al. 2021 (arXiv 2112.00390), via PAPER.md; test split, K=30, percent",
+                  "metrics": paper,
+                  "per_class_iou": dict(PAPER_CITYSCAPES_IOU) if protocol.paper_key == "cityscapes-expansion" else {}},
+        "elapsed_s": round(elapsed, 2),
+        "seconds_per_image": round(elapsed / count, 3),
+        **(metadata or {}),
+        "config": config.to_dict(),
+    }
+    if out is not None:
+        _write_outputs(out, summary, rows, extremes)
+    return summary
+
+
+def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], extremes: _Extremes) -> None:
+    """Write every file; summary.json last, so its presence means the rest is complete."""
+    from . import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write_csv(path: Path, header: list[str], lines: list[list[Any]]) -> None:
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(lines)
+
+    header = list(rows[0])
+    atomic_write(out / "per_image.csv", lambda p: write_csv(p, header, [[r[h] for h in header] for r in rows]))
+    curve = summary["curve"]
+    atomic_write(out / "curve.csv", lambda p: write_csv(
+        p, ["num_generations", *METRICS], [[k, *(curve[m][k - 1] for m in METRICS)] for k in curve["num_generations"]]))
+    title = " ".join(str(x) for x in (summary["protocol"], summary["split"]) if x)
+    title += f", {summary['num_images']} images, K={summary['num_generations']}, {summary['sampler']}"
+    plots.plot_metrics_vs_generations(out / "generations_metrics.png", curve, ("iou", "f1", "boundf", "wcov"),
+                                      {m: METRIC_LABELS[m] for m in METRICS}, title=title)
+    plots.plot_calibration_vs_generations(out / "generations_calibration.png", curve, title=title)
+    plots.plot_reliability(out / "reliability.png", summary["reliability"], title=title)
+    plots.plot_examples(out / "examples.png", extremes.rows(), title=title)
+    report = format_report(summary)
+    atomic_write(out / "report.md", lambda p: p.write_text(report + "\n"))
+    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def _cell(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" if metric in _PERCENT_METRICS else f"{value:.4f}"
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """A Markdown table of this run's scores beside the paper's (percent; calibration raw)."""
+    paper, paper_classes = summary["paper"]["metrics"], summary["paper"]["per_class_iou"]
+    steps = f", {summary['num_steps']} steps" if summary.get("num_steps") else ""
+    split = f" {summary['split']} split" if summary["split"] else ""
+    lines = [
+        f"segdiff evaluate: {summary['protocol']}{split}, {summary['num_images']} of "
+        f"{summary['dataset_size']} images, K={summary['num_generations']} generations "
+        f"({summary['sampler']}{steps}), seed {summary['seed']}",
+        f"protocol: {summary['protocol_description']}",
+        "",
+        "| metric | this run | paper |",
+        "|---|---:|---:|",
+    ]
+    for m in METRICS:
+        shown = f"{paper[m]:.2f}" if m in paper else "-"
+        lines.append(f"| {METRIC_LABELS[m]} | {_cell(m, summary['metrics'][m])} | {shown} |")
+    if summary["per_class"]:
+        lines += ["", "| class (instances) | mIoU | F1 | BoundF | calibration | paper mIoU |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for c, v in summary["per_class"].items():
+            shown = f"{paper_classes[c]:.2f}" if c in paper_classes else "-"
+            lines.append(f"| {c} ({v['count']}) | {_cell('iou', v['iou'])} | {_cell('f1', v['f1'])} | "
+                         f"{_cell('boundf', v['boundf'])} | {_cell('calibration', v['calibration'])} | {shown} |")
+        if len(summary["per_class"]) < 8:
+            lines.append(f"(the mean is over the {len(summary['per_class'])} classes present; the paper's over 8)")
+    notes = []
+    if paper:
+        notes.append("paper: Amit et al. 2021, test split, K=30, DDPM over all T steps; percent")
+        if summary["split"] and summary["split"] != "test":
+            notes.append(f"this run is on the {summary['split']} split, the paper's numbers are on test")
+        if "wcov_size_ratio" in paper:
+            notes.append("the paper's WCov comes from the authors' code, which computes the size ratio "
+                         "min(|P|,|G|)/max(|P|,|G|), not the DSAC/DarNet weighted coverage")
+    curve = summary["curve"]
+    ks = curve["num_generations"]
+    if len(ks) > 1:  # the curve at a few K (all of them in curve.csv)
+        shown_k = [k for k in ks if k <= 3 or k in (5, 9, 10, 20, 30) or k == ks[-1]]
+        notes.append("mIoU by K: " + ", ".join(f"K={k}: {100 * curve['iou'][k - 1]:.2f}" for k in shown_k))
+    notes.append(f"pooled ECE over all pixels: {summary['reliability']['pooled_ece']:.4f}; "
+                 f"{summary['seconds_per_image']:.2f} s per image")
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes])

@@ -1,0 +1,131 @@
+"""Figures of an evaluation (PNG, matplotlib), each written atomically with `io.atomic_write`.
+
+- `plot_metrics_vs_generations`: metric of the K-generation ensemble against K (paper Fig. 5).
+- `plot_calibration_vs_generations`: calibration score and ECE against K (paper Fig. 6).
+- `plot_reliability`: reliability diagram pooled over all pixels (`metrics.reliability_diagram`).
+- `plot_examples`: rows of pictures (the best and worst images with their uncertainty).
+
+matplotlib is imported inside each function, through its object API (`Figure`, no pyplot): no
+global backend or figure state, nothing opens a window, and `import segdiff` stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from torch import Tensor
+
+from .io import atomic_write
+
+__all__ = ["plot_metrics_vs_generations", "plot_calibration_vs_generations", "plot_reliability", "plot_examples"]
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _save(figure, path: str | Path) -> None:
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+
+
+def _k_axis(axes, ks: Sequence[int]) -> None:
+    axes.set_xlabel("number of generations K")
+    axes.set_xlim(0.5, max(ks) + 0.5)
+    if len(ks) <= 12:
+        axes.set_xticks(list(ks))
+    axes.grid(True, alpha=0.3)
+
+
+def plot_metrics_vs_generations(path: str | Path, curve: Mapping[str, Sequence[float]], names: Sequence[str],
+                                labels: Mapping[str, str], *, title: str = "") -> None:
+    """Each metric in `names` (fractions, shown in percent) against K = curve["num_generations"]."""
+    ks = list(curve["num_generations"])
+    fig = _figure(6.4, 4.2)
+    axes = fig.add_subplot()
+    for name in names:
+        axes.plot(ks, [100 * v for v in curve[name]], marker="o", markersize=3, label=labels.get(name, name))
+    _k_axis(axes, ks)
+    axes.set_ylabel("score (%), higher is better")
+    axes.set_title(f"Score of the mean of K generations\n{title}", fontsize=10)
+    axes.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_calibration_vs_generations(path: str | Path, curve: Mapping[str, Sequence[float]], *,
+                                    title: str = "") -> None:
+    """The paper's calibration score and the ECE against K (lower is better)."""
+    ks = list(curve["num_generations"])
+    fig = _figure(6.4, 4.2)
+    axes = fig.add_subplot()
+    axes.plot(ks, curve["calibration"], marker="o", markersize=3, color="tab:red",
+              label="calibration score (paper: mean over bins of squared gap)")
+    axes.set_ylabel("calibration score, lower is better")
+    twin = axes.twinx()
+    twin.plot(ks, curve["ece"], marker="s", markersize=3, color="tab:blue", linestyle="--", label="ECE")
+    twin.set_ylabel("ECE, lower is better")
+    _k_axis(axes, ks)
+    axes.set_title(f"Calibration of the mean of K generations\n{title}", fontsize=10)
+    handles = axes.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    axes.legend(handles, [h.get_label() for h in handles], fontsize=8)
+    _save(fig, path)
+
+
+def plot_reliability(path: str | Path, reliability: Mapping[str, Any], *, title: str = "") -> None:
+    """Reliability diagram: fraction of foreground pixels per bin of predicted probability.
+
+    `reliability` holds bin_edges, mean_prob, fraction_positive (None for empty bins) and count,
+    as `evaluation.evaluate` stores it. Bars show the fraction of positives at each bin's centre;
+    dots mark the bin's mean probability; the lower panel shows the pixel counts (log scale).
+    """
+    edges = list(reliability["bin_edges"])
+    centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    width = edges[1] - edges[0]
+    filled = [i for i, n in enumerate(reliability["count"]) if n > 0]
+    fig = _figure(5.2, 6.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.bar([centres[i] for i in filled], [reliability["fraction_positive"][i] for i in filled], width=width * 0.9,
+            color="tab:blue", alpha=0.7, edgecolor="black", label="fraction of foreground pixels")
+    top.plot([reliability["mean_prob"][i] for i in filled], [reliability["fraction_positive"][i] for i in filled],
+             "o", color="tab:orange", markersize=4, label="(mean probability, fraction)")
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    top.set_ylim(0, 1)
+    top.set_ylabel("fraction of foreground pixels")
+    top.set_title(f"Reliability (pooled ECE {reliability['pooled_ece']:.4f})\n{title}", fontsize=10)
+    top.legend(fontsize=8, loc="upper left")
+    top.grid(True, alpha=0.3)
+    bottom.bar([centres[i] for i in filled], [reliability["count"][i] for i in filled], width=width * 0.9,
+               color="grey", edgecolor="black")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("pixels")
+    bottom.set_xlabel("predicted probability (mean of the K generations)")
+    bottom.set_xlim(0, 1)
+    _save(fig, path)
+
+
+def plot_examples(path: str | Path, rows: Sequence[tuple[str, Sequence[tuple[str, Tensor]]]], *,
+                  title: str = "") -> None:
+    """A grid of pictures: one row per (row title, [(panel title, (3, H, W) in [0, 1]), ...])."""
+    if not rows:
+        raise ValueError("plot_examples needs at least one row")
+    columns = max(len(panels) for _, panels in rows)
+    fig = _figure(2.1 * columns, 2.35 * len(rows) + 0.4)
+    grid = fig.subplots(len(rows), columns, squeeze=False)
+    for r, (row_title, panels) in enumerate(rows):
+        for c in range(columns):
+            axes = grid[r][c]
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if c >= len(panels):
+                axes.set_axis_off()
+                continue
+            panel_title, picture = panels[c]
+            axes.imshow(picture.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy(),
+                        interpolation="nearest")
+            axes.set_title(panel_title if r == 0 else "", fontsize=9)
+            if c == 0:
+                axes.set_ylabel(row_title, fontsize=8)
+    fig.suptitle(f"Best and worst images by IoU: {title}", fontsize=10)
+    _save(fig, path)

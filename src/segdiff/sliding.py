@@ -1,0 +1,148 @@
+"""Sliding-window inference: segment an image of any size at its native resolution.
+
+The image is covered by `tile`-sized windows (the model's input size) that overlap by at least
+`overlap` pixels; windows are spaced evenly so that the first starts at 0 and the last ends at the
+border. Each window is segmented with `sampling.predict` (F(I) once per window, its K generations
+batched) and the windows' probability and uncertainty maps are blended with per-pixel weights:
+
+- ``linear`` (default): inside a window the weight is 1, except across the strip it shares with a
+  neighbour, where it ramps linearly so that the two windows' weights sum to 1 (a cross-fade;
+  with overlaps beyond half a window three windows can meet, and dividing by the summed weights
+  still gives a weighted mean). A pixel that only one window covers takes that window's value
+  unchanged, so with ``overlap=0`` the windows are simply stitched, bit for bit. With an image
+  twice the window side that is the MoNuSeg test protocol (Amit et al.; ../shared/PAPER.md
+  "Inference": resize to 512, sample the four 256x256 quadrants, stitch):
+  ``predict_sliding(model, resize_image(image, 512), ..., overlap=0)`` gives exactly what
+  `data.quadrants` + `predict` + `data.stitch_quadrants` give with the same seeds (bit for bit
+  when the four windows share one call, ``max_batch >= 4 K``; else up to float rounding).
+- ``gaussian``: a Gaussian centred on the window (sigma = tile / 8, as nnU-Net and MONAI use),
+  which favours window centres everywhere; not exact at ``overlap=0``.
+
+The uncertainty (std of the K generations) is blended with the same weights: exact where one
+window covers a pixel, a weighted mean of the windows' stds across overlaps.
+
+Sides shorter than `tile` are padded by reflection (replication where the image is too small to
+reflect) and the padding is cropped off the result.
+
+Windows are processed a few at a time (as many as fit `max_batch` rows with K generations each,
+at least one), so the network's memory is bounded by `max_batch` whatever the image size; only
+the blended maps grow with the image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .diffusion import DDPMScheduler
+from .sampling import Prediction, generation_seeds, predict
+
+Blend = Literal["linear", "gaussian"]
+BLENDS: tuple[str, ...] = get_args(Blend)
+
+
+def window_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of windows of side `tile` covering [0, length), overlapping >= `overlap`.
+
+    >>> window_starts(512, 256, 0)
+    [0, 256]
+    >>> window_starts(600, 256, 32)
+    [0, 172, 344]
+    """
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap={overlap} must be in [0, {tile - 1}] for windows of {tile} px")
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - tile) / (tile - overlap)) + 1
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def window_weights(starts: Sequence[int], tile: int, blend: Blend) -> list[Tensor]:
+    """One 1-D weight profile (tile,) per window along an axis (float64)."""
+    if blend == "gaussian":
+        centre, sigma = (tile - 1) / 2, tile / 8
+        x = torch.arange(tile, dtype=torch.float64)
+        profile = torch.exp(-((x - centre) ** 2) / (2 * sigma**2)).clamp(min=1e-3)
+        return [profile for _ in starts]
+    if blend != "linear":
+        raise ValueError(f"blend={blend!r} is not valid; choose one of {', '.join(BLENDS)}")
+    profiles = []
+    for j, start in enumerate(starts):
+        w = torch.ones(tile, dtype=torch.float64)
+        left = starts[j - 1] + tile - start if j > 0 else 0  # pixels shared with the previous window
+        right = start + tile - starts[j + 1] if j + 1 < len(starts) else 0
+        if left > 0:  # rising 1/(left+1) .. left/(left+1) across the shared strip
+            w[:left] = torch.minimum(w[:left], torch.arange(1, left + 1, dtype=torch.float64) / (left + 1))
+        if right > 0:  # falling right/(right+1) .. 1/(right+1)
+            ramp = torch.arange(right, 0, -1, dtype=torch.float64) / (right + 1)
+            w[tile - right:] = torch.minimum(w[tile - right:], ramp)
+        profiles.append(w)
+    return profiles
+
+
+def _pad_to(image: Tensor, tile: int) -> Tensor:
+    """Pad (C, H, W) at the bottom/right to at least tile x tile (reflect, else replicate)."""
+    h, w = image.shape[-2:]
+    pad_h, pad_w = max(0, tile - h), max(0, tile - w)
+    if not pad_h and not pad_w:
+        return image
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(image[None], (0, pad_w, 0, pad_h), mode=mode)[0]
+
+
+@torch.no_grad()
+def predict_sliding(model, image: Tensor, scheduler: DDPMScheduler, *, tile: int | None = None,
+                    overlap: int = 0, blend: Blend = "linear", num_generations: int = 30,
+                    sampler: str = "ddpm", num_steps: int | None = None, max_batch: int = 32,
+                    generator: torch.Generator | None = None, image_seed: int | None = None,
+                    eta: float = 0.0, autocast: bool = False, compile: bool = False) -> Prediction:
+    """Segment one image (C, H, W) or (1, C, H, W) of any size with overlapping windows.
+
+    Returns a `Prediction` of shape (1, 1, H, W). Windows are taken in row-major order; window i's
+    generation k is seeded with `generation_seeds(image_seed, K, i)[k]` when `image_seed` is given
+    (the result then depends on (image_seed, i, k) only), else from seeds drawn from `generator`
+    in that order, exactly as `predict` draws them for a batch of the windows.
+    `tile` defaults to the model's input size; the other options are `predict`'s.
+    """
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"predict_sliding takes one image, got a batch of {image.shape[0]}")
+        image = image[0]
+    tile = tile or model.config.image_size
+    h, w = image.shape[-2:]
+    padded = _pad_to(image, tile)
+    ph, pw = padded.shape[-2:]
+    rows, cols = window_starts(ph, tile, overlap), window_starts(pw, tile, overlap)
+    row_w, col_w = window_weights(rows, tile, blend), window_weights(cols, tile, blend)
+    windows = [(i, j) for i in range(len(rows)) for j in range(len(cols))]  # row-major
+    k = num_generations
+    if image_seed is not None:
+        seeds = [s for n in range(len(windows)) for s in generation_seeds(image_seed, k, n)]
+    else:
+        seeds = torch.randint(0, 2**62, (len(windows) * k,), generator=generator,
+                              device=generator.device if generator is not None else "cpu").tolist()
+
+    # Blending happens on the CPU in float64 (exact for a single window's weight 1; MPS has no float64).
+    prob_sum = torch.zeros(ph, pw, dtype=torch.float64)
+    unc_sum = torch.zeros_like(prob_sum)
+    weight_sum = torch.zeros_like(prob_sum)
+    per_call = max(1, max_batch // k)  # windows per predict call: F(I) memory stays bounded too
+    for first in range(0, len(windows), per_call):
+        group = windows[first:first + per_call]
+        crops = torch.stack([padded[:, rows[i]:rows[i] + tile, cols[j]:cols[j] + tile] for i, j in group])
+        pred = predict(model, crops, scheduler, num_generations=k, sampler=sampler, num_steps=num_steps,
+                       max_batch=max_batch, seeds=seeds[first * k:(first + len(group)) * k], eta=eta,
+                       autocast=autocast, compile=compile)
+        for n, (i, j) in enumerate(group):
+            weight = row_w[i][:, None] * col_w[j][None, :]  # (tile, tile)
+            window = (slice(rows[i], rows[i] + tile), slice(cols[j], cols[j] + tile))
+            prob_sum[window] += weight * pred.prob[n, 0].cpu()
+            unc_sum[window] += weight * pred.uncertainty[n, 0].cpu()
+            weight_sum[window] += weight
+    prob = (prob_sum / weight_sum)[:h, :w].float()[None, None]
+    uncertainty = (unc_sum / weight_sum)[:h, :w].float()[None, None]
+    return Prediction(prob=prob, mask=(prob > 0.5).float(), uncertainty=uncertainty)

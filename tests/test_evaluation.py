@@ -1,0 +1,295 @@
+"""segdiff evaluate: test protocols, the curve over K from one sampling run, files, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+from segdiff import metrics
+from segdiff.checkpoint import load_model
+from segdiff.cli import main
+from segdiff.data import build_dataset, quadrants, stitch_quadrants
+from segdiff.diffusion import DDPMScheduler
+from segdiff.evaluation import (
+    METRICS, PAPER_CITYSCAPES_IOU, PAPER_RESULTS, _Extremes, evaluate, format_report, running_means,
+)
+from segdiff.sampling import derive_seed, generation_seeds, predict
+
+SAMPLING = {"sampler": "ddim", "num_steps": 4}  # cheap; the protocol code is the same for ddpm
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A tiny checkpoint trained for a few steps: real weights, meaningless scores."""
+    folder = tmp_path_factory.mktemp("run")
+    assert main(["train", "--preset", "tiny", "--out", str(folder), "--steps", "10", "--batch-size", "8",
+                 "--set", "data.num_train=32", "--set", "diffusion.num_steps=25", "--set", "data.num_test=5"]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_and_config(run):
+    return load_model(run)
+
+
+def _synthetic_test(config, n: int = 4):
+    return build_dataset("synthetic", "", "test", config.model.image_size, num_test=n)
+
+
+def _independent_prefix_scores(model, config, dataset, num_generations: int, seed: int = 0):
+    """Per image and k, IoU / F1 / calibration of a separate predict run's first k generations."""
+    scheduler = DDPMScheduler.from_config(config.diffusion)
+    table = []  # [image][k-1] -> dict
+    for i in range(len(dataset)):
+        image, mask = dataset[i]
+        pred = predict(model, image[None], scheduler, num_generations=num_generations, keep_generations=True,
+                       seeds=generation_seeds(derive_seed(seed, dataset.names[i]), num_generations), **SAMPLING)
+        rows = []
+        for k in range(1, num_generations + 1):
+            prob = pred.generations[0, :k].mean(dim=0)
+            rows.append({"iou": float(metrics.iou(prob > 0.5, mask[0])[0]),
+                         "f1": float(metrics.f1(prob > 0.5, mask[0])[0]),
+                         "calibration": float(metrics.calibration_score(prob, mask[0])[0])})
+        table.append((pred, rows))
+    return table
+
+
+# --- the curve over K ----------------------------------------------------------------------------
+def test_running_means_row_k_is_the_mean_of_the_first_k_generations():
+    generations = torch.tensor([0.0, 1.0, 1.0, 0.2]).reshape(4, 1, 1)
+    # by hand: 0, (0+1)/2, (0+1+1)/3, (0+1+1+0.2)/4
+    expected = torch.tensor([0.0, 0.5, 2 / 3, 0.55]).reshape(4, 1, 1)
+    assert torch.allclose(running_means(generations), expected)
+
+
+def test_curve_equals_separate_predict_runs_of_the_first_k_generations(model_and_config):
+    model, config = model_and_config
+    dataset = _synthetic_test(config)
+    k_max = 3
+    summary = evaluate(model, config, dataset, num_generations=k_max, seed=7, progress=False, **SAMPLING)
+    independent = _independent_prefix_scores(model, config, dataset, k_max, seed=7)
+    assert summary["curve"]["num_generations"] == [1, 2, 3]
+    for k in range(1, k_max + 1):
+        for m in ("iou", "f1", "calibration"):
+            expected = np.mean([rows[k - 1][m] for _, rows in independent])
+            assert summary["curve"][m][k - 1] == pytest.approx(expected, abs=1e-12), (m, k)
+    # k = 1 is generation 0 thresholded; k = K is predict's own mask and the final summary.
+    first = np.mean([float(metrics.iou(pred.generations[0, 0] > 0.5, dataset[i][1][0])[0])
+                     for i, (pred, _) in enumerate(independent)])
+    assert summary["curve"]["iou"][0] == pytest.approx(first, abs=1e-12)
+    final = np.mean([float(metrics.iou(pred.mask[0, 0], dataset[i][1][0])[0])
+                     for i, (pred, _) in enumerate(independent)])
+    assert summary["metrics"]["iou"] == pytest.approx(final, abs=1e-12)
+    for m in METRICS:
+        assert summary["curve"][m][-1] == summary["metrics"][m]
+
+
+def test_a_k_generation_run_reproduces_the_k_point_of_a_longer_run(model_and_config):
+    # Generation k's seed depends on (seed, image, k) only, so a K=2 run is the K=3 run's prefix.
+    model, config = model_and_config
+    dataset = _synthetic_test(config, 3)
+    long = evaluate(model, config, dataset, num_generations=3, progress=False, **SAMPLING)
+    short = evaluate(model, config, dataset, num_generations=2, progress=False, max_batch=1, **SAMPLING)
+    for m in METRICS:
+        # Probabilities differ by float rounding when rows are batched differently (max_batch);
+        # the masks, and so the mask metrics, do not.
+        tolerance = {"rel": 1e-5} if m in ("calibration", "ece") else {"abs": 1e-12}
+        assert short["metrics"][m] == pytest.approx(long["curve"][m][1], **tolerance), m
+        assert short["curve"][m][0] == pytest.approx(long["curve"][m][0], **tolerance), m
+
+
+# --- files ---------------------------------------------------------------------------------------
+def test_cli_writes_csv_figures_and_a_complete_summary(run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--dataset", "synthetic", "--split", "test", "--generations", "2",
+                 "--sampler", "ddim", "--steps", "3", "--max-images", "3", "--seed", "5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| mIoU |" in printed and "| F1 |" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_generations"] == 2 and summary["sampler"] == "ddim" and summary["seed"] == 5
+    assert summary["num_images"] == 3 and summary["split"] == "test" and summary["dataset"] == "synthetic"
+    assert summary["checkpoint"] == str(run.resolve())
+    assert summary["config"]["model"]["image_size"] == 32
+    with open(out / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == ["synthetic_2_00000", "synthetic_2_00001", "synthetic_2_00002"]
+    assert np.mean([float(r["iou"]) for r in rows]) == pytest.approx(summary["metrics"]["iou"], abs=1e-12)
+    with open(out / "curve.csv") as f:
+        assert [int(r["num_generations"]) for r in csv.DictReader(f)] == [1, 2]
+    for name in ("generations_metrics", "generations_calibration", "reliability", "examples"):
+        with Image.open(out / f"{name}.png") as im:
+            assert im.format == "PNG" and min(im.size) > 200
+    assert (out / "report.md").read_text().startswith("segdiff evaluate: synthetic test split, 3 of 5 images")
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_a_failure_while_writing_leaves_no_summary(model_and_config, tmp_path):
+    model, config = model_and_config
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "summary.json").write_text('{"stale": true}')  # from an earlier run into the same folder
+    (out / "reliability.png").mkdir()  # a folder where a figure goes: renaming onto it fails
+    with pytest.raises(OSError):
+        evaluate(model, config, _synthetic_test(config, 2), num_generations=1, out_dir=out, progress=False,
+                 **SAMPLING)
+    assert (out / "per_image.csv").exists()  # written before the failure...
+    assert not (out / "summary.json").exists()  # ...but nothing claims the run completed
+
+
+def test_best_and_worst_examples_are_chosen_by_iou():
+    extremes = _Extremes(2)
+    for index, score in enumerate([0.5, 0.9, 0.1, 0.7, 0.3, 0.95, 0.05]):
+        extremes.offer(score, index, f"img{index}", lambda: [])
+    titles = [title for title, _ in extremes.rows()]
+    assert titles == ["best: img5, IoU 95.0", "best: img1, IoU 90.0", "worst: img2, IoU 10.0",
+                      "worst: img6, IoU 5.0"]
+
+
+# --- protocols -----------------------------------------------------------------------------------
+def _write_cityscapes(root: Path) -> None:
+    """One official-layout val frame (200x100) with two cars and a bus, no occlusions."""
+    objects = [{"label": "road", "polygon": [[0, 70], [199, 70], [199, 99], [0, 99]]},
+               {"label": "car", "polygon": [[10, 10], [49, 10], [49, 49], [10, 49]]},
+               {"label": "car", "polygon": [[60, 20], [89, 20], [89, 59], [60, 59]]},
+               {"label": "bus", "polygon": [[120, 10], [179, 10], [179, 59], [120, 59]]}]
+    for folder in ("gtFine/val/lindau", "leftImg8bit/val/lindau"):
+        (root / folder).mkdir(parents=True)
+    ann = {"imgHeight": 100, "imgWidth": 200, "objects": objects}
+    (root / "gtFine/val/lindau/lindau_000000_000019_gtFine_polygons.json").write_text(json.dumps(ann))
+    pixels = np.random.default_rng(0).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png")
+
+
+def test_cityscapes_scores_at_the_crop_size_and_averages_classes(model_and_config, tmp_path):
+    model, config = model_and_config
+    _write_cityscapes(tmp_path)
+    dataset = build_dataset("cityscapes", tmp_path, "test", 32, setting="tight")
+    summary = evaluate(model, config, dataset, num_generations=2, out_dir=tmp_path / "out", progress=False, **SAMPLING)
+    with open(tmp_path / "out" / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["class"], int(r["height"]), int(r["width"])) for r in rows] == [
+        ("car", 40, 40), ("car", 40, 30), ("bus", 50, 60)]  # the crops' own sizes, not 32x32
+    # Independently: predict at 32, bilinear to the crop's size, then 0.5.
+    scheduler = DDPMScheduler.from_config(config.diffusion)
+    for i, row in enumerate(rows):
+        image, _ = dataset[i]
+        target = dataset.original_mask(i)[0]
+        pred = predict(model, image[None], scheduler, num_generations=2,
+                       seeds=generation_seeds(derive_seed(0, dataset.names[i]), 2), **SAMPLING)
+        prob = F.interpolate(pred.prob, size=tuple(target.shape), mode="bilinear", align_corners=False)[0, 0]
+        assert float(row["iou"]) == pytest.approx(float(metrics.iou(prob > 0.5, target)[0]), abs=1e-12)
+    car = np.mean([float(r["iou"]) for r in rows[:2]])
+    bus = float(rows[2]["iou"])
+    assert summary["per_class"]["car"]["iou"] == pytest.approx(car, abs=1e-12)
+    assert summary["per_class"]["car"]["count"] == 2
+    assert summary["metrics"]["iou"] == pytest.approx((car + bus) / 2, abs=1e-12)  # classes weigh equally
+    assert summary["paper"]["metrics"] == {"iou": 76.19}  # tight setting
+    assert "(the mean is over the 2 classes present" in format_report(summary)
+
+
+def test_monuseg_samples_four_quadrants_and_scores_at_twice_the_input(model_and_config, data_root):
+    if not (data_root / "monuseg" / "test").is_dir():
+        pytest.skip("no MoNuSeg test data")
+    model, config = model_and_config
+    dataset = build_dataset("monuseg", data_root, "test", 32)
+    summary = evaluate(model, config, dataset, num_generations=2, max_images=1, progress=False, **SAMPLING)
+    image, mask = dataset[0]  # (3, 64, 64): the full image at twice the model input
+    seeds = [s for tile in range(4) for s in generation_seeds(derive_seed(0, dataset.names[0]), 2, tile)]
+    pred = predict(model, quadrants(image), DDPMScheduler.from_config(config.diffusion), num_generations=2,
+                   seeds=seeds, **SAMPLING)
+    prob = stitch_quadrants(pred.prob)[0]  # (64, 64)
+    assert summary["metrics"]["iou"] == pytest.approx(float(metrics.iou(prob > 0.5, mask[0])[0]), abs=1e-12)
+    assert summary["paper"]["metrics"] == {"f1": 81.59, "iou": 69.00}
+
+
+def test_vaihingen_report_sets_the_paper_numbers_beside_the_run(model_and_config, data_root):
+    model, config = model_and_config
+    dataset = build_dataset("vaihingen", data_root, "test", 32)
+    summary = evaluate(model, config, dataset, num_generations=1, max_images=2, progress=False, **SAMPLING)
+    report = format_report(summary)
+    assert f"| mIoU | {100 * summary['metrics']['iou']:.2f} | 91.12 |" in report
+    assert "| F1 |" in report and "95.14" in report and "85.09" in report and "93.83" in report
+    assert summary["num_images"] == 2 and summary["dataset_size"] == 68
+
+
+def test_paper_numbers_match_paper_md():
+    assert PAPER_RESULTS["vaihingen"] == {"f1": 95.14, "iou": 91.12, "wcov_size_ratio": 93.83, "boundf": 85.09}
+    assert PAPER_RESULTS["monuseg"] == {"f1": 81.59, "iou": 69.00}
+    assert list(PAPER_CITYSCAPES_IOU) == ["bicycle", "bus", "person", "train", "truck", "motorcycle", "car", "rider"]
+    # The paper's "Mean" column is the mean of its eight class columns.
+    assert np.mean(list(PAPER_CITYSCAPES_IOU.values())) == pytest.approx(PAPER_RESULTS["cityscapes-expansion"]["iou"],
+                                                                         abs=0.005)
+    assert PAPER_RESULTS["cityscapes-tight"] == {"iou": 76.19}
+
+
+# --- bad input -----------------------------------------------------------------------------------
+def test_not_a_checkpoint_is_exit_2_naming_the_file(tmp_path, capsys):
+    fake = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(fake))  # a real safetensors file, but not segdiff's
+    assert main(["evaluate", str(fake), "--dataset", "synthetic", "--out", str(tmp_path / "o")]) == 2
+    assert "weights.safetensors: not a segdiff checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_dataset_is_exit_2_listing_the_names(run, tmp_path, capsys):
+    assert main(["evaluate", str(run), "--dataset", "pascal", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "'pascal'" in err and "vaihingen, monuseg, cityscapes, folder, synthetic" in err
+
+
+def test_split_other_than_val_or_test_is_exit_2_naming_the_argument(run, tmp_path, capsys):
+    assert main(["evaluate", str(run), "--dataset", "synthetic", "--split", "train", "--out", str(tmp_path)]) == 2
+    assert "--split 'train'" in capsys.readouterr().err
+
+
+def test_non_binary_mask_in_a_folder_is_exit_2_naming_the_file(run, tmp_path, capsys):
+    for sub in ("test/images", "test/masks", "train/images", "train/masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "data/test/images/a.png")
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32) % 3 * 100).save(
+        tmp_path / "data/test/masks/a.png")  # three grey levels: a soft mask, not a binary one
+    assert main(["evaluate", str(run), "--dataset", "folder", "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "masks/a.png" in err and "binary" in err
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+class _Pairs(torch.utils.data.Dataset):
+    """A user's own dataset object: fixed (image, mask) pairs."""
+
+    def __init__(self, pairs):
+        self.pairs, self.names = pairs, [f"pair{i}" for i in range(len(pairs))]
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        return self.pairs[i]
+
+
+def test_non_binary_target_or_other_shape_is_a_value_error_naming_the_item(model_and_config):
+    model, config = model_and_config
+    image = torch.rand(3, 32, 32)
+    soft = _Pairs([(image, torch.full((1, 32, 32), 0.5))])
+    with pytest.raises(ValueError, match=r"pair0: target: expected a binary mask"):
+        evaluate(model, config, soft, num_generations=1, progress=False, **SAMPLING)
+    wrong = _Pairs([(image, torch.zeros(1, 16, 16))])
+    with pytest.raises(ValueError, match=r"pair0: prediction and target must have the same shape"):
+        evaluate(model, config, wrong, num_generations=1, progress=False, **SAMPLING)
+    small = _Pairs([(torch.rand(3, 16, 16), torch.zeros(1, 16, 16))])
+    with pytest.raises(ValueError, match=r"image_size=32"):
+        evaluate(model, config, small, num_generations=1, progress=False, **SAMPLING)
+
+
+def test_unknown_sampler_is_exit_2(run, tmp_path, capsys):
+    assert main(["evaluate", str(run), "--dataset", "synthetic", "--sampler", "euler", "--out", str(tmp_path)]) == 2
+    assert "sampler='euler' is not valid" in capsys.readouterr().err

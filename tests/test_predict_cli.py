@@ -1,0 +1,183 @@
+"""`segdiff predict` on many images: folders and list files, resuming, sharding, sliding windows."""
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segdiff import ExperimentConfig, SegDiff, load_model, predict
+from segdiff.checkpoint import Checkpoint, save_checkpoint
+from segdiff.cli import main
+from segdiff.config import DiffusionConfig
+from segdiff.data import image_to_tensor, quadrants, read_image, resize_image, stitch_quadrants
+from segdiff.diffusion import DDPMScheduler
+from segdiff.sampling import derive_seed, generation_seeds
+from segdiff.synthetic import make_sample
+
+KINDS = ("mask", "prob", "uncertainty", "overlay")
+FAST = ["--generations", "2", "--sampler", "ddim", "--steps", "4"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A real checkpoint of the tiny preset (T=25) with random, non-zero weights: no training needed."""
+    torch.manual_seed(0)
+    cfg = replace(ExperimentConfig.tiny(), diffusion=DiffusionConfig(num_steps=25))
+    net = SegDiff(cfg.model)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.03)
+    path = tmp_path_factory.mktemp("ckpt") / "random.safetensors"
+    save_checkpoint(path, Checkpoint(config=cfg, ema=net.state_dict()))
+    return path
+
+
+def write_image(path: Path, index: int, size=(40, 33)) -> Path:
+    image, _ = make_sample(3, index, 48)
+    array = (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    Image.fromarray(array).resize(size).save(path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, name in enumerate(["a.png", "b.jpg", "c.png", "d.png", "e.png"]):
+        write_image(folder / name, i)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_folder_and_list_file_inputs(checkpoint, images, tmp_path):
+    extra = tmp_path / "more"
+    extra.mkdir()
+    write_image(extra / "f.png", 9)
+    listing = tmp_path / "list.txt"
+    listing.write_text("# one image per line, relative to this file\n\nmore/f.png\n")
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(images), str(listing), "--out", str(out), *FAST]) == 0
+    assert set(outputs(out)) == {f"{n}_{k}.png" for n in "abcdef" for k in KINDS}
+    with Image.open(out / "b_mask.png") as im:
+        assert im.size == (40, 33)
+
+
+def test_an_interrupted_run_continues_and_skips_finished_images(checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(images), "--out", str(out), *FAST]) == 0
+    first = outputs(out)
+    stamps = {name: (out / name).stat().st_mtime_ns for name in first}
+    (out / "c_mask.png").unlink()  # as if stopped while writing c's outputs
+    capsys.readouterr()
+    assert main(["predict", str(checkpoint), str(images), "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "4 of 5 images already have all outputs" in printed and "[1/1]" in printed
+    assert outputs(out) == first  # c redone identically
+    for name, stamp in stamps.items():
+        if not name.startswith("c_"):
+            assert (out / name).stat().st_mtime_ns == stamp  # the others untouched
+    assert main(["predict", str(checkpoint), str(images), "--out", str(out), *FAST, "--overwrite"]) == 0
+    assert "[5/5]" in capsys.readouterr().out
+
+
+def test_ranks_split_the_images_and_their_union_is_the_single_process_run(checkpoint, images, tmp_path,
+                                                                        monkeypatch, capsys):
+    single = tmp_path / "single"
+    assert main(["predict", str(checkpoint), str(images), "--out", str(single), *FAST]) == 0
+    sharded = tmp_path / "sharded"
+    per_rank = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        capsys.readouterr()
+        assert main(["predict", str(checkpoint), str(images), "--out", str(sharded / str(rank)), *FAST]) == 0
+        per_rank.append(outputs(sharded / str(rank)))
+    assert {n[0] for n in per_rank[0]} == set("ace") and {n[0] for n in per_rank[1]} == set("bd")
+    assert {**per_rank[0], **per_rank[1]} == outputs(single)  # byte for byte
+
+
+def test_an_image_depends_on_the_seed_and_its_name_only(checkpoint, images, tmp_path):
+    alone = tmp_path / "alone"
+    assert main(["predict", str(checkpoint), str(images / "c.png"), "--out", str(alone), *FAST]) == 0
+    together = tmp_path / "together"
+    assert main(["predict", str(checkpoint), str(images), "--out", str(together), *FAST]) == 0
+    assert outputs(alone)["c_prob.png"] == outputs(together)["c_prob.png"]
+    other = tmp_path / "other"
+    assert main(["predict", str(checkpoint), str(images / "c.png"), "--out", str(other), *FAST, "--seed", "1"]) == 0
+    assert outputs(other)["c_prob.png"] != outputs(alone)["c_prob.png"]
+
+
+def test_predict_seeds_each_generation_from_seed_and_name(checkpoint, images, tmp_path):
+    """The CLI's probability map is `predict` on the resized image with generation_seeds(derive_seed(seed, name))."""
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(images / "a.png"), "--out", str(out), *FAST, "--seed", "4"]) == 0
+    model, cfg = load_model(checkpoint)
+    image = image_to_tensor(read_image(images / "a.png"))
+    pred = predict(model, resize_image(image, 32)[None], DDPMScheduler.from_config(cfg.diffusion),
+                   num_generations=2, sampler="ddim", num_steps=4, seeds=generation_seeds(derive_seed(4, "a"), 2))
+    prob = torch.nn.functional.interpolate(pred.prob, size=(33, 40), mode="bilinear", align_corners=False)[0, 0]
+    written = np.asarray(Image.open(out / "a_prob.png")).astype(np.int16)
+    expected = (prob.clamp(0, 1).numpy() * 255 + 0.5).astype(np.int16)
+    assert np.abs(written - expected).max() <= 1
+
+
+def test_tile_at_overlap_0_reproduces_the_quadrant_protocol(checkpoint, tmp_path):
+    write_image(tmp_path / "scan.png", 4, size=(50, 50))
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(tmp_path / "scan.png"), "--out", str(out), *FAST,
+                 "--tile", "--resize", "64", "--overlap", "0", "--max-batch", "64"]) == 0
+    model, cfg = load_model(checkpoint)
+    image = resize_image(image_to_tensor(read_image(tmp_path / "scan.png")), 64)
+    seeds = [s for q in range(4) for s in generation_seeds(derive_seed(0, "scan"), 2, q)]
+    parts = predict(model, quadrants(image), DDPMScheduler.from_config(cfg.diffusion), num_generations=2,
+                    sampler="ddim", num_steps=4, seeds=seeds, max_batch=64)
+    prob = torch.nn.functional.interpolate(stitch_quadrants(parts.prob)[None], size=(50, 50), mode="bilinear",
+                                           align_corners=False)[0, 0]
+    written = np.asarray(Image.open(out / "scan_prob.png"))
+    assert np.array_equal(written, (prob.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
+
+
+def test_tile_segments_at_native_resolution(checkpoint, tmp_path):
+    write_image(tmp_path / "wide.png", 2, size=(90, 41))
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(tmp_path / "wide.png"), "--out", str(out), *FAST, "--tile",
+                 "--sampler", "dpm-solver++"]) == 0
+    for kind in KINDS:
+        with Image.open(out / f"wide_{kind}.png") as im:
+            assert im.size == (90, 41)
+
+
+def test_input_errors_are_clear(checkpoint, images, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    write_image(other / "a.png", 7)
+    assert main(["predict", str(checkpoint), str(images), str(other / "a.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "two inputs named 'a'" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(checkpoint), str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "a folder without images" in capsys.readouterr().err
+    assert main(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "o"), "--resize", "64"]) == 2
+    assert "--resize applies with --tile" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_torchrun_two_processes_write_what_one_process_writes(checkpoint, images, tmp_path):
+    """Two real ranks under torchrun (no process group: RANK/WORLD_SIZE only), about 13 s."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    base = [str(checkpoint), str(images), *FAST, "--device", "cpu"]
+    subprocess.run([sys.executable, "-m", "segdiff.cli", "predict", *base, "--out", str(single)], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "segdiff.cli", "predict", *base, "--out", str(multi)], check=True, env=env)
+    assert outputs(multi) == outputs(single)

@@ -1,0 +1,336 @@
+"""Training that survives faults: checkpoints, resume, signals, non-finite steps, bad input.
+
+All runs use the `tiny` preset at T=25 on a few images, on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from segdiff.checkpoint import CheckpointError, load_checkpoint, read_config, step_checkpoints
+from segdiff.cli import main
+from segdiff.config import ExperimentConfig
+from segdiff.model import SegDiff
+from segdiff.training import train
+
+SMALL_RUN = ["--set", "data.num_train=64", "--set", "diffusion.num_steps=25", "--set", "train.val_every=0",
+             "--batch-size", "8", "--device", "cpu"]
+
+
+def tiny(out: Path, *sets: str) -> ExperimentConfig:
+    base = ["data.num_train=64", "diffusion.num_steps=25", "train.val_every=0", "train.batch_size=8",
+            "train.device=cpu", f"train.out_dir={out}"]
+    return ExperimentConfig.tiny().override([*base, *sets])
+
+
+def write_folder(root: Path, count: int) -> None:
+    """`count` random 40x40 image/mask pairs in ROOT/images and ROOT/masks."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        mask = np.zeros((40, 40), np.uint8)
+        mask[rng.integers(0, 20):30, 5:rng.integers(20, 40)] = 255
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / "images" / f"p{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"p{i}.png")
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def step_of(path: Path) -> int:
+    return load_checkpoint(path).state["step"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """6 steps saved every 2, keeping 2, validated at step 6: last-4, last-6, last, best."""
+    out = tmp_path_factory.mktemp("run")
+    train(tiny(out, "train.max_steps=6", "train.save_every=2", "train.keep_last=2", "train.val_every=6",
+               "train.val_generations=1"), progress=False)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def test_run_folder_keeps_the_last_n_and_points_last_at_the_newest(run_dir):
+    assert [s for s, _ in step_checkpoints(run_dir)] == [4, 6]
+    assert os.path.samefile(run_dir / "last.safetensors", run_dir / "last-6.safetensors")
+    assert (run_dir / "best.safetensors").is_file()
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
+
+
+def test_last_checkpoint_holds_everything_needed_to_resume(run_dir):
+    ckpt = load_checkpoint(run_dir / "last.safetensors")
+    names = {n for n, _ in SegDiff(ckpt.config.model).named_parameters()}
+    assert names <= set(ckpt.model) and names <= set(ckpt.ema)
+    # AdamW: per parameter its step count and both moments; hyper-parameters in the JSON state.
+    assert {k.split("/")[1] for k in ckpt.optim} == {"step", "exp_avg", "exp_avg_sq"}
+    assert len(ckpt.optim) == 3 * len(names)
+    assert ckpt.state["optimizer"]["param_groups"][0]["lr"] == ckpt.config.train.lr
+    assert {"noise", "torch_cpu/0"} <= set(ckpt.rng) and ckpt.rng["noise"].dtype == torch.uint8
+    data = ckpt.state["data"]
+    # 64 images in batches of 8: after 6 steps, epoch 0, batch 6 of 8.
+    assert (data["epoch"], data["batch_in_epoch"], data["batches_per_epoch"]) == (0, 6, 8)
+    assert data["permutation_seed"] == ckpt.config.train.seed
+    assert ckpt.state["step"] == 6 and ckpt.config == read_config(run_dir / "last.safetensors")
+    assert load_checkpoint(run_dir / "best.safetensors").state["val_iou"] == ckpt.state["best_val_iou"]
+
+
+def test_logs_are_jsonl_and_csv_with_the_same_records(run_dir):
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    rows = (run_dir / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,event,epoch,loss,grad_norm")
+    assert len(rows) == len(records) + 1
+    assert [r["event"] for r in records][-1] == "val" and records[-2]["step"] == 6
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume
+
+
+def test_resumed_run_reaches_the_same_weights_bit_for_bit(tmp_path):
+    # Augmented folder data (per-item draws), dropout (global RNG) and an epoch boundary crossed
+    # after the resume: 11 training images in batches of 4 make 2 batches per epoch.
+    data = tmp_path / "data"
+    write_folder(data, 12)
+    sets = ["data.dataset=folder", f"data.root={data}", "data.augment=true", "model.dropout=0.1",
+            "train.batch_size=4", "train.max_steps=7", "train.save_every=3"]
+    whole = train(tiny(tmp_path / "whole", *sets), progress=False)
+    resumed = train(tiny(tmp_path / "resumed", *sets), progress=False, resume=whole / "last-3.safetensors")
+    assert load_checkpoint(whole / "last-3.safetensors").state["data"]["batch_in_epoch"] == 1  # mid-epoch
+    a, b = load_file(str(whole / "last-7.safetensors")), load_file(str(resumed / "last-7.safetensors"))
+    assert a.keys() == b.keys() and any(k.startswith("optim/") for k in a) and any(k.startswith("rng/") for k in a)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == []
+    # The resumed folder's log is the whole run's: steps 1-3 copied, 4-7 recomputed.
+    def losses(run: Path) -> list[tuple[int, float]]:
+        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())]
+
+    assert losses(resumed) == losses(whole)
+
+
+def test_resume_through_the_cli_continues_in_the_run_folder(run_dir, tmp_path, capsys):
+    branch = tmp_path / "branch"
+    assert main(["train", "--resume", str(run_dir), "--out", str(branch), "--steps", "7"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert step_of(branch / "last.safetensors") == 7
+    assert read_config(branch / "last.safetensors").train.max_steps == 7  # the run's config, --steps changed
+
+
+def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "segdiff.cli", "train", "--preset", "tiny", "--out", str(run), "--steps",
+               "100000", "--set", "train.save_every=2", "--set", "train.keep_last=2", *SMALL_RUN]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while len(step_checkpoints(run)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    step = step_of(run / "last.safetensors")  # loads: the kill cannot leave a half-written file under it
+    for _, path in step_checkpoints(run):
+        load_checkpoint(path)
+    assert step >= 2 and step % 2 == 0
+    assert main(["train", "--resume", str(run), "--steps", str(step + 1)]) == 0
+    assert step_of(run / "last.safetensors") == step + 1
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "segdiff.cli", "train", "--preset", "tiny", "--out", str(run), "--steps",
+               "100000", "--set", "train.save_every=1000", "--set", "train.log_every=1", *SMALL_RUN]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "log.jsonl").exists() or len((run / "log.jsonl").read_text().splitlines()) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    step = step_of(run / "last.safetensors")
+    assert step >= 2 and f"stopped at step {step}: saved" in out + err
+    assert [s for s, _ in step_checkpoints(run)] == [step]  # save_every=1000: this one came from the signal
+
+
+def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
+    run = train(tiny(tmp_path / "run", "train.max_steps=100000", "train.time_budget_min=0.02"), progress=False)
+    step = step_of(run / "last.safetensors")
+    logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert 0 < step < 100000 and logged[-1] == step
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: a clear error and nothing overwritten
+
+
+def test_resume_with_another_preset_names_the_differing_keys(run_dir, capsys):
+    before = snapshot(run_dir)
+    assert main(["train", "--resume", str(run_dir), "--preset", "small"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "preset (run: 'tiny', requested: 'small')" in err
+    assert "model.base_channels (run: 16, requested: 32)" in err
+    assert snapshot(run_dir) == before
+
+
+def test_resume_with_a_changed_dataset_is_refused(run_dir, tmp_path, capsys):
+    before = snapshot(run_dir)
+    assert main(["train", "--resume", str(run_dir), "--set", "data.num_train=80"]) == 2
+    assert "data.num_train (run: 64, requested: 80)" in capsys.readouterr().err
+    # Same config, different files: the training set's fingerprint differs.
+    data = tmp_path / "data"
+    write_folder(data, 8)
+    sets = ["data.dataset=folder", f"data.root={data}", "train.batch_size=2", "train.max_steps=2"]
+    folder_run = train(tiny(tmp_path / "folder_run", *sets), progress=False)
+    write_folder(data, 10)
+    folder_before = snapshot(folder_run)
+    with pytest.raises(ValueError, match="cannot resume: the training set changed"):
+        train(tiny(folder_run, *sets[:-1], "train.max_steps=4"), progress=False, resume=folder_run)
+    assert snapshot(folder_run) == folder_before and snapshot(run_dir) == before
+
+
+def test_resume_from_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a segdiff run folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_resume_from_a_corrupt_checkpoint_is_a_clear_error_and_writes_nothing(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for p in run_dir.iterdir():
+        (run / p.name).write_bytes(p.read_bytes())  # a copy without hard links
+    last = run / "last.safetensors"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated, as by a full disk
+    before = snapshot(run)
+    assert main(["train", "--resume", str(run), "--steps", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "last.safetensors: not a readable safetensors file" in err
+    assert "other checkpoints of this run: last-4.safetensors, last-6.safetensors" in err
+    assert snapshot(run) == before
+
+
+def test_resume_from_an_inference_checkpoint_or_into_a_newer_run_is_refused(run_dir):
+    cfg = tiny(run_dir, "train.max_steps=8", "train.save_every=2", "train.keep_last=2", "train.val_every=6",
+               "train.val_generations=1")
+    before = snapshot(run_dir)
+    with pytest.raises(CheckpointError, match="holds no optimizer state"):
+        train(cfg, progress=False, resume=run_dir / "best.safetensors")
+    with pytest.raises(ValueError, match=r"newer than step 4 .*last-6.safetensors.*--out NEW_FOLDER"):
+        train(cfg, progress=False, resume=run_dir / "last-4.safetensors")
+    assert snapshot(run_dir) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision and non-finite steps
+
+
+def nan_on_calls(monkeypatch, calls: set[int] | None) -> None:
+    """Make SegDiff's forward return NaN on the given 1-based calls (None: from the 3rd call on)."""
+    original, count = SegDiff.forward, [0]
+
+    def forward(self, *args, **kwargs):
+        count[0] += 1
+        out = original(self, *args, **kwargs)
+        bad = count[0] >= 3 if calls is None else count[0] in calls
+        return out * float("nan") if bad else out
+
+    monkeypatch.setattr(SegDiff, "forward", forward)
+
+
+def test_a_non_finite_step_is_skipped_counted_and_leaves_the_weights_alone(tmp_path, monkeypatch):
+    clean = train(tiny(tmp_path / "clean", "train.max_steps=2"), progress=False)
+    nan_on_calls(monkeypatch, {3})
+    skipped = train(tiny(tmp_path / "nan", "train.max_steps=3", "train.save_every=2"), progress=False)
+    a, b = load_checkpoint(clean / "last.safetensors"), load_checkpoint(skipped / "last.safetensors")
+    assert b.state["skipped_steps"] == 1 and b.state["step"] == 3
+    # The skipped step 3 changed neither the weights, nor the EMA, nor AdamW's moments.
+    for group in ("model", "ema", "optim"):
+        assert all(torch.equal(getattr(a, group)[k], getattr(b, group)[k]) for k in getattr(a, group)), group
+    records = [json.loads(line) for line in (skipped / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "skipped"] == [3]
+
+
+def test_consecutive_non_finite_steps_stop_keeping_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    nan_on_calls(monkeypatch, None)  # steps 3, 4, 5 ... are NaN
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--out", str(run), "--steps", "50", "--set", "train.save_every=2",
+                 "--set", "train.max_nonfinite=3", *SMALL_RUN]) == 2
+    err = capsys.readouterr().err
+    # Steps 3 and 4 were skipped, so the step-4 checkpoint holds the weights of step 2: good ones.
+    assert "stopped at step 5: 3 consecutive steps with a non-finite loss or gradient" in err
+    assert f"the last good checkpoint is {run / 'last-4.safetensors'}" in err
+    ckpt = load_checkpoint(run / "last.safetensors")
+    assert ckpt.state["step"] == 4 and all(torch.isfinite(w).all() for w in ckpt.model.values())
+
+
+def test_fp16_on_the_cpu_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device.*bf16 or fp32"):
+        train(tiny(tmp_path / "run", "train.precision=fp16"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path):
+    run = train(tiny(tmp_path / "run", "train.precision=bf16", "train.max_steps=2", "train.log_every=1"),
+                progress=False)
+    losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_speed_options_give_the_plain_results_within_float_tolerance(tmp_path):
+    plain = train(tiny(tmp_path / "plain", "train.max_steps=3"), progress=False)
+    fast = train(tiny(tmp_path / "fast", "train.max_steps=3", "train.channels_last=true",
+                      "train.fused_adamw=true"), progress=False)
+    a, b = load_checkpoint(plain / "last.safetensors"), load_checkpoint(fast / "last.safetensors")
+    for k in a.model:
+        torch.testing.assert_close(b.model[k], a.model[k], rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    # AdamW's first step moves each weight by lr * g / (|g| + eps): about lr = 1e-3 unclipped. Clipped
+    # to a global norm of 1e-12, |g| << eps = 1e-8 and the move is at most lr * 1e-12 / 1e-8 = 1e-7.
+    cfg = tiny(tmp_path / "x")
+    torch.manual_seed(cfg.train.seed)
+    initial = SegDiff(cfg.model).state_dict()
+    moves = {}
+    for clip in (0.0, 1e-12):
+        run = train(tiny(tmp_path / f"clip{clip}", "train.max_steps=1", f"train.grad_clip={clip}"), progress=False)
+        weights = load_checkpoint(run / "last.safetensors").model
+        moves[clip] = max((weights[k] - initial[k]).abs().max().item() for k in initial)
+    assert moves[0.0] > 5e-4 and moves[1e-12] < 1e-6
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_plain_results_within_float_tolerance(tmp_path):
+    plain = train(tiny(tmp_path / "plain", "train.max_steps=3"), progress=False)
+    compiled = train(tiny(tmp_path / "compiled", "train.max_steps=3", "train.compile=true"), progress=False)
+    a, b = load_checkpoint(plain / "last.safetensors"), load_checkpoint(compiled / "last.safetensors")
+    for k in a.model:
+        torch.testing.assert_close(b.model[k], a.model[k], rtol=1e-4, atol=1e-5)
