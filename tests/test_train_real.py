@@ -151,6 +151,7 @@ def test_wrong_data_path_exits_2_naming_it(tmp_path, capsys):
     for dataset in ("vaihingen", "monuseg", "cityscapes", "folder"):
         assert _train(dataset, missing, tmp_path / f"run_{dataset}") == 2
         assert f"{missing}: " in capsys.readouterr().err
+        assert not (tmp_path / f"run_{dataset}").exists()  # the data is checked before the run folder is made
     assert not missing.exists()
 
 
@@ -183,4 +184,4 @@ def test_corrupt_image_in_a_folder_dataset_exits_2_naming_the_file(tmp_path, cap
     broken.write_bytes(b"not an image" * 20)
     assert _train("folder", data, tmp_path / "run2") == 2
     assert f"{broken}: cannot read image header" in capsys.readouterr().err
-    assert not (tmp_path / "run2" / "last.safetensors").exists()
+    assert not (tmp_path / "run2").exists()

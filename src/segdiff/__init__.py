@@ -13,14 +13,17 @@ from .metrics import (
     mean_over_classes, mean_over_images, reliability_diagram, size_ratio_coverage, weighted_coverage,
 )
 from .model import SegDiff
-from .sampling import Prediction, predict, sample_ddim, sample_ddpm
+from .sampling import Prediction, predict, sample_ddim, sample_ddpm, sample_dpm_solver, sample_sde_dpm_solver
+from .sliding import predict_sliding
+from .evaluation import evaluate
 from .training import train
 from .checkpoint import load_model, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SegDiff", "DDPMScheduler", "predict", "Prediction", "sample_ddpm", "sample_ddim", "train",
+    "SegDiff", "DDPMScheduler", "predict", "Prediction", "predict_sliding", "evaluate", "train",
+    "sample_ddpm", "sample_ddim", "sample_dpm_solver", "sample_sde_dpm_solver",
     "load_model", "load_checkpoint", "save_checkpoint",
     "ExperimentConfig", "ModelConfig", "DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig",
     "iou", "f1", "boundary_f", "boundary_f_mean", "weighted_coverage", "size_ratio_coverage",
