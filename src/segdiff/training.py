@@ -56,7 +56,7 @@ from .checkpoint import (
     step_checkpoints,
 )
 from .config import ExperimentConfig
-from .data import build_dataset
+from .data import build_dataset, quadrants, stitch_quadrants
 from .diffusion import DDPMScheduler, to_signed
 from .io import atomic_write
 from .metrics import iou
@@ -108,10 +108,17 @@ def evaluate_iou(model: SegDiff, dataset, scheduler: DDPMScheduler, cfg: Experim
     scores = []
     for start in range(0, n, 16):
         images, masks = zip(*(dataset[i] for i in range(start, min(n, start + 16))))
-        pred = predict(model, torch.stack(images), scheduler, num_generations=num_generations,
+        x = torch.stack(images)
+        # MoNuSeg's validation items are twice the model's input: its protocol samples the four
+        # quadrants and stitches them back (data.quadrants / stitch_quadrants).
+        quadrant_protocol = x.shape[-1] == 2 * cfg.model.image_size
+        if quadrant_protocol:
+            x = quadrants(x).flatten(0, 1)  # (4B, C, S, S)
+        pred = predict(model, x, scheduler, num_generations=num_generations,
                        sampler=cfg.sample.sampler, num_steps=cfg.sample.num_sampling_steps or None,
                        max_batch=cfg.sample.max_batch, generator=generator)
-        scores.append(iou(pred.mask[:, 0].cpu(), torch.stack(masks)[:, 0]))
+        mask = stitch_quadrants(pred.mask.unflatten(0, (-1, 4))) if quadrant_protocol else pred.mask
+        scores.append(iou(mask[:, 0].cpu(), torch.stack(masks)[:, 0]))
     return torch.cat(scores).mean().item()
 
 
@@ -221,6 +228,9 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
     # --- data -----------------------------------------------------------------------------------------------
     train_set = make_dataset(cfg, "train", augment=cfg.data.augment)
     val_set = make_dataset(cfg, "val") if tc.val_every else None
+    for dataset in (train_set, val_set):  # a user's folder is decoded whole before the first step
+        if hasattr(dataset, "verify"):
+            dataset.verify()
     sampler = distributed.GlobalBatchSampler(len(train_set), tc.batch_size, seed=tc.seed, rank=ranks.rank,
                                              world_size=ranks.world_size)
     # The loader gets a generator of its own for its workers' seeds: the global one drives dropout
