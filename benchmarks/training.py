@@ -1,11 +1,12 @@
 """Training throughput: samples/s of the plain fp32 eager step beside each speed option, in one run.
 
 Each setting runs `segdiff.train` itself (the real loop: synthetic data generated in the main
-process, forward, backward, AdamW, EMA) and its speed is read from the run's own log: samples per
-second between the end of the warm-up steps and the last step (so model building, torch.compile's
-compilation and the final checkpoint are not counted). Settings alternate in rounds, so that
-other load on the machine falls on all of them alike; the table gives the best round (other load
-only slows a round down) and the median, each with its ratio to the plain step.
+process, forward, backward, AdamW, EMA) and its speed is read from the run's own log, which
+times every step: samples per second of the median step after the warm-up steps (so model
+building, torch.compile's compilation and the final checkpoint are not counted). Settings
+alternate in rounds, so that other load on the machine falls on all of them alike; the table
+gives the best round (other load only slows a round down) and the median round, each with its
+ratio to the plain step.
 
     python benchmarks/training.py --preset tiny --threads 2
     python benchmarks/training.py --preset small --batch-size 8 --steps 6 --rounds 2
@@ -41,7 +42,7 @@ SETTINGS = [
 
 
 def samples_per_s(preset: str, sets: list[str], args, out: Path) -> float:
-    """Train `args.warmup + args.steps` steps and return samples/s over the last `args.steps`."""
+    """Train `args.warmup + args.steps` steps; samples/s of the median of the last `args.steps` steps."""
     cfg = ExperimentConfig.from_preset(preset).override([
         "data.dataset=synthetic", f"data.num_train={max(64, 4 * args.batch_size)}", "data.num_workers=0",
         f"train.batch_size={args.batch_size}", f"train.max_steps={args.warmup + args.steps}", "train.log_every=1",
@@ -50,7 +51,9 @@ def samples_per_s(preset: str, sets: list[str], args, out: Path) -> float:
     with contextlib.redirect_stdout(io.StringIO()):  # the resolved config, printed by every run
         train(cfg, progress=False)
     times = {r["step"]: r["time"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())}
-    return args.steps * args.batch_size / (times[args.warmup + args.steps] - times[args.warmup])
+    # The median step: a burst of other load on the machine moves it less than it moves the mean.
+    steps = range(args.warmup + 1, args.warmup + args.steps + 1)
+    return args.batch_size / statistics.median(times[s] - times[s - 1] for s in steps)
 
 
 def main() -> None:
