@@ -67,3 +67,15 @@ def test_non_segdiff_files_are_clear_errors(tmp_path):
         load_model(bad_cfg)
     with pytest.raises(CheckpointError, match="without best.safetensors or last.safetensors"):
         load_model(tmp_path)
+
+
+def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
+    # mkstemp creates 0600 files; outputs on shared storage must be readable like any other file.
+    import os
+
+    from segdiff.io import atomic_write
+
+    atomic_write(tmp_path / "a.txt", lambda p: p.write_text("x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
