@@ -298,3 +298,11 @@ def test_sliding_pads_small_images_and_keeps_any_size(net):
                                image_seed=0)
         assert pred.prob.shape == pred.uncertainty.shape == pred.mask.shape == (1, 1, h, w)
         assert 0 <= pred.prob.min() and pred.prob.max() <= 1
+
+
+def test_channels_last_gives_the_plain_result_within_float_rounding(net):
+    s, images = DDPMScheduler(25), torch.rand(2, 3, 32, 32)
+    plain = predict(net, images, s, num_generations=3, generator=torch.Generator().manual_seed(4), keep_generations=True)
+    nhwc = predict(net, images, s, num_generations=3, generator=torch.Generator().manual_seed(4), keep_generations=True,
+                   channels_last=True)
+    torch.testing.assert_close(nhwc.generations, plain.generations, atol=1e-4, rtol=0)

@@ -244,7 +244,7 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
             sampler: str = "ddpm", num_steps: int | None = None, max_batch: int = 32,
             generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
             eta: float = 0.0, autocast: bool = False, compile: bool = False,
-            keep_generations: bool = False) -> Prediction:
+            channels_last: bool = False, keep_generations: bool = False) -> Prediction:
     """Segment `images` (B, C, H, W) in [0, 1] with `num_generations` samples each.
 
     F(I) is computed once per image; the B*K generations run in chunks of `max_batch`. Each
@@ -258,6 +258,8 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
     faster only where the hardware has bfloat16 units (docs/performance.md, Sampling).
     compile: `torch.compile` the per-step network call (compiled once per model object). It
     compiles for minutes; meant for long runs on a GPU.
+    channels_last: feed the per-step network NHWC tensors (the weights are left as they are), which
+    makes its convolutions faster on CPUs (about 1.2x here); results change by float rounding only.
     """
     if sampler not in SAMPLER_FUNCTIONS:
         raise ValueError(f"sampler={sampler!r} is not valid; choose one of {', '.join(SAMPLER_FUNCTIONS)}")
@@ -281,16 +283,18 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
                  else contextlib.nullcontext())
     with precision:
         cond = model.encode_image(images)  # F(I): once per image
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    cond = cond.contiguous(memory_format=layout)
     owner = torch.arange(b, device=device).repeat_interleave(num_generations)  # image of each row
     out = torch.empty(rows_total, 1, h, w, device=device)
     for start in range(0, rows_total, max_batch):
         rows = owner[start:start + max_batch]
-        cond_rows = cond[rows]
+        cond_rows = cond[rows].contiguous(memory_format=layout)
         row_generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds[start:start + len(rows)]]
 
         def denoise(x: Tensor, t: Tensor) -> Tensor:
             with precision:
-                return denoise_fn(x, t, cond_rows).float()
+                return denoise_fn(x.contiguous(memory_format=layout), t, cond_rows).float()
 
         x0 = sample(denoise, scheduler, (len(rows), 1, h, w), generator=row_generators, device=device,
                     num_steps=num_steps, **options)
