@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from dataclasses import replace
 from pathlib import Path
 
 DESCRIPTION = "Image segmentation with diffusion probabilistic models (SegDiff, Amit et al. 2021)."
