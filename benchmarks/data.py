@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -40,7 +39,7 @@ from segdiff.config import ExperimentConfig
 from segdiff.diffusion import DDPMScheduler, to_signed
 from segdiff.distributed import GlobalBatchSampler
 from segdiff.model import SegDiff
-from segdiff.training import make_dataset
+from segdiff.training import describe_machine, make_dataset
 
 
 def _loader(dataset, batch_size: int, workers: int, seed: int) -> DataLoader:
@@ -121,23 +120,6 @@ def fed_rates(model, optimizer, scheduler, loader: DataLoader, batch, steps: int
     return fed_samples / fed_time, alone_samples / alone_time
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{_cpu_name()} ({platform.machine()}), {os.cpu_count()} CPU cores, "
-            f"{gpu}; torch {torch.__version__}, {torch.get_num_threads()} intra-op threads in the main process "
-            f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", "../shared/data"),
@@ -157,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     model_steps, model_batch, fed_steps = as_map(args.model_steps), as_map(args.model_batch), as_map(args.fed_steps)
 
     torch.set_flush_denormal(True)  # as training does on the CPU
-    print(f"machine: {_machine()}")
+    print(f"machine: {describe_machine()}")
     print(f"command: python {' '.join(sys.argv)}")
     for preset in args.presets:
         cfg = ExperimentConfig.from_preset(preset)

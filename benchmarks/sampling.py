@@ -45,7 +45,6 @@ import contextlib
 import ctypes
 import gc
 import os
-import platform
 import threading
 import time
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ from segdiff.metrics import iou
 from segdiff.model import SegDiff
 from segdiff.sampling import derive_seed, generation_seeds, predict, sample_ddpm
 from segdiff.synthetic import make_sample
-from segdiff.training import make_dataset
+from segdiff.training import describe_machine, make_dataset
 
 
 # --- measuring ------------------------------------------------------------------------------------
@@ -197,12 +196,6 @@ def other_python_processes() -> list[str]:
     return found
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
-
-
 # --- main ----------------------------------------------------------------------------------------------
 def speed(args: argparse.Namespace, device: torch.device) -> None:
     if args.checkpoint:
@@ -231,7 +224,7 @@ def speed(args: argparse.Namespace, device: torch.device) -> None:
     share_f = encode_flops / (encode_flops + denoise_flops)
     peak = matmul_peak_gflops(device)
 
-    print(f"segdiff sampling benchmark on {machine(device)}, torch {torch.__version__}")
+    print(f"segdiff sampling benchmark on {describe_machine(device)}")
     print(f"{source}; {size}x{size} px, K={k} generations, T={steps_total}, max_batch={args.max_batch}")
     print(f"FLOPs per image/generation: encode_image (F) {encode_flops / 1e9:.3f} GFLOP, denoise "
           f"{denoise_flops / 1e9:.3f} GFLOP; share of F in one full forward {100 * share_f:.1f} %")
@@ -329,7 +322,7 @@ def memory(args: argparse.Namespace, device: torch.device) -> None:
     size = cfg.model.image_size
     image = torch.rand(1, cfg.model.in_channels, size, size)
     params = sum(p.numel() for p in model.parameters())
-    print(f"segdiff sampling memory on {machine(device)}, torch {torch.__version__}")
+    print(f"segdiff sampling memory on {describe_machine(device)}")
     print(f"preset {args.memory_preset} ({params / 1e6:.1f} M parameters, random weights), one {size}x{size} image, "
           f"K={args.generations} generations in chunks of max_batch={args.max_batch}, DDIM {args.memory_steps} step(s)")
     others = other_python_processes()

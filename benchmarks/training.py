@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import io
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 from segdiff.config import ExperimentConfig
-from segdiff.training import train
+from segdiff.training import describe_machine, train
 
 # Settings measured beside the plain fp32 eager step: (name, --set overrides).
 SETTINGS = [
@@ -71,8 +70,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     settings = [s for s in SETTINGS if not args.only or s[0] in args.only or s[0] == SETTINGS[0][0]]
     print(f"segdiff training benchmark: preset {args.preset}, batch {args.batch_size}, {args.steps} timed steps "
-          f"after {args.warmup} warm-up, {args.rounds} rounds; torch {torch.__version__}, device {args.device}, "
-          f"{torch.get_num_threads()} threads, CPU {platform.processor() or platform.machine()} "
+          f"after {args.warmup} warm-up, {args.rounds} rounds; device {args.device}, {describe_machine()} "
           f"({torch.backends.cpu.get_cpu_capability()})", flush=True)
     results: dict[str, list[float]] = {name: [] for name, _ in settings}
     started = time.monotonic()

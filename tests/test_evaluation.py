@@ -16,12 +16,13 @@ from safetensors.torch import save_file
 from segdiff import metrics
 from segdiff.checkpoint import load_model
 from segdiff.cli import main
-from segdiff.data import build_dataset, quadrants, stitch_quadrants
+from segdiff.data import build_dataset, quadrants, resize_image, stitch_quadrants
 from segdiff.diffusion import DDPMScheduler
 from segdiff.evaluation import (
     METRICS, PAPER_CITYSCAPES_IOU, PAPER_RESULTS, _Extremes, evaluate, format_report, running_means,
 )
 from segdiff.sampling import derive_seed, generation_seeds, predict
+from segdiff.synthetic import make_sample
 
 SAMPLING = {"sampler": "ddim", "num_steps": 4}  # cheap; the protocol code is the same for ddpm
 
@@ -293,3 +294,52 @@ def test_non_binary_target_or_other_shape_is_a_value_error_naming_the_item(model
 def test_unknown_sampler_is_exit_2(run, tmp_path, capsys):
     assert main(["evaluate", str(run), "--dataset", "synthetic", "--sampler", "euler", "--out", str(tmp_path)]) == 2
     assert "sampler='euler' is not valid" in capsys.readouterr().err
+
+
+def test_score_size_samples_at_the_input_and_scores_the_upsampled_probability(model_and_config):
+    model, config = model_and_config
+    size = 2 * config.model.image_size
+    dataset = build_dataset("synthetic", "", "test", size, num_test=2)
+    summary = evaluate(model, config, dataset, num_generations=2, score_size=size, progress=False, seed=3,
+                       **SAMPLING)
+    assert summary["score_size"] == size and "scored against the" in summary["protocol_description"]
+    # By hand: sample the downsized image with the same seeds, upsample the running mean, threshold.
+    image, mask = dataset[0]
+    small = resize_image(image, config.model.image_size)
+    pred = predict(model, small[None], DDPMScheduler.from_config(config.diffusion), num_generations=2,
+                   seeds=generation_seeds(derive_seed(3, dataset.names[0]), 2), keep_generations=True, **SAMPLING)
+    prob = torch.nn.functional.interpolate(pred.prob, size=(size, size), mode="bilinear", align_corners=False)
+    expected = metrics.iou(prob[0, 0].clamp(0, 1) > 0.5, mask[0])[0]
+    first = evaluate(model, config, dataset, num_generations=2, score_size=size, progress=False, seed=3,
+                     max_images=1, **SAMPLING)
+    assert first["metrics"]["iou"] == pytest.approx(float(expected), abs=1e-9)
+
+
+def test_score_size_is_refused_for_protocols_with_their_own_resolution(model_and_config, data_root):
+    model, config = model_and_config
+    dataset = build_dataset("monuseg", data_root, "test", config.model.image_size)
+    with pytest.raises(ValueError, match="monuseg protocol fixes its own"):
+        evaluate(model, config, dataset, num_generations=1, score_size=256, progress=False, **SAMPLING)
+
+
+def test_reproduce_trains_then_writes_a_test_evaluation(tmp_path):
+    for split in ("train", "test"):
+        for sub in ("images", "masks"):
+            (tmp_path / "data" / split / sub).mkdir(parents=True)
+        for i in range(4 if split == "train" else 2):
+            image, mask = make_sample(0 if split == "train" else 1, i, 32)
+            Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(
+                tmp_path / "data" / split / "images" / f"{i}.png")
+            Image.fromarray((mask[0].numpy() * 255).astype(np.uint8)).save(
+                tmp_path / "data" / split / "masks" / f"{i}.png")
+    assert main(["reproduce", "--preset", "tiny", "--dataset", "folder", "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "run"), "--steps", "2", "--generations", "2", "--set", "train.val_every=0",
+                 "--set", "sample.sampler=ddim", "--set", "sample.num_sampling_steps=3",
+                 "--set", "data.val_fraction=0.25"]) == 0
+    summary = json.loads((tmp_path / "run" / "test" / "summary.json").read_text())
+    assert summary["num_images"] == 2 and summary["num_generations"] == 2 and summary["sampler"] == "ddim"
+
+
+def test_reproduce_refuses_the_synthetic_demo_data(tmp_path, capsys):
+    assert main(["reproduce", "--preset", "tiny", "--out", str(tmp_path)]) == 2
+    assert "reproduce runs a benchmark" in capsys.readouterr().err

@@ -4,6 +4,8 @@
     segdiff train --preset NAME ...   train a model; writes a run folder with checkpoints
     segdiff predict CKPT IMAGE...     segment images: mask, probability and uncertainty PNGs
     segdiff evaluate CKPT --dataset NAME ...   score a split with its test protocol, beside the paper
+    segdiff baseline --preset NAME ...         train the plain U-Net baseline on the same data and budget
+    segdiff reproduce --preset NAME ...        train, then evaluate on the test split (one command per result)
 """
 
 from __future__ import annotations
@@ -25,16 +27,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- train --------------------------------------------------------------------------------------------
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace):
+    """The ExperimentConfig that `train` and `baseline` arguments describe."""
     import yaml
-
-    import os
 
     from .checkpoint import load_resume_checkpoint
     from .config import ExperimentConfig
-    from .training import TrainingDiverged, train
 
-    if args.resume and not (args.config or args.preset):
+    if getattr(args, "resume", None) and not (args.config or args.preset):
         # Continue with the run's own config; --set and the flags below may change what may change.
         cfg = load_resume_checkpoint(args.resume, config_only=True)[1].config
         resumed = Path(args.resume)
@@ -57,16 +57,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     for flag, key in (("steps", "train.max_steps"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
                       ("time_budget", "train.time_budget_min"), ("device", "train.device"), ("out", "train.out_dir"),
                       ("seed", "train.seed"), ("conditioning", "model.conditioning"), ("workers", "data.num_workers")):
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value is not None:
             sets.append(f"{key}={value}")
-    cfg = cfg.override(sets)
+    return cfg.override(sets)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from .training import TrainingDiverged, train
+
+    cfg = _train_config(args)
     try:
         run = train(cfg, resume=args.resume)  # prints the resolved config first
     except TrainingDiverged as exc:
         raise UserError(str(exc)) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"run folder: {run} (last.safetensors, best.safetensors, log.jsonl, log.csv, config.json)")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from .baseline import train_baseline
+
+    cfg = _train_config(args)
+    run = train_baseline(cfg, features=tuple(args.features))
+    print(f"run folder: {run} (last.safetensors, best.safetensors, log.jsonl, config.json)")
     return 0
 
 
@@ -195,21 +212,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     root = args.data or os.environ.get("SEGDIFF_DATA", "")
     if not root and args.dataset != "synthetic":
         raise UserError(f"--dataset {args.dataset}: needs a data folder; pass --data DIR or set SEGDIFF_DATA")
-    model, cfg = load_model(args.checkpoint, device=resolve_device(args.device))
+    model, cfg = load_model(args.checkpoint, device=resolve_device(args.device), allow_baseline=True)
     options: dict = {}
     if args.dataset == "synthetic":
         options = {"num_train": cfg.data.num_train, "num_test": cfg.data.num_test}
     elif args.dataset == "cityscapes":
         options = {"setting": args.setting}
     # The checkpoint's seed and val_fraction carve the same validation split its training used.
-    dataset = build_dataset(args.dataset, root, args.split, cfg.model.image_size,
+    if args.score_size and args.dataset in ("monuseg", "cityscapes"):
+        raise UserError(f"--score-size: {args.dataset}'s protocol fixes its own scoring resolution")
+    dataset = build_dataset(args.dataset, root, args.split, args.score_size or cfg.model.image_size,
                             val_fraction=cfg.data.val_fraction, seed=cfg.train.seed, **options)
     print(f"evaluating {args.checkpoint} on {args.dataset} {args.split} ({len(dataset)} images"
           f"{f', the first {args.max_images}' if args.max_images else ''}), K={args.generations}, "
           f"sampler {args.sampler}, seed {args.seed}")
     summary = evaluate(model, cfg, dataset, num_generations=args.generations, sampler=args.sampler,
                        num_steps=args.steps, max_batch=args.max_batch, seed=args.seed, out_dir=args.out,
-                       max_images=args.max_images,
+                       max_images=args.max_images, score_size=args.score_size,
                        metadata={"checkpoint": str(Path(args.checkpoint).resolve()), "dataset": args.dataset,
                                  "split": args.split,
                                  "data_root": str(Path(root).resolve()) if root else None})
@@ -219,13 +238,58 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- reproduce ----------------------------------------------------------------------------------------
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Train a preset (its schedule, time budget and sampler), then score its best checkpoint on test."""
+    from .training import TrainingDiverged, train
+
+    cfg = _train_config(args)
+    if cfg.data.dataset == "synthetic":
+        raise UserError("reproduce runs a benchmark: pass a preset of one (vaihingen, vaihingen-cpu, monuseg, "
+                        "cityscapes) or --dataset")
+    try:
+        run = train(cfg)
+    except TrainingDiverged as exc:
+        raise UserError(str(exc)) from None
+    # Vaihingen is scored at the paper's 256 px whatever the model's input (evaluate --score-size).
+    score_size = 256 if cfg.data.dataset == "vaihingen" and cfg.model.image_size != 256 else None
+    out = run / "test"
+    print(f"training done; evaluating {run} on the test split, K={args.generations}, "
+          f"{cfg.sample.sampler} with {cfg.sample.num_sampling_steps or cfg.diffusion.num_steps} steps -> {out}")
+    return cmd_evaluate(argparse.Namespace(
+        checkpoint=str(run), dataset=cfg.data.dataset, data=cfg.data.root or None, split="test",
+        generations=args.generations, out=str(out), sampler=cfg.sample.sampler,
+        steps=cfg.sample.num_sampling_steps or None, max_images=None, max_batch=cfg.sample.max_batch,
+        score_size=score_size, setting=args.setting, seed=0, device=cfg.train.device))
+
+
 # --- parser -------------------------------------------------------------------------------------------
 class UserError(Exception):
     """An error the user can fix; printed without a traceback."""
 
 
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """The flags that describe a training run's config (train, baseline)."""
+    from .config import PRESETS
+
+    p.add_argument("--preset", choices=sorted(PRESETS), help="starting configuration (default: tiny; with "
+                   "--resume: the run's own)")
+    p.add_argument("--config", help="YAML file with an ExperimentConfig (replaces --preset)")
+    p.add_argument("--dataset", help="vaihingen, monuseg, cityscapes, folder or synthetic")
+    p.add_argument("--data", help="dataset folder (default: $SEGDIFF_DATA)")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--lr", type=float, help="AdamW learning rate")
+    p.add_argument("--time-budget", type=float, help="stop cleanly after this many minutes")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config field; repeatable")
+
 def build_parser() -> argparse.ArgumentParser:
-    from .config import CONDITIONINGS, PRESETS
+    from .config import CONDITIONINGS
 
     parser = argparse.ArgumentParser(prog="segdiff", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -257,24 +321,39 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(docs/training.md).",
                        epilog="example: segdiff train --preset vaihingen --data ../shared/data --out runs/vai "
                               "--set train.val_every=2000")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="starting configuration (default: tiny; with "
-                   "--resume: the run's own)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN (its last.safetensors) or from a "
                    "checkpoint file; writes into RUN unless --out is given")
-    p.add_argument("--config", help="YAML file with an ExperimentConfig (replaces --preset)")
-    p.add_argument("--dataset", help="vaihingen, monuseg, cityscapes, folder or synthetic")
-    p.add_argument("--data", help="dataset folder (default: $SEGDIFF_DATA)")
-    p.add_argument("--out", help="run folder")
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--batch-size", type=int, help="global batch size")
-    p.add_argument("--lr", type=float, help="AdamW learning rate")
-    p.add_argument("--time-budget", type=float, help="stop cleanly after this many minutes")
     p.add_argument("--conditioning", choices=CONDITIONINGS, help="the paper's conditioning variants (default sum)")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config field; repeatable")
+    add_config_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("baseline", help="train the plain U-Net baseline on a preset's data and budget",
+                       description="Train MONAI's BasicUNet (Dice + cross-entropy, one forward pass per image) on "
+                                   "the same data pipeline, input size, batch, AdamW settings, validation and time "
+                                   "budget as `segdiff train` with the same preset, so `segdiff evaluate` can score "
+                                   "both alike. Writes RUN/config.json, RUN/log.jsonl, RUN/last.safetensors and "
+                                   "RUN/best.safetensors.",
+                       epilog="example: segdiff baseline --preset vaihingen-cpu --data ../shared/data --out runs/unet")
+    p.add_argument("--features", type=int, nargs=6, default=[32, 32, 64, 128, 256, 32],
+                   help="BasicUNet widths: 5 encoder levels and the last decoder (default: %(default)s)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("reproduce", help="train a preset on its benchmark, then evaluate it on the test split",
+                       description="One command per result: train (the preset's schedule, time budget, validation) "
+                                   "as `segdiff train` does, then score the best checkpoint on the test split with "
+                                   "the dataset's protocol and the preset's sampler, as `segdiff evaluate` does, "
+                                   "into RUN/test/ (metrics, curve over K, reliability, examples). Vaihingen is "
+                                   "scored at the paper's 256 px whatever the model's input.",
+                       epilog="examples: segdiff reproduce --preset vaihingen-cpu --data ../shared/data --out "
+                              "runs/vcpu (60 min on a CPU, docs/results.md); segdiff reproduce --preset vaihingen "
+                              "--data ../shared/data --out runs/vai (the paper's preset and schedule; a GPU)")
+    p.add_argument("--generations", type=int, default=30, help="K for the test evaluation (default: %(default)s)")
+    p.add_argument("--setting", default="expansion", choices=["expansion", "tight"],
+                   help="Cityscapes crop setting for the test evaluation (default: %(default)s)")
+    p.add_argument("--conditioning", choices=CONDITIONINGS, help="the paper's conditioning variants (default sum)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("predict", help="segment images with a trained checkpoint",
                        description="Segment images of any size and common format (PNG, JPEG, TIFF). By default each "
@@ -344,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: all T)")
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images")
     p.add_argument("--max-batch", type=int, default=32, help="generations run at once; bounds memory")
+    p.add_argument("--score-size", type=int, default=None, help="Vaihingen/folder: score at this side (e.g. the "
+                   "paper's 256 for a 64 px model): images are sampled at the model's input and the probabilities "
+                   "resized up before the threshold (default: the model's input)")
     p.add_argument("--setting", default="expansion", choices=["expansion", "tight"],
                    help="Cityscapes crops (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .config import ExperimentConfig
-from .data import FolderDataset, MoNuSeg, Vaihingen, quadrants, stitch_quadrants
+from .data import FolderDataset, MoNuSeg, Vaihingen, quadrants, resize_image, stitch_quadrants
 from .diffusion import DDPMScheduler
 from .io import atomic_write, colormap, overlay
 from .sampling import derive_seed, generation_seeds, predict
@@ -129,7 +129,7 @@ def protocol_for(dataset, image_size: int) -> Protocol:
     if isinstance(dataset, FolderDataset):
         return Protocol("folder", f"image folder: images and masks at the model input, {side}", None)
     if isinstance(dataset, SyntheticShapes):
-        return Protocol("synthetic", f"built-in synthetic shapes at the model input, {side}", None)
+        return Protocol("synthetic", f"built-in synthetic shapes: images and masks at the model input, {side}", None)
     return Protocol("custom", f"{type(dataset).__name__}: images and masks at the model input, {side}", None)
 
 
@@ -185,20 +185,32 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 def _sample_one(model, scheduler: DDPMScheduler, image: Tensor, protocol: Protocol, size: tuple[int, int], *,
                 num_generations: int, sampler: str, num_steps: int | None, max_batch: int,
-                image_seed: int) -> tuple[Tensor, Tensor]:
-    """Running means (K, h, w) and uncertainty (h, w) of one image at the protocol's resolution."""
-    kwargs = dict(num_generations=num_generations, sampler=sampler, num_steps=num_steps, max_batch=max_batch,
-                  keep_generations=True)
+                image_seed: int, image_size: int) -> tuple[Tensor, Tensor]:
+    """Running means (K, h, w) and uncertainty (h, w) of one image at the scoring size `size`.
+
+    The image is sampled at the model's input (resized first when the dataset gives it larger,
+    as with `score_size`); the running means are resized bilinearly to `size` before any
+    threshold. The U-Net baseline gives its probability as the one "generation".
+    """
+    from .baseline import UNetBaseline
+
     if protocol.name == "monuseg":
         seeds = [s for tile in range(4) for s in generation_seeds(image_seed, num_generations, tile)]
-        pred = predict(model, quadrants(image), scheduler, seeds=seeds, **kwargs)  # (4, K, S, S)
+        pred = predict(model, quadrants(image), scheduler, seeds=seeds, num_generations=num_generations,
+                       sampler=sampler, num_steps=num_steps, max_batch=max_batch, keep_generations=True)
         generations = stitch_quadrants(pred.generations)  # (K, 2S, 2S): K plays the channel axis
         return running_means(generations), stitch_quadrants(pred.uncertainty)[0]
-    pred = predict(model, image[None], scheduler, seeds=generation_seeds(image_seed, num_generations), **kwargs)
-    means, uncertainty = running_means(pred.generations[0]), pred.uncertainty[0]  # (K, S, S), (1, S, S)
-    if protocol.name == "cityscapes":  # back to the crop's size, before the threshold
-        return _resize(means, size), _resize(uncertainty, size)[0]
-    return means, uncertainty[0]
+    if tuple(image.shape[-2:]) != (image_size, image_size):
+        image = resize_image(image, image_size)
+    if isinstance(model, UNetBaseline):
+        prob = model.probability(image[None].to(next(model.parameters()).device))[0].cpu()  # (1, S, S)
+        means, uncertainty = prob, torch.zeros_like(prob)
+    else:
+        pred = predict(model, image[None], scheduler, seeds=generation_seeds(image_seed, num_generations),
+                       num_generations=num_generations, sampler=sampler, num_steps=num_steps,
+                       max_batch=max_batch, keep_generations=True)
+        means, uncertainty = running_means(pred.generations[0]), pred.uncertainty[0]  # (K, S, S), (1, S, S)
+    return _resize(means, size), _resize(uncertainty, size)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,11 +270,12 @@ def _aggregate(values: Tensor, classes: Sequence[str] | None) -> tuple[float, di
 # The evaluation
 
 
-def _check_item(name: str, image: Tensor, target: Tensor, protocol: Protocol, image_size: int) -> None:
-    expected = 2 * image_size if protocol.name == "monuseg" else image_size
+def _check_item(name: str, image: Tensor, target: Tensor, protocol: Protocol, image_size: int,
+                score_size: int | None) -> None:
+    expected = 2 * image_size if protocol.name == "monuseg" else score_size or image_size
     if image.ndim != 3 or tuple(image.shape[-2:]) != (expected, expected):
-        raise ValueError(f"{name}: the dataset gives an image of shape {tuple(image.shape)}, the model needs "
-                         f"(C, {expected}, {expected}); build the dataset at image_size={image_size}")
+        raise ValueError(f"{name}: the dataset gives an image of shape {tuple(image.shape)}, the evaluation needs "
+                         f"(C, {expected}, {expected}); build the dataset at image_size={expected}")
     if target.ndim != 3 or target.shape[0] != 1:
         raise ValueError(f"{name}: expected a mask of shape (1, H, W), found {tuple(target.shape)}")
     if protocol.name != "cityscapes" and target.shape[-2:] != image.shape[-2:]:
@@ -274,7 +287,7 @@ def _check_item(name: str, image: Tensor, target: Tensor, protocol: Protocol, im
 def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int = 30, sampler: str = "ddpm",
              num_steps: int | None = None, max_batch: int = 32, seed: int = 0,
              out_dir: str | Path | None = None, progress: bool = True, max_images: int | None = None,
-             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+             metadata: dict[str, Any] | None = None, score_size: int | None = None) -> dict[str, Any]:
     """Evaluate `model` on `dataset` with its test protocol; return the summary (also summary.json).
 
     Samples `num_generations` (K) generations per image once and scores the running means of
@@ -283,7 +296,11 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
     diagram, the paper's numbers ("paper", percent) where a paper row applies, the config,
     sampler, seed and `metadata` (e.g. the checkpoint path). With `out_dir`, writes the files
     listed in the module docstring, summary.json last. `max_images` scores only the first N;
-    `seed` fixes every generation (see the module docstring).
+    `seed` fixes every generation (see the module docstring). `score_size` (Vaihingen, folder,
+    synthetic): the dataset is built at this side, images are resized to the model's input for
+    sampling and the probabilities back up to it, so a small model is scored at the paper's
+    resolution (e.g. 256 for Vaihingen) rather than at its own input. The U-Net baseline
+    (`baseline.UNetBaseline`) is scored alike with K = 1.
 
         summary = evaluate(model, cfg, build_dataset("vaihingen", root, "test", 256),
                            num_generations=30, seed=0)
@@ -293,8 +310,22 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
         raise ValueError(f"num_generations and max_batch must be >= 1, found {num_generations} and {max_batch}")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1, found {max_images}")
+    from .baseline import UNetBaseline
+    from .training import describe_machine
+
+    if isinstance(model, UNetBaseline):
+        num_generations, sampler, num_steps = 1, "none (one forward pass)", 0
     image_size = config.model.image_size
     protocol = protocol_for(dataset, image_size)
+    if score_size is not None:
+        if protocol.name in ("monuseg", "cityscapes"):
+            raise ValueError(f"score_size applies to images scored whole at one size; the {protocol.name} "
+                             "protocol fixes its own scoring resolution")
+        if score_size != image_size:
+            label = protocol.description.split(":")[0]
+            protocol = Protocol(protocol.name, f"{label}: sampled at the model input {image_size}x{image_size}, the "
+                                f"probabilities resized bilinearly to {score_size}x{score_size} and scored against "
+                                f"the {score_size}x{score_size} masks", protocol.paper_key)
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     if count == 0:
         raise ValueError(f"{protocol.name}: the dataset has no images to evaluate")
@@ -316,14 +347,14 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
         name = names[i]
         image_seed = derive_seed(seed, name)
         image, target = dataset[i]
-        _check_item(name, image, target, protocol, image_size)
+        _check_item(name, image, target, protocol, image_size, score_size)
         if protocol.name == "cityscapes":
             target = dataset.original_mask(i)  # (1, h, w): the crop's own size
         target = target[0]
         means, uncertainty = _sample_one(
             model, scheduler, image, protocol, tuple(target.shape), num_generations=num_generations,
             sampler=sampler, num_steps=num_steps, max_batch=max_batch,
-            image_seed=image_seed)
+            image_seed=image_seed, image_size=image_size)
         try:
             scores = score_probabilities(means, target)
             diagram = metrics.reliability_diagram(means[-1], target, num_bins=10)
@@ -378,6 +409,8 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
         "num_generations": num_generations,
         "sampler": sampler,
         "num_steps": num_steps if num_steps is not None else config.diffusion.num_steps,
+        "score_size": score_size or image_size if protocol.name not in ("monuseg", "cityscapes") else None,
+        "model": type(model).__name__,
         "seed": seed,
         "max_batch": max_batch,
         "metrics": summary_metrics,
@@ -389,6 +422,7 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
                   "per_class_iou": dict(PAPER_CITYSCAPES_IOU) if protocol.paper_key == "cityscapes-expansion" else {}},
         "elapsed_s": round(elapsed, 2),
         "seconds_per_image": round(elapsed / count, 3),
+        "machine": describe_machine(next(model.parameters()).device),
         **(metadata or {}),
         "config": config.to_dict(),
     }

@@ -4,6 +4,7 @@
 - `plot_calibration_vs_generations`: calibration score and ECE against K (paper Fig. 6).
 - `plot_reliability`: reliability diagram pooled over all pixels (`metrics.reliability_diagram`).
 - `plot_examples`: rows of pictures (the best and worst images with their uncertainty).
+- `plot_training_curves`: validation IoU of training runs against wall-clock minutes.
 
 matplotlib is imported inside each function, through its object API (`Figure`, no pyplot): no
 global backend or figure state, nothing opens a window, and `import segdiff` stays light.
@@ -18,7 +19,8 @@ from torch import Tensor
 
 from .io import atomic_write
 
-__all__ = ["plot_metrics_vs_generations", "plot_calibration_vs_generations", "plot_reliability", "plot_examples"]
+__all__ = ["plot_metrics_vs_generations", "plot_calibration_vs_generations", "plot_reliability", "plot_examples",
+           "plot_training_curves"]
 
 
 def _figure(width: float, height: float):
@@ -128,4 +130,19 @@ def plot_examples(path: str | Path, rows: Sequence[tuple[str, Sequence[tuple[str
             if c == 0:
                 axes.set_ylabel(row_title, fontsize=8)
     fig.suptitle(f"Best and worst images by IoU: {title}", fontsize=10)
+    _save(fig, path)
+
+
+def plot_training_curves(path: str | Path, runs: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+                         title: str = "") -> None:
+    """Validation IoU (fractions, shown in percent) against training minutes, one line per run."""
+    fig = _figure(6.4, 4.2)
+    axes = fig.add_subplot()
+    for label, (minutes, values) in runs.items():
+        axes.plot(list(minutes), [100 * v for v in values], marker="o", markersize=3, label=label)
+    axes.set_xlabel("training time (minutes)")
+    axes.set_ylabel("validation IoU (%)")
+    axes.grid(True, alpha=0.3)
+    axes.set_title(f"Validation IoU during training\n{title}", fontsize=10)
+    axes.legend(fontsize=8)
     _save(fig, path)

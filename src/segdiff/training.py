@@ -88,6 +88,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def describe_machine(device: torch.device | str | None = None) -> str:
+    """CPU model, cores, GPU, torch and thread count: what every recorded figure must name."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    device = torch.device(device) if device is not None else None
+    gpu = (torch.cuda.get_device_name(device) if device is not None and device.type == "cuda"
+           else torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+    return (f"{cpu} ({platform.machine()}), {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} intra-op threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
+
+
 def make_dataset(cfg: ExperimentConfig, split: str, *, augment: bool = False):
     """The configured dataset's `split` at the model's input size."""
     d = cfg.data
