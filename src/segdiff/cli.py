@@ -289,6 +289,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config field; repeatable")
 
 def build_parser() -> argparse.ArgumentParser:
+    from .baseline import DEFAULT_FEATURES
     from .config import CONDITIONINGS
 
     parser = argparse.ArgumentParser(prog="segdiff", description=DESCRIPTION)
@@ -334,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "both alike. Writes RUN/config.json, RUN/log.jsonl, RUN/last.safetensors and "
                                    "RUN/best.safetensors.",
                        epilog="example: segdiff baseline --preset vaihingen-cpu --data ../shared/data --out runs/unet")
-    p.add_argument("--features", type=int, nargs=6, default=[32, 32, 64, 128, 256, 32],
+    p.add_argument("--features", type=int, nargs=6, default=list(DEFAULT_FEATURES),
                    help="BasicUNet widths: 5 encoder levels and the last decoder (default: %(default)s)")
     add_config_args(p)
     p.set_defaults(func=cmd_baseline)
