@@ -96,3 +96,11 @@ def test_timesteps_are_descending_and_respaced_without_mutation():
 def test_too_few_steps_for_the_linear_schedule_is_refused():
     with pytest.raises(ValueError, match="num_steps=10 must be in \\[21, 1000\\]"):
         DDPMScheduler(10)
+
+
+def test_training_target_is_the_noise_or_x0_as_configured():
+    x0, noise = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
+    assert DDPMScheduler(100).training_target(x0, noise) is noise
+    assert DDPMScheduler(100, prediction="sample").training_target(x0, noise) is x0
+    with pytest.raises(ValueError, match="prediction='v' is not valid"):
+        DDPMScheduler(100, prediction="v")

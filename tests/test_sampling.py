@@ -306,3 +306,54 @@ def test_channels_last_gives_the_plain_result_within_float_rounding(net):
     nhwc = predict(net, images, s, num_generations=3, generator=torch.Generator().manual_seed(4), keep_generations=True,
                    channels_last=True)
     torch.testing.assert_close(nhwc.generations, plain.generations, atol=1e-4, rtol=0)
+
+
+# --- x_0-predicting networks and clipping ------------------------------------------------------------
+class _X0Oracle(torch.nn.Module):
+    """A network that predicts x_0 and always outputs the true x_0 (or a scaled copy of it)."""
+
+    def __init__(self, x0, scale=1.0):
+        super().__init__()
+        self.x0, self.scale, self.w = x0, scale, torch.nn.Parameter(torch.zeros(()))
+
+    def encode_image(self, image):
+        return image
+
+    def denoise(self, x_t, t, cond):
+        return self.scale * self.x0[: x_t.shape[0]] + 0 * self.w
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddpm", 10), ("ddim", 25), ("dpm-solver++", 10),
+                                           ("sde-dpm-solver++", 10)])
+def test_every_sampler_recovers_x0_from_an_x0_predicting_network(x0, sampler, steps):
+    s = DDPMScheduler(100, prediction="sample")
+    pred = predict(_X0Oracle(x0), torch.zeros(3, 1, 8, 8), s, num_generations=1, sampler=sampler, num_steps=steps,
+                   seeds=[0, 1, 2])
+    torch.testing.assert_close(pred.prob, from_signed(x0), atol=1e-4, rtol=0)
+
+
+def test_to_epsilon_inverts_add_noise_for_both_parameterisations(x0):
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0, 50, 99])
+    for prediction in ("epsilon", "sample"):
+        s = DDPMScheduler(100, prediction=prediction)
+        x_t = s.add_noise(x0, noise, t)
+        output = s.training_target(x0, noise)  # a perfect network's output
+        torch.testing.assert_close(s.to_epsilon(output, t, x_t), noise, atol=1e-4, rtol=0)
+        torch.testing.assert_close(s.to_epsilon(output, t, x_t, clip_x0=True), noise, atol=1e-4, rtol=0)
+    # An epsilon network without clipping passes through untouched (the paper's sampler, bit for bit).
+    s = DDPMScheduler(100)
+    assert s.to_epsilon(noise, t, x0) is noise
+
+
+def test_clip_x0_clamps_the_estimate_to_the_mask_range(x0):
+    """x_0 estimates 3x too large: clipped, the sampler still lands on x_0; unclipped it overshoots."""
+    s = DDPMScheduler(100, prediction="sample")
+    images = torch.zeros(3, 1, 8, 8)
+    clipped = predict(_X0Oracle(x0, scale=3.0), images, s, num_generations=1, sampler="ddim", num_steps=10,
+                      seeds=[0, 1, 2], clip_x0=True)
+    torch.testing.assert_close(clipped.prob, from_signed(x0), atol=1e-4, rtol=0)
+    x_t, t = torch.randn(3, 1, 8, 8), torch.tensor([90, 90, 90])
+    eps = s.to_epsilon(3 * x0, t, x_t, clip_x0=True)
+    abar = _gather(s.alphas_cumprod, t, x_t)
+    torch.testing.assert_close((x_t - (1 - abar).sqrt() * eps) / abar.sqrt(), x0, atol=1e-4, rtol=0)

@@ -334,3 +334,25 @@ def test_torch_compile_gives_the_plain_results_within_float_tolerance(tmp_path):
     a, b = load_checkpoint(plain / "last.safetensors"), load_checkpoint(compiled / "last.safetensors")
     for k in a.model:
         torch.testing.assert_close(b.model[k], a.model[k], rtol=1e-4, atol=1e-5)
+
+
+def test_an_x0_predicting_network_trains_on_x0_and_samples_through_predict(tmp_path):
+    from segdiff.checkpoint import load_model
+    from segdiff.diffusion import DDPMScheduler
+    from segdiff.sampling import predict
+    from segdiff.synthetic import make_sample
+
+    cfg = ExperimentConfig.tiny().override([
+        f"train.out_dir={tmp_path}", "train.max_steps=3", "train.batch_size=4", "data.num_train=8",
+        "diffusion.prediction=sample", "sample.clip_x0=true", "train.log_every=1"])
+    train(cfg, progress=False)
+    model, saved = load_model(tmp_path / "last.safetensors")
+    assert saved.diffusion.prediction == "sample" and saved.sample.clip_x0
+    # The first logged loss is the MSE against x_0: with the zero-initialised output layer the
+    # network outputs 0, and x_0 is +-1 everywhere, so the loss of step 1 is exactly 1.
+    first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and first["loss"] == pytest.approx(1.0, abs=1e-6)
+    image, _ = make_sample(0, 0, 32)
+    pred = predict(model, image[None], DDPMScheduler.from_config(saved.diffusion), num_generations=2,
+                   sampler="ddim", num_steps=4, seeds=[0, 1], clip_x0=True)
+    assert pred.prob.shape == (1, 1, 32, 32) and 0 <= pred.prob.min() <= pred.prob.max() <= 1

@@ -52,9 +52,10 @@ class DDPMScheduler:
     >>> x_prev = s.step(eps_pred, t, x_t, generator=g)   # one ancestral step, eq. 11
     """
 
-    def __init__(self, num_steps: int = 100, beta_schedule: str = "linear"):
-        DiffusionConfig(num_steps=num_steps, beta_schedule=beta_schedule)  # validates
+    def __init__(self, num_steps: int = 100, beta_schedule: str = "linear", prediction: str = "epsilon"):
+        DiffusionConfig(num_steps=num_steps, beta_schedule=beta_schedule, prediction=prediction)  # validates
         self.num_steps = num_steps
+        self.prediction = prediction
         self.betas = linear_betas(num_steps)
         self.alphas = 1 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
@@ -66,7 +67,7 @@ class DDPMScheduler:
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> "DDPMScheduler":
-        return cls(config.num_steps, config.beta_schedule)
+        return cls(config.num_steps, config.beta_schedule, config.prediction)
 
     def timesteps(self, num_inference_steps: int | None = None) -> Tensor:
         """Descending steps to visit: all T, or `num_inference_steps` evenly spaced (respacing)."""
@@ -84,6 +85,26 @@ class DDPMScheduler:
         """x_hat_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), eq. 4 solved for x_0."""
         abar = _gather(self.alphas_cumprod, t, x_t)
         return (x_t - (1 - abar).sqrt() * eps_pred) / abar.sqrt()
+
+    def training_target(self, x0: Tensor, noise: Tensor) -> Tensor:
+        """What the network learns to output: the noise (the paper) or x_0 itself."""
+        return noise if self.prediction == "epsilon" else x0
+
+    def to_epsilon(self, output: Tensor, t: Tensor, x_t: Tensor, *, clip_x0: bool = False) -> Tensor:
+        """The network's output as the noise estimate every sampler steps with.
+
+        For an x_0-predicting network, eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t). With
+        `clip_x0` the x_0 estimate is clamped to the masks' range [-1, 1] first (the "clip
+        denoised" of improved-diffusion; the paper samples without it), so every sampler steps
+        towards a valid mask. An epsilon network without clipping passes through unchanged.
+        """
+        if self.prediction == "epsilon" and not clip_x0:
+            return output
+        x0 = output if self.prediction == "sample" else self.predict_x0(output, t, x_t)
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+        abar = _gather(self.alphas_cumprod, t, x_t)
+        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
 
     def posterior_mean(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Mean of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)."""

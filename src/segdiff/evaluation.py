@@ -185,7 +185,7 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 def _sample_one(model, scheduler: DDPMScheduler, image: Tensor, protocol: Protocol, size: tuple[int, int], *,
                 num_generations: int, sampler: str, num_steps: int | None, max_batch: int,
-                image_seed: int, image_size: int) -> tuple[Tensor, Tensor]:
+                image_seed: int, image_size: int, clip_x0: bool = False) -> tuple[Tensor, Tensor]:
     """Running means (K, h, w) and uncertainty (h, w) of one image at the scoring size `size`.
 
     The image is sampled at the model's input (resized first when the dataset gives it larger,
@@ -197,7 +197,8 @@ def _sample_one(model, scheduler: DDPMScheduler, image: Tensor, protocol: Protoc
     if protocol.name == "monuseg":
         seeds = [s for tile in range(4) for s in generation_seeds(image_seed, num_generations, tile)]
         pred = predict(model, quadrants(image), scheduler, seeds=seeds, num_generations=num_generations,
-                       sampler=sampler, num_steps=num_steps, max_batch=max_batch, keep_generations=True)
+                       sampler=sampler, num_steps=num_steps, max_batch=max_batch, keep_generations=True,
+                       clip_x0=clip_x0)
         generations = stitch_quadrants(pred.generations)  # (K, 2S, 2S): K plays the channel axis
         return running_means(generations), stitch_quadrants(pred.uncertainty)[0]
     if tuple(image.shape[-2:]) != (image_size, image_size):
@@ -208,7 +209,7 @@ def _sample_one(model, scheduler: DDPMScheduler, image: Tensor, protocol: Protoc
     else:
         pred = predict(model, image[None], scheduler, seeds=generation_seeds(image_seed, num_generations),
                        num_generations=num_generations, sampler=sampler, num_steps=num_steps,
-                       max_batch=max_batch, keep_generations=True)
+                       max_batch=max_batch, keep_generations=True, clip_x0=clip_x0)
         means, uncertainty = running_means(pred.generations[0]), pred.uncertainty[0]  # (K, S, S), (1, S, S)
     return _resize(means, size), _resize(uncertainty, size)[0]
 
@@ -287,7 +288,8 @@ def _check_item(name: str, image: Tensor, target: Tensor, protocol: Protocol, im
 def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int = 30, sampler: str = "ddpm",
              num_steps: int | None = None, max_batch: int = 32, seed: int = 0,
              out_dir: str | Path | None = None, progress: bool = True, max_images: int | None = None,
-             metadata: dict[str, Any] | None = None, score_size: int | None = None) -> dict[str, Any]:
+             metadata: dict[str, Any] | None = None, score_size: int | None = None,
+             clip_x0: bool | None = None) -> dict[str, Any]:
     """Evaluate `model` on `dataset` with its test protocol; return the summary (also summary.json).
 
     Samples `num_generations` (K) generations per image once and scores the running means of
@@ -300,7 +302,8 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
     synthetic): the dataset is built at this side, images are resized to the model's input for
     sampling and the probabilities back up to it, so a small model is scored at the paper's
     resolution (e.g. 256 for Vaihingen) rather than at its own input. The U-Net baseline
-    (`baseline.UNetBaseline`) is scored alike with K = 1.
+    (`baseline.UNetBaseline`) is scored alike with K = 1. `clip_x0` (default: the config's
+    `sample.clip_x0`) clamps each sampling step's x_0 estimate to [-1, 1].
 
         summary = evaluate(model, cfg, build_dataset("vaihingen", root, "test", 256),
                            num_generations=30, seed=0)
@@ -315,6 +318,7 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
 
     if isinstance(model, UNetBaseline):
         num_generations, sampler, num_steps = 1, "none (one forward pass)", 0
+    clip_x0 = config.sample.clip_x0 if clip_x0 is None else clip_x0
     image_size = config.model.image_size
     protocol = protocol_for(dataset, image_size)
     if score_size is not None:
@@ -354,7 +358,7 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
         means, uncertainty = _sample_one(
             model, scheduler, image, protocol, tuple(target.shape), num_generations=num_generations,
             sampler=sampler, num_steps=num_steps, max_batch=max_batch,
-            image_seed=image_seed, image_size=image_size)
+            image_seed=image_seed, image_size=image_size, clip_x0=clip_x0)
         try:
             scores = score_probabilities(means, target)
             diagram = metrics.reliability_diagram(means[-1], target, num_bins=10)
@@ -409,6 +413,7 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
         "num_generations": num_generations,
         "sampler": sampler,
         "num_steps": num_steps if num_steps is not None else config.diffusion.num_steps,
+        "clip_x0": clip_x0,
         "score_size": score_size or image_size if protocol.name not in ("monuseg", "cityscapes") else None,
         "model": type(model).__name__,
         "seed": seed,

@@ -244,7 +244,7 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
             sampler: str = "ddpm", num_steps: int | None = None, max_batch: int = 32,
             generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
             eta: float = 0.0, autocast: bool = False, compile: bool = False,
-            channels_last: bool = False, keep_generations: bool = False) -> Prediction:
+            channels_last: bool = False, keep_generations: bool = False, clip_x0: bool = False) -> Prediction:
     """Segment `images` (B, C, H, W) in [0, 1] with `num_generations` samples each.
 
     F(I) is computed once per image; the B*K generations run in chunks of `max_batch`. Each
@@ -260,6 +260,9 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
     compiles for minutes; meant for long runs on a GPU.
     channels_last: feed the per-step network NHWC tensors (the weights are left as they are), which
     makes its convolutions faster on CPUs (about 1.2x here); results change by float rounding only.
+    clip_x0: clamp each step's x_0 estimate to [-1, 1] (`DDPMScheduler.to_epsilon`). Networks that
+    predict x_0 (`diffusion.prediction="sample"`) are converted to the noise estimate here, so
+    every sampler serves both.
     """
     if sampler not in SAMPLER_FUNCTIONS:
         raise ValueError(f"sampler={sampler!r} is not valid; choose one of {', '.join(SAMPLER_FUNCTIONS)}")
@@ -294,7 +297,8 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
 
         def denoise(x: Tensor, t: Tensor) -> Tensor:
             with precision:
-                return denoise_fn(x.contiguous(memory_format=layout), t, cond_rows).float()
+                output = denoise_fn(x.contiguous(memory_format=layout), t, cond_rows).float()
+            return scheduler.to_epsilon(output, t, x, clip_x0=clip_x0)
 
         x0 = sample(denoise, scheduler, (len(rows), 1, h, w), generator=row_generators, device=device,
                     num_steps=num_steps, **options)

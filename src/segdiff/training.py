@@ -1,7 +1,7 @@
 """Training: one loop, top to bottom (nanoGPT's shape).
 
 resume checks -> seed, device, processes -> data -> model, EMA, optimizer, loss scale -> resume ->
-loop (draw t, add noise, predict eps, MSE, step, EMA) -> periodic validation on a split carved
+loop (draw t, add noise, predict eps (or x_0), MSE, step, EMA) -> periodic validation on a split carved
 from the training data (never the test set) -> checkpoints.
 
 The run folder:
@@ -133,7 +133,7 @@ def evaluate_iou(model: SegDiff, dataset, scheduler: DDPMScheduler, cfg: Experim
             x = quadrants(x).flatten(0, 1)  # (4B, C, S, S)
         pred = predict(model, x, scheduler, num_generations=num_generations,
                        sampler=cfg.sample.sampler, num_steps=cfg.sample.num_sampling_steps or None,
-                       max_batch=cfg.sample.max_batch, generator=generator)
+                       max_batch=cfg.sample.max_batch, generator=generator, clip_x0=cfg.sample.clip_x0)
         mask = stitch_quadrants(pred.mask.unflatten(0, (-1, 4))) if quadrant_protocol else pred.mask
         scores.append(iou(mask[:, 0].cpu(), torch.stack(masks)[:, 0]))
     return torch.cat(scores).mean().item()
@@ -420,10 +420,10 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             t = torch.randint(0, scheduler.num_steps, (tc.batch_size,), generator=noise_generator, device=device)[share]
             noise = torch.randn((tc.batch_size, *x0.shape[1:]), generator=noise_generator, device=device)[share]
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                eps_pred = net(scheduler.add_noise(x0, noise, t), t, image)
+                output = net(scheduler.add_noise(x0, noise, t), t, image)  # the noise, or x_0
             # Mean squared error over pixels and batch, in float32; the reference sums over pixels,
             # which only rescales the gradient (AdamW is invariant to that up to its epsilon).
-            loss = F.mse_loss(eps_pred.float(), noise)
+            loss = F.mse_loss(output.float(), scheduler.training_target(x0, noise))
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
