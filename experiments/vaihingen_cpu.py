@@ -5,8 +5,8 @@
     python experiments/vaihingen_cpu.py report                              # docs/results.md from the runs
 
 `run` executes the `segdiff` commands in STAGES (each stage after the stages it needs), logging
-each to RUNS/logs/STAGE.log; a stage whose output exists is skipped, so an interrupted run
-continues. With --jobs N, N stages run at once, each with OMP_NUM_THREADS = cores / N, so N
+each to RUNS/logs/STAGE.log and marking success with RUNS/logs/STAGE.done; a marked stage is
+skipped, so an interrupted run continues. With --jobs N, N stages run at once, each with OMP_NUM_THREADS = cores / N, so N
 training runs share the machine evenly (docs/results.md says which way its figures were made).
 `report` reads only what the runs wrote (summary.json, log.jsonl, the figures) and writes
 docs/results.md with the commands quoted from STAGES: no number on the page is typed by hand.
@@ -36,7 +36,6 @@ CONDITIONINGS = ("sum", "concat", "image-concat")
 class Stage:
     name: str
     command: str  # {data} and {runs} are filled in
-    output: str  # relative to {runs}: the stage is done when this file exists
     after: tuple[str, ...] = ()
 
 
@@ -49,30 +48,23 @@ def _evaluate(checkpoint: str, out: str, generations: int, sampler: str = "sde-d
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("train-segdiff", f"segdiff train --preset {PRESET} --data {{data}} --out {{runs}}/segdiff",
-          "segdiff/last.safetensors"),
+    Stage("train-segdiff", f"segdiff train --preset {PRESET} --data {{data}} --out {{runs}}/segdiff"),
     # The paper's parameterisation on the same preset, for the comparison in docs/results.md (the
     # run behind the page was stopped by hand at step 1384; this stage stops there).
     Stage("train-segdiff-epsilon", f"segdiff train --preset {PRESET} --data {{data}} --steps 1384 "
-          "--set diffusion.prediction=epsilon --set sample.clip_x0=false --out {runs}/segdiff-epsilon",
-          "segdiff-epsilon/last.safetensors"),
-    Stage("train-unet", f"segdiff baseline --preset {PRESET} --data {{data}} --out {{runs}}/unet",
-          "unet/last.safetensors"),
+          "--set diffusion.prediction=epsilon --set sample.clip_x0=false --out {runs}/segdiff-epsilon"),
+    Stage("train-unet", f"segdiff baseline --preset {PRESET} --data {{data}} --out {{runs}}/unet"),
     *(Stage(f"train-ablation-{c}", f"segdiff train --preset {PRESET} --data {{data}} --conditioning {c} "
-            f"--steps {ABLATION_STEPS} --out {{runs}}/ablation-{c}", f"ablation-{c}/last.safetensors")
+            f"--steps {ABLATION_STEPS} --out {{runs}}/ablation-{c}")
       for c in CONDITIONINGS),
-    Stage("test-segdiff", _evaluate("segdiff", "segdiff/test", 30), "segdiff/test/summary.json", ("train-segdiff",)),
-    Stage("test-unet", _evaluate("unet", "unet/test", 1), "unet/test/summary.json", ("train-unet",)),
-    Stage("steps-ddpm-100", _evaluate("segdiff", "segdiff/steps-ddpm-100", STEPS_GENERATIONS, "ddpm", None),
-          "segdiff/steps-ddpm-100/summary.json", ("train-segdiff",)),
-    Stage("steps-ddpm-25", _evaluate("segdiff", "segdiff/steps-ddpm-25", STEPS_GENERATIONS, "ddpm", 25),
-          "segdiff/steps-ddpm-25/summary.json", ("train-segdiff",)),
+    Stage("test-segdiff", _evaluate("segdiff", "segdiff/test", 30), ("train-segdiff",)),
+    Stage("test-unet", _evaluate("unet", "unet/test", 1), ("train-unet",)),
+    Stage("steps-ddpm-100", _evaluate("segdiff", "segdiff/steps-ddpm-100", STEPS_GENERATIONS, "ddpm", None), ("train-segdiff",)),
+    Stage("steps-ddpm-25", _evaluate("segdiff", "segdiff/steps-ddpm-25", STEPS_GENERATIONS, "ddpm", 25), ("train-segdiff",)),
     Stage("steps-sde-dpm-solver-25", _evaluate("segdiff", "segdiff/steps-sde-25", STEPS_GENERATIONS,
-                                               "sde-dpm-solver++", 25),
-          "segdiff/steps-sde-25/summary.json", ("train-segdiff",)),
+                                               "sde-dpm-solver++", 25), ("train-segdiff",)),
     *(Stage(f"test-ablation-{c}", _evaluate(f"ablation-{c}/last.safetensors", f"ablation-{c}/test",
-                                            ABLATION_GENERATIONS),
-            f"ablation-{c}/test/summary.json", (f"train-ablation-{c}",)) for c in CONDITIONINGS),
+                                            ABLATION_GENERATIONS), (f"train-ablation-{c}",)) for c in CONDITIONINGS),
 )
 
 
@@ -81,18 +73,22 @@ def run(args: argparse.Namespace) -> int:
     runs = Path(args.runs)
     (runs / "logs").mkdir(parents=True, exist_ok=True)
     todo = [s for s in STAGES if not args.only or s.name in args.only]
-    done = {s.name for s in STAGES if (runs / s.output).exists()}
+    done = {s.name for s in STAGES if (runs / "logs" / f"{s.name}.done").exists()}
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if args.jobs > 1 else dict(os.environ)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
-    failed = []
+    failed: list[str] = []
+    waiting_since = None
     while todo or running:
+        # Stages marked done meanwhile (e.g. by another `run` on the same folder) count at once.
+        done |= {s.name for s in STAGES if (runs / "logs" / f"{s.name}.done").exists()}
         for name, (proc, started) in list(running.items()):
             if proc.poll() is not None:
                 del running[name]
                 minutes = (time.monotonic() - started) / 60
                 if proc.returncode == 0:
                     done.add(name)
+                    (runs / "logs" / f"{name}.done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
                     print(f"[{time.strftime('%H:%M:%S')}] done {name} ({minutes:.1f} min)", flush=True)
                 else:
                     failed.append(name)
@@ -101,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         for stage in list(todo):
             if stage.name in done:
                 todo.remove(stage)
-                print(f"skip {stage.name}: {runs / stage.output} exists")
+                print(f"skip {stage.name}: {runs}/logs/{stage.name}.done exists")
                 continue
             if len(running) >= args.jobs:
                 break
@@ -116,6 +112,13 @@ def run(args: argparse.Namespace) -> int:
                 log = (runs / "logs" / f"{stage.name}.log").open("w")
                 running[stage.name] = (subprocess.Popen(command, shell=True, env=env, stdout=log,
                                                         stderr=subprocess.STDOUT), time.monotonic())
+        if not running and todo:
+            if waiting_since is None or time.monotonic() - waiting_since > 600:
+                waiting_since = time.monotonic()
+                print(f"[{time.strftime('%H:%M:%S')}] waiting for stages outside --only to be marked done: "
+                      f"{sorted({d for s in todo for d in s.after} - done)}", flush=True)
+        else:
+            waiting_since = None
         time.sleep(1)
     return 1 if failed else 0
 
@@ -154,7 +157,7 @@ def report(args: argparse.Namespace) -> int:
     runs, out = Path(args.runs), Path(args.out)
     figures = out.parent / "figures" / "results"
     figures.mkdir(parents=True, exist_ok=True)
-    main, unet = _summary(runs, "segdiff/test/summary.json"), _summary(runs, "unet/test/summary.json")
+    main, unet = _summary(runs), _summary(runs)
     if main is None:
         sys.exit(f"{runs}/segdiff/test/summary.json is missing: run the stages first")
     lines = [
@@ -267,7 +270,7 @@ def report(args: argparse.Namespace) -> int:
     step_rows.append((f"{main['sampler']}", main["num_steps"], curve["iou"][k - 1], curve["calibration"][k - 1],
                       curve["ece"][k - 1], None))
     for rel in ("steps-ddpm-100", "steps-ddpm-25", "steps-sde-25"):
-        s = _summary(runs, f"segdiff/{rel}/summary.json")
+        s = _summary(runs)
         if s is not None:
             m = s["metrics"]
             step_rows.append((s["sampler"], s["num_steps"], m["iou"], m["calibration"], m["ece"],
@@ -294,7 +297,7 @@ def report(args: argparse.Namespace) -> int:
     # 4. The conditioning ablation.
     abl_rows = []
     for c in CONDITIONINGS:
-        s = _summary(runs, f"ablation-{c}/test/summary.json")
+        s = _summary(runs)
         if s is None:
             continue
         _, values, last = _val_curve(runs / f"ablation-{c}")
