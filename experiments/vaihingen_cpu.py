@@ -39,12 +39,13 @@ class Stage:
     after: tuple[str, ...] = ()
 
 
-def _evaluate(checkpoint: str, out: str, generations: int, sampler: str = "sde-dpm-solver++",
+def _evaluate(checkpoint: str, out: str, generations: int, sampler: str | None = "sde-dpm-solver++",
               steps: int | None = 10) -> str:
     """The test evaluation of {runs}/checkpoint into {runs}/out, scored at the paper's 256 px."""
-    steps_flag = f" --steps {steps}" if steps else ""
-    return (f"segdiff evaluate {{runs}}/{checkpoint} --dataset vaihingen --data {{data}} --split test "
-            f"--generations {generations} --sampler {sampler}{steps_flag} --score-size 256 --out {{runs}}/{out}")
+    sampling = (f" --generations {generations} --sampler {sampler}" + (f" --steps {steps}" if steps else "")
+                if sampler else "")
+    return (f"segdiff evaluate {{runs}}/{checkpoint} --dataset vaihingen --data {{data}} --split test"
+            f"{sampling} --score-size 256 --out {{runs}}/{out}")
 
 
 STAGES: tuple[Stage, ...] = (
@@ -58,7 +59,7 @@ STAGES: tuple[Stage, ...] = (
             f"--steps {ABLATION_STEPS} --out {{runs}}/ablation-{c}")
       for c in CONDITIONINGS),
     Stage("test-segdiff", _evaluate("segdiff", "segdiff/test", 30), ("train-segdiff",)),
-    Stage("test-unet", _evaluate("unet", "unet/test", 1), ("train-unet",)),
+    Stage("test-unet", _evaluate("unet", "unet/test", 1, sampler=None), ("train-unet",)),
     Stage("steps-ddpm-100", _evaluate("segdiff", "segdiff/steps-ddpm-100", STEPS_GENERATIONS, "ddpm", None), ("train-segdiff",)),
     Stage("steps-ddpm-25", _evaluate("segdiff", "segdiff/steps-ddpm-25", STEPS_GENERATIONS, "ddpm", 25), ("train-segdiff",)),
     Stage("steps-sde-dpm-solver-25", _evaluate("segdiff", "segdiff/steps-sde-25", STEPS_GENERATIONS,
@@ -142,6 +143,17 @@ def _val_curve(run_dir: Path) -> tuple[list[float], list[float], dict]:
     return minutes, values, last
 
 
+def _parameters(config: dict) -> int:
+    """Parameter count of the network a run folder's config.json describes."""
+    from segdiff.baseline import UNetBaseline
+    from segdiff.config import ExperimentConfig
+    from segdiff.model import SegDiff
+
+    cfg = ExperimentConfig.from_dict({k: v for k, v in config.items() if k not in ("baseline", "features", "machine")})
+    model = UNetBaseline(cfg.model.in_channels, tuple(config["features"])) if "baseline" in config else SegDiff(cfg.model)
+    return sum(p.numel() for p in model.parameters())
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
@@ -157,7 +169,7 @@ def report(args: argparse.Namespace) -> int:
     runs, out = Path(args.runs), Path(args.out)
     figures = out.parent / "figures" / "results"
     figures.mkdir(parents=True, exist_ok=True)
-    main, unet = _summary(runs), _summary(runs)
+    main, unet = _summary(runs, "segdiff/test/summary.json"), _summary(runs, "unet/test/summary.json")
     if main is None:
         sys.exit(f"{runs}/segdiff/test/summary.json is missing: run the stages first")
     lines = [
@@ -181,13 +193,15 @@ def report(args: argparse.Namespace) -> int:
             curves["SegDiff, the paper's epsilon prediction"] = _val_curve(runs / "segdiff-epsilon")[:2]
         config = json.loads((runs / name / "config.json").read_text())
         m = summary["metrics"]
-        rows.append(f"| {label} | {_pct(m['f1'])} | {_pct(m['iou'])} | {_pct(m['wcov'])} | "
+        rows.append(f"| {label} | {_parameters(config) / 1e6:.2f} | {_pct(m['f1'])} | {_pct(m['iou'])} | {_pct(m['wcov'])} | "
                     f"{_pct(m['wcov_size_ratio'])} | {_pct(m['boundf'])} | {m['calibration']:.4f} | {m['ece']:.4f} | "
                     f"{last.get('step', '-')} | {minutes[-1] if minutes else 0:.0f} | {summary['num_generations']} | "
                     f"{summary['seconds_per_image']:.2f} |")
-        del config
     paper = main["paper"]["metrics"]
-    rows.append(f"| paper (SegDiff, 160 M params, 256 px, GPU) | {paper['f1']:.2f} | {paper['iou']:.2f} | - | "
+    from segdiff.config import ExperimentConfig
+
+    paper_params = _parameters(ExperimentConfig.vaihingen().to_dict())  # the paper's network, built here
+    rows.append(f"| paper (SegDiff `vaihingen` preset, 256 px, GPU) | {paper_params / 1e6:.2f} | {paper['f1']:.2f} | {paper['iou']:.2f} | - | "
                 f"{paper['wcov_size_ratio']:.2f} | {paper['boundf']:.2f} | - | - | - | - | 30 | - |")
     lines += [
         "## SegDiff against a plain U-Net, same data, input and time",
@@ -196,9 +210,9 @@ def report(args: argparse.Namespace) -> int:
         "bilinearly to 256 before the 0.5 threshold (`segdiff evaluate --score-size 256`). Percent, except the "
         "calibration score and ECE (lower is better).",
         "",
-        "| model | F1 | mIoU | WCov | WCov (size ratio, the paper's) | BoundF | calibration | ECE | training steps "
+        "| model | parameters (M) | F1 | mIoU | WCov | WCov (size ratio, the paper's) | BoundF | calibration | ECE | training steps "
         "| training minutes | K | test s/image |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         "Commands:",
@@ -270,7 +284,7 @@ def report(args: argparse.Namespace) -> int:
     step_rows.append((f"{main['sampler']}", main["num_steps"], curve["iou"][k - 1], curve["calibration"][k - 1],
                       curve["ece"][k - 1], None))
     for rel in ("steps-ddpm-100", "steps-ddpm-25", "steps-sde-25"):
-        s = _summary(runs)
+        s = _summary(runs, f"segdiff/{rel}/summary.json")
         if s is not None:
             m = s["metrics"]
             step_rows.append((s["sampler"], s["num_steps"], m["iou"], m["calibration"], m["ece"],
@@ -297,7 +311,7 @@ def report(args: argparse.Namespace) -> int:
     # 4. The conditioning ablation.
     abl_rows = []
     for c in CONDITIONINGS:
-        s = _summary(runs)
+        s = _summary(runs, f"ablation-{c}/test/summary.json")
         if s is None:
             continue
         _, values, last = _val_curve(runs / f"ablation-{c}")
