@@ -225,7 +225,7 @@ def report(args: argparse.Namespace) -> int:
         "```",
         "",
     ]
-    plot_training_curves(figures / "val_iou_over_time.png", curves,
+    plot_training_curves(figures / "val_iou_over_time.png", {k.replace("`", ""): v for k, v in curves.items()},
                          title="Vaihingen validation split (10 images) at 64 px; SegDiff: K=3, 10 solver steps")
     lines += [
         "![validation IoU over training time](figures/results/val_iou_over_time.png)",
