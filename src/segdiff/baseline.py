@@ -61,12 +61,13 @@ def baseline_from_checkpoint(ckpt: Checkpoint) -> UNetBaseline:
 
 
 @torch.no_grad()
-def _val_iou(model: UNetBaseline, dataset) -> float:
+def _val_iou(model: UNetBaseline, dataset, device: torch.device) -> float:
     model.eval()
     scores = []
     for start in range(0, len(dataset), 16):
         images, masks = zip(*(dataset[i] for i in range(start, min(len(dataset), start + 16))))
-        scores.append(iou(model.probability(torch.stack(images))[:, 0] > 0.5, torch.stack(masks)[:, 0] > 0.5))
+        prob = model.probability(torch.stack(images).to(device)).cpu()
+        scores.append(iou(prob[:, 0] > 0.5, torch.stack(masks)[:, 0] > 0.5))
     model.train()
     return float(torch.cat(scores).mean())
 
@@ -76,12 +77,12 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
     """Train the U-Net on `cfg`'s data with `cfg.train`'s optimiser settings; return the run folder.
 
     Uses train.{batch_size, lr, weight_decay, seed, max_steps, time_budget_min, val_every,
-    log_every, out_dir}; writes config.json, log.jsonl, last.safetensors and best.safetensors
-    (best validation IoU), each atomically.
+    log_every, out_dir, device}; writes config.json, log.jsonl, last.safetensors and
+    best.safetensors (best validation IoU), each atomically. A run starts afresh (no resume).
     """
     from monai.losses import DiceCELoss
 
-    from .training import describe_machine, make_dataset
+    from .training import describe_machine, make_dataset, resolve_device
 
     tc = cfg.train
     out_dir = Path(tc.out_dir)
@@ -95,7 +96,8 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
         {"baseline": BASELINE, "features": list(features), "machine": describe_machine(), **cfg.to_dict()},
         indent=2)))
 
-    model = UNetBaseline(cfg.model.in_channels, features)
+    device = resolve_device(tc.device)
+    model = UNetBaseline(cfg.model.in_channels, features).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     loss_fn = DiceCELoss(sigmoid=True)
     n_params = sum(p.numel() for p in model.parameters())
@@ -113,6 +115,7 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
     def save(name: str, val: float | None) -> None:
         state = {"baseline": BASELINE, "features": list(features), "step": step, "val_iou": val,
                  "elapsed_s": round(time.monotonic() - start, 1)}
+        # No EMA here: the weights go where segdiff checkpoints keep the evaluated ones (ema/).
         save_checkpoint(out_dir / f"{name}.safetensors", Checkpoint(config=cfg, ema=model.state_dict(), state=state))
 
     bar = tqdm(total=tc.max_steps, disable=not progress, dynamic_ncols=True, desc="baseline")
@@ -123,8 +126,8 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
             train_set.set_epoch(epoch)
         for indices in sampler:
             images, masks = zip(*(train_set[i] for i in indices))
-            logits = model(torch.stack(images))
-            loss = loss_fn(logits, torch.stack(masks))
+            logits = model(torch.stack(images).to(device))
+            loss = loss_fn(logits, torch.stack(masks).to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip:
@@ -139,7 +142,7 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
                 bar.set_postfix(loss=f"{value:.4f}")
             out_of_time = tc.time_budget_min > 0 and elapsed > 60 * tc.time_budget_min
             if val_set is not None and (step % tc.val_every == 0 or out_of_time or step == tc.max_steps):
-                val = _val_iou(model, val_set)
+                val = _val_iou(model, val_set, device)
                 log({"step": step, "event": "val", "val_iou": val, "time": round(time.monotonic() - start, 2)})
                 tqdm.write(f"step {step}: validation IoU {val:.4f}")
                 if val > best:
