@@ -139,8 +139,8 @@ def _val_curve(run_dir: Path) -> tuple[list[float], list[float], dict]:
         if record.get("event") == "val":
             minutes.append(record["time"] / 60)
             values.append(record["val_iou"])
-        elif record.get("event") == "train":
-            last = record
+        if record.get("event") in ("train", "val") and record.get("step", 0) >= last.get("step", 0):
+            last = {**last, **record}  # the latest step and time, whichever kind of record has them
     return minutes, values, last
 
 
