@@ -107,12 +107,23 @@ class Protocol:
     paper_key: str | None  # key of PAPER_RESULTS, or None
 
 
-def protocol_for(dataset, image_size: int) -> Protocol:
-    """The test protocol of `dataset` for a model taking `image_size` inputs."""
+def protocol_for(dataset, image_size: int, score_size: int | None = None) -> Protocol:
+    """The test protocol of `dataset` for a model taking `image_size` inputs.
+
+    `score_size`: images scored whole (Vaihingen, folder, synthetic) are scored at this side
+    instead of the model's input; MoNuSeg and Cityscapes fix their own scoring resolution.
+    """
     from .cityscapes import CityscapesInstances  # cityscapes imports data; keep import light
     from .synthetic import SyntheticShapes
 
+    if score_size is not None and isinstance(dataset, (MoNuSeg, CityscapesInstances)):
+        name = "monuseg" if isinstance(dataset, MoNuSeg) else "cityscapes"
+        raise ValueError(f"score_size applies to images scored whole at one size; the {name} "
+                         "protocol fixes its own scoring resolution")
     side = f"{image_size}x{image_size}"
+    scored = (f"images and masks at the model input, {side}" if score_size in (None, image_size) else
+              f"sampled at the model input {side}, the probabilities resized bilinearly to "
+              f"{score_size}x{score_size} and scored against the {score_size}x{score_size} masks")
     if isinstance(dataset, MoNuSeg):
         full = 2 * image_size
         return Protocol("monuseg", f"MoNuSeg: {full}x{full} images, four {side} quadrants sampled separately "
@@ -124,13 +135,13 @@ def protocol_for(dataset, image_size: int) -> Protocol:
                         f"cityscapes-{dataset.setting}")
     if isinstance(dataset, Vaihingen):
         preprocessing = getattr(dataset, "preprocessing", "clean")
-        return Protocol("vaihingen", f"Vaihingen buildings: images and masks at the model input, {side} "
-                        f"({preprocessing} resizing; paper: 256x256)", "vaihingen")
+        return Protocol("vaihingen", f"Vaihingen buildings: {scored} ({preprocessing} resizing; paper: 256x256)",
+                        "vaihingen")
     if isinstance(dataset, FolderDataset):
-        return Protocol("folder", f"image folder: images and masks at the model input, {side}", None)
+        return Protocol("folder", f"image folder: {scored}", None)
     if isinstance(dataset, SyntheticShapes):
-        return Protocol("synthetic", f"built-in synthetic shapes: images and masks at the model input, {side}", None)
-    return Protocol("custom", f"{type(dataset).__name__}: images and masks at the model input, {side}", None)
+        return Protocol("synthetic", f"built-in synthetic shapes: {scored}", None)
+    return Protocol("custom", f"{type(dataset).__name__}: {scored}", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,16 +331,7 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
         num_generations, sampler, num_steps = 1, "none (one forward pass)", 0
     clip_x0 = config.sample.clip_x0 if clip_x0 is None else clip_x0
     image_size = config.model.image_size
-    protocol = protocol_for(dataset, image_size)
-    if score_size is not None:
-        if protocol.name in ("monuseg", "cityscapes"):
-            raise ValueError(f"score_size applies to images scored whole at one size; the {protocol.name} "
-                             "protocol fixes its own scoring resolution")
-        if score_size != image_size:
-            label = protocol.description.split(":")[0]
-            protocol = Protocol(protocol.name, f"{label}: sampled at the model input {image_size}x{image_size}, the "
-                                f"probabilities resized bilinearly to {score_size}x{score_size} and scored against "
-                                f"the {score_size}x{score_size} masks", protocol.paper_key)
+    protocol = protocol_for(dataset, image_size, score_size)
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     if count == 0:
         raise ValueError(f"{protocol.name}: the dataset has no images to evaluate")
