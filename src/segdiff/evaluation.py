@@ -51,10 +51,11 @@ from tqdm import tqdm
 
 from . import metrics
 from .config import ExperimentConfig
-from .data import FolderDataset, MoNuSeg, Vaihingen, quadrants, resize_image, stitch_quadrants
+from .data import FolderDataset, MoNuSeg, Vaihingen, resize_image
 from .diffusion import DDPMScheduler
 from .io import atomic_write, colormap, overlay
 from .sampling import derive_seed, generation_seeds, predict
+from .sliding import predict_quadrants
 
 __all__ = ["evaluate", "format_report", "running_means", "score_probabilities", "PAPER_RESULTS",
            "PAPER_CITYSCAPES_IOU", "METRICS"]
@@ -207,11 +208,10 @@ def _sample_one(model, scheduler: DDPMScheduler, image: Tensor, protocol: Protoc
 
     if protocol.name == "monuseg":
         seeds = [s for tile in range(4) for s in generation_seeds(image_seed, num_generations, tile)]
-        pred = predict(model, quadrants(image), scheduler, seeds=seeds, num_generations=num_generations,
-                       sampler=sampler, num_steps=num_steps, max_batch=max_batch, keep_generations=True,
-                       clip_x0=clip_x0)
-        generations = stitch_quadrants(pred.generations)  # (K, 2S, 2S): K plays the channel axis
-        return running_means(generations), stitch_quadrants(pred.uncertainty)[0]
+        pred = predict_quadrants(model, image[None], scheduler, seeds=seeds, num_generations=num_generations,
+                                 sampler=sampler, num_steps=num_steps, max_batch=max_batch, keep_generations=True,
+                                 clip_x0=clip_x0)
+        return running_means(pred.generations[0]), pred.uncertainty[0, 0]
     if tuple(image.shape[-2:]) != (image_size, image_size):
         image = resize_image(image, image_size)
     if isinstance(model, UNetBaseline):

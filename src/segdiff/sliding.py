@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .diffusion import DDPMScheduler
+from .monuseg import quadrants, stitch_quadrants
 from .sampling import Prediction, generation_seeds, predict
 
 Blend = Literal["linear", "gaussian"]
@@ -147,3 +148,20 @@ def predict_sliding(model, image: Tensor, scheduler: DDPMScheduler, *, tile: int
     prob = (prob_sum / weight_sum)[:h, :w].float()[None, None]
     uncertainty = (unc_sum / weight_sum)[:h, :w].float()[None, None]
     return Prediction(prob=prob, mask=(prob > 0.5).float(), uncertainty=uncertainty)
+
+
+def predict_quadrants(model, images: Tensor, scheduler: DDPMScheduler, **options) -> Prediction:
+    """MoNuSeg's test protocol on (B, C, 2S, 2S) images: each image's four S x S quadrants are
+    sampled by `predict` (with `options`) and every output is stitched back to 2S x 2S.
+
+    The rows `predict` sees are image-major, then quadrant (`data.quadrants` order), then
+    generation, so `seeds[(i * 4 + q) * K + k]` seeds generation k of quadrant q of image i.
+    The one place both validation during training and `segdiff evaluate` take the protocol from.
+    """
+    pred = predict(model, quadrants(images).flatten(0, 1), scheduler, **options)
+
+    def stitch(x: Tensor) -> Tensor:  # (4B, C, S, S) -> (B, C, 2S, 2S); C is K for the generations
+        return stitch_quadrants(x.unflatten(0, (-1, 4)))
+
+    return Prediction(prob=stitch(pred.prob), mask=stitch(pred.mask), uncertainty=stitch(pred.uncertainty),
+                      generations=None if pred.generations is None else stitch(pred.generations))

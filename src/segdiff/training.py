@@ -56,12 +56,13 @@ from .checkpoint import (
     step_checkpoints,
 )
 from .config import ExperimentConfig
-from .data import build_dataset, quadrants, stitch_quadrants
+from .data import build_dataset
 from .diffusion import DDPMScheduler, to_signed
 from .io import atomic_write
 from .metrics import iou
 from .model import SegDiff
 from .sampling import predict
+from .sliding import predict_quadrants
 
 # What a resumed run must share with the run it continues: these define the network, the data and
 # the order of the updates. Everything else may change on resume (max_steps, time budget, logging,
@@ -127,15 +128,12 @@ def evaluate_iou(model: SegDiff, dataset, scheduler: DDPMScheduler, cfg: Experim
         images, masks = zip(*(dataset[i] for i in range(start, min(n, start + 16))))
         x = torch.stack(images)
         # MoNuSeg's validation items are twice the model's input: its protocol samples the four
-        # quadrants and stitches them back (data.quadrants / stitch_quadrants).
-        quadrant_protocol = x.shape[-1] == 2 * cfg.model.image_size
-        if quadrant_protocol:
-            x = quadrants(x).flatten(0, 1)  # (4B, C, S, S)
-        pred = predict(model, x, scheduler, num_generations=num_generations,
-                       sampler=cfg.sample.sampler, num_steps=cfg.sample.num_sampling_steps or None,
-                       max_batch=cfg.sample.max_batch, generator=generator, clip_x0=cfg.sample.clip_x0)
-        mask = stitch_quadrants(pred.mask.unflatten(0, (-1, 4))) if quadrant_protocol else pred.mask
-        scores.append(iou(mask[:, 0].cpu(), torch.stack(masks)[:, 0]))
+        # quadrants and stitches them back, as `segdiff evaluate` does (sliding.predict_quadrants).
+        sample = predict_quadrants if x.shape[-1] == 2 * cfg.model.image_size else predict
+        pred = sample(model, x, scheduler, num_generations=num_generations,
+                      sampler=cfg.sample.sampler, num_steps=cfg.sample.num_sampling_steps or None,
+                      max_batch=cfg.sample.max_batch, generator=generator, clip_x0=cfg.sample.clip_x0)
+        scores.append(iou(pred.mask[:, 0].cpu(), torch.stack(masks)[:, 0]))
     return torch.cat(scores).mean().item()
 
 
