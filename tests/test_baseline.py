@@ -44,6 +44,16 @@ def test_training_is_deterministic_under_a_seed(baseline_run, tmp_path):
         assert torch.equal(x, y), name
 
 
+def test_cosine_schedule_sets_the_lr_of_each_update(tmp_path):
+    from segdiff.training import learning_rate
+
+    cfg = _config(tmp_path, lr_schedule="cosine", val_every=0)
+    train_baseline(cfg, features=(8, 8, 16, 16, 32, 8), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    logged = [r["lr"] for r in records if r["event"] == "train"]
+    assert logged == [learning_rate(cfg.train, n) for n in range(4)] and logged[-1] < logged[0] / 5
+
+
 def test_sampling_commands_refuse_a_baseline_checkpoint_by_name(baseline_run):
     with pytest.raises(CheckpointError, match="U-Net baseline checkpoint"):
         load_model(baseline_run)

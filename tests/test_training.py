@@ -104,13 +104,14 @@ def test_logs_are_jsonl_and_csv_with_the_same_records(run_dir):
 # Resume
 
 
-def test_resumed_run_reaches_the_same_weights_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resumed_run_reaches_the_same_weights_bit_for_bit(tmp_path, schedule):
     # Augmented folder data (per-item draws), dropout (global RNG) and an epoch boundary crossed
     # after the resume: 11 training images in batches of 4 make 2 batches per epoch.
     data = tmp_path / "data"
     write_folder(data, 12)
     sets = ["data.dataset=folder", f"data.root={data}", "data.augment=true", "model.dropout=0.1",
-            "train.batch_size=4", "train.max_steps=7", "train.save_every=3"]
+            "train.batch_size=4", "train.max_steps=7", "train.save_every=3", f"train.lr_schedule={schedule}"]
     whole = train(tiny(tmp_path / "whole", *sets), progress=False)
     resumed = train(tiny(tmp_path / "resumed", *sets), progress=False, resume=whole / "last-3.safetensors")
     assert load_checkpoint(whole / "last-3.safetensors").state["data"]["batch_in_epoch"] == 1  # mid-epoch
@@ -123,6 +124,22 @@ def test_resumed_run_reaches_the_same_weights_bit_for_bit(tmp_path):
         return [(r["step"], r["loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())]
 
     assert losses(resumed) == losses(whole)
+
+
+def test_cosine_schedule_decays_the_lr_to_zero_at_max_steps(tmp_path):
+    from segdiff.training import learning_rate
+
+    tc = tiny(tmp_path, "train.lr=0.001", "train.lr_schedule=cosine", "train.max_steps=4").train
+    # Update n (0-based) uses lr/2 * (1 + cos(pi n / 4)): by hand, 1e-3, 8.536e-4, 5e-4, 1.464e-4, then 0.
+    expected = [1e-3, 0.5e-3 * (1 + 2 ** -0.5), 0.5e-3, 0.5e-3 * (1 - 2 ** -0.5), 0.0]
+    assert [learning_rate(tc, n) for n in range(5)] == pytest.approx(expected, abs=1e-12)
+    assert learning_rate(tc, 99) == 0.0 and learning_rate(tc.__class__(lr=0.001), 99) == 0.001  # constant
+    train(tiny(tmp_path, "train.lr=0.001", "train.lr_schedule=cosine", "train.max_steps=4", "train.log_every=1"),
+          progress=False)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records if r["event"] == "train"] == pytest.approx(expected[:4], abs=1e-12)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        tiny(tmp_path, "train.lr_schedule=linear")
 
 
 def test_resume_through_the_cli_continues_in_the_run_folder(run_dir, tmp_path, capsys):

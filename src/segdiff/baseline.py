@@ -76,13 +76,13 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
                    progress: bool = True) -> Path:
     """Train the U-Net on `cfg`'s data with `cfg.train`'s optimiser settings; return the run folder.
 
-    Uses train.{batch_size, lr, weight_decay, seed, max_steps, time_budget_min, val_every,
+    Uses train.{batch_size, lr, lr_schedule, weight_decay, seed, max_steps, time_budget_min, val_every,
     log_every, out_dir, device}; writes config.json, log.jsonl, last.safetensors and
     best.safetensors (best validation IoU), each atomically. A run starts afresh (no resume).
     """
     from monai.losses import DiceCELoss
 
-    from .training import describe_machine, make_dataset, resolve_device
+    from .training import describe_machine, learning_rate, make_dataset, resolve_device
 
     tc = cfg.train
     out_dir = Path(tc.out_dir)
@@ -130,6 +130,8 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
             loss = loss_fn(logits, torch.stack(masks).to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(tc, step)
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
@@ -138,7 +140,8 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
             elapsed = time.monotonic() - start
             if step % tc.log_every == 0:
                 value = float(loss.detach())
-                log({"step": step, "event": "train", "loss": value, "time": round(elapsed, 2)})
+                log({"step": step, "event": "train", "loss": value, "lr": optimizer.param_groups[0]["lr"],
+                     "time": round(elapsed, 2)})
                 bar.set_postfix(loss=f"{value:.4f}")
             out_of_time = tc.time_budget_min > 0 and elapsed > 60 * tc.time_budget_min
             if val_set is not None and (step % tc.val_every == 0 or out_of_time or step == tc.max_steps):

@@ -89,6 +89,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def learning_rate(tc, step: int) -> float:
+    """The lr of update `step` (0-based). A cosine decay to 0 at max_steps lets a short, budgeted run
+    end on small steps instead of stopping mid-stride; it depends on the step only, so runs and
+    resumes stay reproducible."""
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    return 0.5 * tc.lr * (1 + math.cos(math.pi * min(step, tc.max_steps) / max(tc.max_steps, 1)))
+
+
 def describe_machine(device: torch.device | str | None = None) -> str:
     """CPU model, cores, GPU, torch and thread count: what every recorded figure must name."""
     import platform
@@ -437,6 +446,8 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             out_of_time, interrupted = out_of_time > 0, interrupted > 0
 
             if math.isfinite(loss_value) and math.isfinite(norm_value):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(tc, step)
                 scaler.step(optimizer)
                 # EMA; with warm-up the decay of update n grows as (1+n)/(10+n), so short runs are not
                 # dominated by the initial weights.
