@@ -158,5 +158,6 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
     bar.close()
     save("last", None)
     log_file.close()
-    print(f"baseline: stopped at step {step} after {time.monotonic() - start:.0f} s; best validation IoU {best:.4f}")
+    validated = f"best validation IoU {best:.4f} (best.safetensors)" if best >= 0 else "no validation run"
+    print(f"baseline: stopped at step {step} after {time.monotonic() - start:.0f} s; {validated}")
     return out_dir

@@ -83,7 +83,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     run = train_baseline(cfg, features=tuple(args.features))
-    print(f"run folder: {run} (last.safetensors, best.safetensors, log.jsonl, config.json)")
+    files = ", ".join(p.name for p in sorted(run.iterdir()) if p.suffix in (".safetensors", ".jsonl", ".json"))
+    print(f"run folder: {run} ({files})")
     return 0
 
 
