@@ -341,7 +341,7 @@ def speed(args: argparse.Namespace, device: torch.device) -> None:
             print(f"target (b) >= 1 / (1 - share of F) = {1 / (1 - share_f):.2f}x (a): {label.split(' ')[0]} "
                   f"measured {base / r.seconds_per_image:.2f}x")
     print(f"F's share of the time of one full forward (batch 1, measured here): {100 * share_time:.1f} %, so "
-          f"caching F alone can give at most {1 / (1 - share_time):.2f}x; the rest of (b)'s gain is batching")
+          f"caching F alone can give at most {1 / (1 - share_time):.2f}x (batching the rows can add or lose)")
     d = next(r for (label, *_), r in zip(plan, results) if label.startswith("(d)"))
     print(f"target (d) >= 20x (a): measured {base / d.seconds_per_image:.1f}x")
     if trained:
