@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from segdiff.checkpoint import CheckpointError, load_checkpoint, read_config, step_checkpoints
+from segdiff.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, read_config, step_checkpoints
 from segdiff.cli import main
 from segdiff.config import ExperimentConfig
 from segdiff.model import SegDiff
@@ -166,9 +166,12 @@ def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    step = step_of(run / "last.safetensors")  # loads: the kill cannot leave a half-written file under it
+    step_of(run / "last.safetensors")  # loads: the kill cannot leave a half-written file under it
     for _, path in step_checkpoints(run):
         load_checkpoint(path)
+    # The kill may land between writing last-<step> and re-pointing last.safetensors at it: the
+    # resume takes the newest complete checkpoint either way.
+    step = step_checkpoints(run)[-1][0]
     assert step >= 2 and step % 2 == 0
     assert main(["train", "--resume", str(run), "--steps", str(step + 1)]) == 0
     assert step_of(run / "last.safetensors") == step + 1
@@ -237,6 +240,17 @@ def test_resume_from_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsy
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert f"{tmp_path}: not a segdiff run folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_resume_from_a_folder_killed_between_its_two_saves_takes_the_newest_checkpoint(run_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for p in run_dir.iterdir():
+        (run / p.name).write_bytes(p.read_bytes())
+    (run / "last.safetensors").write_bytes((run / "last-4.safetensors").read_bytes())  # not re-pointed at 6 yet
+    assert find_resume_checkpoint(run) == run / "last-6.safetensors"
+    (run / "last-6.safetensors").unlink()
+    assert find_resume_checkpoint(run) == run / "last.safetensors"
 
 
 def test_resume_from_a_corrupt_checkpoint_is_a_clear_error_and_writes_nothing(run_dir, tmp_path, capsys):

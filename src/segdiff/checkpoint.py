@@ -178,7 +178,7 @@ def save_last(run_dir: str | Path, step: int, ckpt: Checkpoint, keep_last: int) 
 
 
 def find_resume_checkpoint(path: str | Path) -> Path:
-    """The checkpoint to resume from: `path` itself, or a run folder's ``last.safetensors``.
+    """The checkpoint to resume from: `path` itself, or a run folder's newest full checkpoint.
 
     Raises CheckpointError when the folder is not a segdiff run or holds no checkpoint yet.
     """
@@ -188,9 +188,15 @@ def find_resume_checkpoint(path: str | Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such run folder or checkpoint file")
     last = path / "last.safetensors"
-    if last.exists():
-        return last
     steps = step_checkpoints(path)
+    if last.exists():
+        # save_last writes last-<step> (atomically) before it re-points last.safetensors, so a run
+        # killed between the two holds a complete step checkpoint newer than last.safetensors.
+        try:
+            last_step = load_checkpoint(last, config_only=True).state.get("step", -1)
+        except CheckpointError:
+            return last  # unreadable: load_resume_checkpoint names the other checkpoints to try
+        return steps[-1][1] if steps and steps[-1][0] > last_step else last
     if steps:
         return steps[-1][1]
     if (path / "config.json").exists():
