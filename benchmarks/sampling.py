@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import os
 import statistics
@@ -121,9 +122,24 @@ def best_seconds(fn, device: torch.device, repeats: int = 5) -> float:
 
 
 def matmul_peak_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """The machine's practical float32 peak: the best of `repeats` n x n matmuls, GFLOP/s."""
+    """The machine's practical float32 peak: the best of `repeats` n x n matmuls, GFLOP/s.
+
+    On CUDA the matmul runs in the precision the network's convolutions get (cuDNN's TF32
+    switch), so that the fraction of peak compares like with like.
+    """
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n**3 / best_seconds(lambda: a @ b, device, repeats) / 1e9
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        return 2 * n**3 / best_seconds(lambda: a @ b, device, repeats) / 1e9
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def float32_mode(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "float32"
+    return "float32, TF32 convolutions" if torch.backends.cudnn.allow_tf32 else "float32, TF32 off"
 
 
 def _sync(device: torch.device) -> None:
@@ -233,6 +249,8 @@ def other_python_processes() -> list[str]:
 def speed(args: argparse.Namespace, device: torch.device) -> None:
     if args.checkpoint:
         model, cfg = load_model(args.checkpoint, device=device)
+        if args.data:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=args.data))
         test = make_dataset(cfg, "test")
         n = min(args.images, len(test))
         images, masks = (torch.stack(x) for x in zip(*(test[i] for i in range(n))))
@@ -261,7 +279,8 @@ def speed(args: argparse.Namespace, device: torch.device) -> None:
     print(f"{source}; {size}x{size} px, K={k} generations, T={steps_total}, max_batch={args.max_batch}")
     print(f"FLOPs per image/generation: encode_image (F) {encode_flops / 1e9:.3f} GFLOP, denoise "
           f"{denoise_flops / 1e9:.3f} GFLOP; share of F in one full forward {100 * share_f:.1f} %")
-    print(f"float32 matmul peak (2048^3, best of 5): {peak:.1f} GFLOP/s")
+    print(f"precision: {float32_mode(device)}; matmul peak in that precision (2048^3, best of 5): "
+          f"{peak:.1f} GFLOP/s")
     others = other_python_processes()
     print(f"other python processes running: {len(others)}" + "".join(f"\n    {o}" for o in others))
 
@@ -414,12 +433,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="time every method this many times, round-robin; "
                         "the table gives each method's median")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--data", help="with --checkpoint: the data folder, instead of the one in its config")
+    parser.add_argument("--no-tf32", action="store_true", help="CUDA: plain float32 convolutions and matmuls "
+                        "(PyTorch lets cuDNN use TF32 by default, which rounds (a) and (b) apart by ~1e-3)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     if args.memory_preset:
         memory(args, device)
     else:
