@@ -358,12 +358,82 @@ def report(args: argparse.Namespace) -> int:
         "```",
         "",
     ]
+    lines += gpu_section(Path(args.gpu_runs), figures)
     text = "\n".join(lines)
     if args.notes and Path(args.notes).exists():
         text += "\n" + Path(args.notes).read_text()
     out.write_text(text)
     print(f"wrote {out} and {figures}/")
     return 0
+
+
+def gpu_section(gpu_runs: Path, figures: Path) -> list[str]:
+    """The paper's preset on a GPU lease (experiments/gpu_vaihingen.sh), read from what it wrote."""
+    run = gpu_runs / "vaihingen"
+    main = _summary(run, "test/summary.json")
+    if main is None:
+        return []
+    config = json.loads((run / "config.json").read_text())
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["event"] == "train"]
+    vals = {r["step"]: r["val_iou"] for r in records if r["event"] == "val"}
+    best_step = max(vals, key=vals.get)
+    # The commands, quoted from the session log the script wrote (its stage lines).
+    log = (gpu_runs / "session.log").read_text()
+    reproduce = re.search(r"^=== reproduce \(.*?\): (.*)$", log, re.M).group(1)
+    curve_cmd = re.search(r"^=== curve-\d+ \(.*?\): (.*)$", log, re.M).group(1)
+    points = sorted((int(p.name.removeprefix("step-")), json.loads((p / "summary.json").read_text()))
+                    for p in (run / "curve").glob("step-*") if (p / "summary.json").exists())
+    m, paper = main["metrics"], main["paper"]["metrics"]
+    for name in ("examples.png", "generations_metrics.png"):
+        shutil.copyfile(run / "test" / name, figures / f"gpu_{name}")
+    k_curve = main["curve"]["iou"]
+    return [
+        "## The paper's preset on a GPU, for the minutes one lease allowed",
+        "",
+        f"Machine: {main['machine']}. The `vaihingen` preset ({_parameters(config) / 1e6:.2f} M parameters, "
+        f"256 px, batch {config['train']['batch_size']}, lr {config['train']['lr']}, the paper's noise prediction) "
+        f"trained with `train.precision={config['train']['precision']}` for "
+        f"{config['train']['time_budget_min']} minutes: {train[-1]['step']} steps at "
+        f"{train[-1]['samples_per_s']:.1f} samples/s (the paper trains for hundreds of thousands of steps). "
+        "The data was the 256 px copy that `experiments/vaihingen_256.py` writes (the masks identical to what the "
+        "loader makes of the originals, the images within 0.5/255). The tested checkpoint is the best on "
+        f"validation (step {best_step}, validation IoU {100 * vals[best_step]:.1f}). The sampler is SDE-DPM-Solver++ "
+        "with 10 steps rather than the paper's 100-step DDPM, so that K = 30 on 68 images fitted the lease.",
+        "",
+        "| model | steps | F1 | mIoU | WCov | WCov (size ratio, the paper's) | BoundF | calibration | ECE | K |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| SegDiff `vaihingen`, GPU lease | {best_step} | {_pct(m['f1'])} | {_pct(m['iou'])} | {_pct(m['wcov'])} | "
+        f"{_pct(m['wcov_size_ratio'])} | {_pct(m['boundf'])} | {m['calibration']:.4f} | {m['ece']:.4f} | "
+        f"{main['num_generations']} |",
+        f"| paper | - | {paper['f1']:.2f} | {paper['iou']:.2f} | - | {paper['wcov_size_ratio']:.2f} | "
+        f"{paper['boundf']:.2f} | - | - | 30 |",
+        "",
+        "Test mIoU over training steps (every step checkpoint, K = "
+        f"{points[0][1]['num_generations'] if points else '-'}, the same sampler; validation IoU at the same step):",
+        "",
+        "| step | test mIoU | test F1 | validation IoU |",
+        "|---:|---:|---:|---:|",
+        *(f"| {step} | {_pct(s['metrics']['iou'])} | {_pct(s['metrics']['f1'])} | "
+          f"{100 * vals[step]:.1f} |" if step in vals else
+          f"| {step} | {_pct(s['metrics']['iou'])} | {_pct(s['metrics']['f1'])} | - |" for step, s in points),
+        "",
+        f"mIoU over K for the tested checkpoint: " + ", ".join(
+            f"K={k}: {_pct(k_curve[k - 1])}" for k in (1, 3, 9, 30) if k <= len(k_curve)) + ".",
+        "",
+        "![GPU run: metrics over K](figures/results/gpu_generations_metrics.png)",
+        "![GPU run: examples](figures/results/gpu_examples.png)",
+        "",
+        "Commands (`bash experiments/gpu_vaihingen.sh .gpudata /tmp/runs $OUT` ran them in one lease):",
+        "",
+        "```",
+        "python experiments/vaihingen_256.py ../shared/data .gpudata",
+        reproduce,
+        curve_cmd.replace(f"step-{points[0][0]}" if points else "", "step-STEP").replace(
+            f"last-{points[0][0]}" if points else "", "last-STEP"),
+        "```",
+        "",
+    ]
 
 
 def main() -> int:
@@ -378,6 +448,8 @@ def main() -> int:
     p = sub.add_parser("report", help="write docs/results.md from the runs")
     p.add_argument("--runs", default="runs/vaihingen-cpu")
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument("--gpu-runs", default="runs/gpu-h200", help="what experiments/gpu_vaihingen.sh wrote "
+                   "(its runs.tgz unpacked, with session.log beside it); skipped when absent")
     p.add_argument("--notes", default=str(ROOT / "experiments" / "vaihingen_cpu_notes.md"),
                    help="hand-written discussion appended to the page (it must quote no number)")
     p.set_defaults(func=report)
