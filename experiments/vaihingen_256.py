@@ -20,34 +20,31 @@ from pathlib import Path
 import tifffile
 import torch
 
-from segdiff.data import (Vaihingen, _find_vaihingen_dir, image_to_tensor, mask_to_tensor, read_image, read_mask,
-                          resize_image, resize_mask)
+from segdiff.data import Vaihingen, image_to_tensor, mask_to_tensor, read_image, read_mask
 
 SIZE = 256
 
 
 def shrink(source_root: Path, out_root: Path) -> int:
-    source = _find_vaihingen_dir(source_root)
     out = out_root / "vaihingen" / "buildings"
     out.mkdir(parents=True, exist_ok=True)
-    worst = 0.0
-    names = sorted(p.name for p in source.glob("building_[0-9][0-9][0-9].tif"))
-    for name in names:
-        number = name.removeprefix("building_").removesuffix(".tif")
-        image = resize_image(image_to_tensor(read_image(source / name)), SIZE)
-        mask = resize_mask(mask_to_tensor(read_mask(source / f"building_mask_{number}.tif")), SIZE)
-        image_u8 = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        tifffile.imwrite(out / name, image_u8, photometric="rgb")
-        tifffile.imwrite(out / f"building_mask_{number}.tif", mask[0].numpy() > 0.5, photometric="minisblack")
-        back_image, back_mask = image_to_tensor(read_image(out / name)), mask_to_tensor(
-            read_mask(out / f"building_mask_{number}.tif"))
-        if not torch.equal(back_mask, mask):
-            raise SystemExit(f"{out / name}: the mask did not read back unchanged")
-        worst = max(worst, (back_image - image).abs().max().item())
-    for split in ("train", "test"):  # the loader on the copy gives the split it gives on the original
-        assert Vaihingen(out_root, split).names == Vaihingen(source_root, split).names
+    worst, count = 0.0, 0
+    for split in ("train", "test"):  # val_fraction=0: "train" is all 100 training tiles
+        source = Vaihingen(source_root, split, image_size=SIZE, val_fraction=0.0)
+        for index, name in enumerate(source.names):
+            image, mask = source[index]  # what the loader gives at 256 px, float image and {0, 1} mask
+            number = name.removeprefix("building_")
+            image_path, mask_path = out / f"{name}.tif", out / f"building_mask_{number}.tif"
+            tifffile.imwrite(image_path, (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(),
+                             photometric="rgb")
+            tifffile.imwrite(mask_path, mask[0].numpy() > 0.5, photometric="minisblack")
+            if not torch.equal(mask_to_tensor(read_mask(mask_path)), mask):
+                raise SystemExit(f"{mask_path}: the mask did not read back unchanged")
+            worst = max(worst, (image_to_tensor(read_image(image_path)) - image).abs().max().item())
+            count += 1
+        assert Vaihingen(out_root, split, val_fraction=0.0).names == source.names  # the same split on the copy
     size = sum(p.stat().st_size for p in out.iterdir())
-    print(f"{len(names)} tiles written to {out} ({size / 2**20:.1f} MiB); largest image difference from the "
+    print(f"{count} tiles written to {out} ({size / 2**20:.1f} MiB); largest image difference from the "
           f"loader's float image: {worst * 255:.3f}/255")
     return 0
 
