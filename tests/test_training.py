@@ -242,11 +242,16 @@ def test_resume_from_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsy
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
-def test_resume_from_a_folder_killed_between_its_two_saves_takes_the_newest_checkpoint(run_dir, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    """A copy of a run folder without hard links: each file can be changed alone."""
+    dest.mkdir()
     for p in run_dir.iterdir():
-        (run / p.name).write_bytes(p.read_bytes())
+        (dest / p.name).write_bytes(p.read_bytes())
+    return dest
+
+
+def test_resume_from_a_folder_killed_between_its_two_saves_takes_the_newest_checkpoint(run_dir, tmp_path):
+    run = copy_run(run_dir, tmp_path / "run")
     (run / "last.safetensors").write_bytes((run / "last-4.safetensors").read_bytes())  # not re-pointed at 6 yet
     assert find_resume_checkpoint(run) == run / "last-6.safetensors"
     (run / "last-6.safetensors").unlink()
@@ -254,10 +259,7 @@ def test_resume_from_a_folder_killed_between_its_two_saves_takes_the_newest_chec
 
 
 def test_resume_from_a_corrupt_checkpoint_is_a_clear_error_and_writes_nothing(run_dir, tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    for p in run_dir.iterdir():
-        (run / p.name).write_bytes(p.read_bytes())  # a copy without hard links
+    run = copy_run(run_dir, tmp_path / "run")
     last = run / "last.safetensors"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated, as by a full disk
     before = snapshot(run)
