@@ -37,7 +37,23 @@ K_SHOWN = (1, 3, 9, 30)  # the generations the issue asks the scores for
 # The first version of the preset: constant lr, and every run on 1 core with two side by side.
 # Its runs stay on the page (the ablation and the epsilon comparison were made with it).
 CONSTANT = "--set train.lr_schedule=constant"
-PX96 = "--set model.image_size=96 --set 'model.attention_resolutions=[24,12]' --set train.max_steps=2200"
+# Variants of the preset, each trained alone on the 2 cores for its hour and tested like the main run:
+# run folder, the page's label, the flags added to the preset's `segdiff train`, and what the flags do.
+VARIANTS = (
+    ("segdiff-96px", "SegDiff `vaihingen-cpu` at 96 px",
+     "--set model.image_size=96 --set 'model.attention_resolutions=[24,12]' --set train.max_steps=2200",
+     "the same network at 96 px (attention at 24 and 12 px, where 16 and 8 px were at 64 px), its lr decaying "
+     "to 0 at 2200 steps, which an hour fits (2.25x the FLOPs per step)"),
+    ("segdiff-tpow2", "SegDiff `vaihingen-cpu`, training steps t biased to high noise",
+     "--set train.timestep_power=2",
+     "the preset with its training steps t drawn with density proportional to t (`train.timestep_power=2`) "
+     "instead of uniformly: the high-noise half of the steps, where the image alone must give the mask, gets "
+     "three quarters of each batch"),
+    ("segdiff-tpow2-concat", "SegDiff `vaihingen-cpu`, t biased to high noise, `concat` conditioning",
+     "--set train.timestep_power=2 --conditioning concat",
+     "the same biased steps, with F(I) and G(x_t) concatenated instead of summed (the paper's `concat` "
+     "ablation arm, the best of the three in the ablation below)"),
+)
 
 
 @dataclass(frozen=True)
@@ -62,11 +78,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("train-unet", f"OMP_NUM_THREADS=2 segdiff baseline --preset {PRESET} --data {{data}} --steps {UNET_STEPS} "
           "--out {runs}/unet", ("train-segdiff",)),
     Stage("test-segdiff", _evaluate("segdiff", "segdiff/test", 30), ("train-segdiff",)),
-    # The same network at 96 px (attention moved with the resolutions to 24 and 12): 2.25x the
-    # FLOPs per step, so its cosine lr ends at the 2200 steps that an hour fits.
-    Stage("train-segdiff-96px", f"OMP_NUM_THREADS=2 segdiff train --preset {PRESET} --data {{data}} "
-          f"{PX96} --out {{runs}}/segdiff-96px", ("train-unet",)),
-    Stage("test-segdiff-96px", _evaluate("segdiff-96px", "segdiff-96px/test", 30), ("train-segdiff-96px",)),
+    *(stage for name, _, flags, _ in VARIANTS for stage in (
+        Stage(f"train-{name}", f"OMP_NUM_THREADS=2 segdiff train --preset {PRESET} --data {{data}} {flags} "
+              f"--out {{runs}}/{name}", ("train-unet",)),
+        Stage(f"test-{name}", _evaluate(name, f"{name}/test", 30), (f"train-{name}",)))),
     Stage("test-unet", _evaluate("unet", "unet/test", 1, sampler=None), ("train-unet",)),
     *(Stage(f"steps-{name}", _evaluate("segdiff", f"segdiff/steps-{name}", STEPS_GENERATIONS, sampler, steps,
                                        STEPS_IMAGES), ("train-segdiff",))
@@ -205,8 +220,9 @@ def report(args: argparse.Namespace) -> int:
         "",
     ]
     # 1. SegDiff against the U-Net and the paper.
+    variants = [v for v in VARIANTS if _summary(runs, f"{v[0]}/test/summary.json") is not None]
     runs_table = (("SegDiff `vaihingen-cpu`", "segdiff"), ("U-Net baseline", "unet"),
-                  ("SegDiff `vaihingen-cpu` at 96 px", "segdiff-96px"),
+                  *((label, name) for name, label, _, _ in variants),
                   ("SegDiff, first preset (constant lr)", "segdiff-constant-lr"),
                   ("U-Net baseline, constant lr", "unet-constant-lr"))
     curves = {}
@@ -234,17 +250,20 @@ def report(args: argparse.Namespace) -> int:
     rows.append(f"| paper (SegDiff `vaihingen` preset, 256 px, GPU) | - | constant | {paper_params / 1e6:.2f} | "
                 f"{paper['f1']:.2f} | {paper['iou']:.2f} | - | {paper['wcov_size_ratio']:.2f} | {paper['boundf']:.2f} "
                 "| - | - | - | - | 30 | - |")
-    lines += [
-        "## SegDiff against a plain U-Net, same data, input and time",
-        "",
+    about_rows = (
         "Test split (68 images), scored at the paper's 256 x 256: the models' 64 or 96 px probabilities are resized "
         "bilinearly to 256 before the 0.5 threshold (`segdiff evaluate --score-size 256`). Percent, except the "
         "calibration score and ECE (lower is better). The first two rows are the page's comparison: each model "
         "trained alone on the 2-core machine for 60 minutes, its lr decaying (cosine) to 0 at the steps that fit. "
-        "The third is the same network at 96 px (attention at 24 and 12 px, where 16 and 8 px were at 64 px), "
-        "alone on the 2 cores, its lr decaying to 0 at 2200 steps, which an hour fits. "
-        "The next two are the first version of the preset: constant lr, the two runs side by side on one core "
-        "each. Test evaluations of the 2-core runs used 2 threads, the others 1 (the s/image column).",
+        + "".join(f"Row {i + 3}, alone on the 2 cores for its hour as well: {what}. "
+                  for i, (*_, what) in enumerate(variants))
+        + "The last two before the paper's are the first version of the preset: constant lr, the two runs side by "
+        "side on one core each. Test evaluations of the 2-core runs used 2 threads, the others 1 (the s/image "
+        "column).")
+    lines += [
+        "## SegDiff against a plain U-Net, same data, input and time",
+        "",
+        about_rows,
         "",
         "| model | cores | lr | parameters (M) | F1 | mIoU | WCov | WCov (size ratio, the paper's) | BoundF | "
         "calibration | ECE | training steps | training minutes | K | test s/image |",
@@ -254,9 +273,7 @@ def report(args: argparse.Namespace) -> int:
         "Commands:",
         "",
         "```",
-        *(_command(f"{kind}-{name}") for name in ("segdiff", "unet", "segdiff-96px", "segdiff-constant-lr",
-                                                   "unet-constant-lr")
-          for kind in ("train", "test")),
+        *(_command(f"{kind}-{name}") for _, name in runs_table for kind in ("train", "test")),
         "```",
         "",
     ]

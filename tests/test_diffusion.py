@@ -104,3 +104,29 @@ def test_training_target_is_the_noise_or_x0_as_configured():
     assert DDPMScheduler(100, prediction="sample").training_target(x0, noise) is x0
     with pytest.raises(ValueError, match="prediction='v' is not valid"):
         DDPMScheduler(100, prediction="v")
+
+
+def test_uniform_timesteps_are_the_papers_randint_draws():
+    # power 1 must keep every earlier run's draws (and so bit-for-bit resumes) unchanged.
+    s = DDPMScheduler(100)
+    got = s.sample_timesteps(64, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(got, torch.randint(0, 100, (64,), generator=torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("power", [2.0, 0.5])
+def test_biased_timesteps_follow_their_distribution(power):
+    # floor(T u^(1/p)) = k  <=>  u in [(k/T)^p, ((k+1)/T)^p): P(k) = ((k+1)/T)^p - (k/T)^p.
+    T, n = 25, 400_000
+    t = DDPMScheduler(T).sample_timesteps(n, power=power, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and 0 <= int(t.min()) and int(t.max()) <= T - 1
+    k = np.arange(T)
+    expected = ((k + 1) / T) ** power - (k / T) ** power
+    observed = np.bincount(t.numpy(), minlength=T) / n
+    np.testing.assert_allclose(observed, expected, atol=0.003)
+
+
+def test_timestep_power_must_be_positive():
+    from segdiff.config import TrainConfig
+
+    with pytest.raises(ValueError, match="timestep_power=0"):
+        TrainConfig(timestep_power=0)

@@ -44,3 +44,32 @@ def test_vaihingen_256_copy_gives_the_loaders_masks_exactly_and_images_within_ro
             assert (image_a - image_b).abs().max().item() <= 0.5 / 255 + 1e-6
     assert sum(p.stat().st_size for p in (out / "vaihingen" / "buildings").iterdir()) < sum(
         p.stat().st_size for p in source.iterdir()) / 3
+
+
+def test_every_training_stage_of_the_vaihingen_page_builds_its_config(tmp_path, monkeypatch):
+    # A mistyped flag would otherwise surface only when `run` reaches its stage, hours in.
+    import importlib.util
+    import shlex
+
+    from segdiff.cli import _train_config, build_parser
+
+    spec = importlib.util.spec_from_file_location("vaihingen_cpu", ROOT / "experiments" / "vaihingen_cpu.py")
+    page = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, page)  # its dataclasses look their module up there
+    spec.loader.exec_module(page)
+    names = [s.name for s in page.STAGES]
+    assert len(names) == len(set(names))
+    assert all(dep in names for s in page.STAGES for dep in s.after)
+    parser = build_parser()
+    built = {}
+    for stage in page.STAGES:
+        words = shlex.split(stage.command.format(data=tmp_path, runs=tmp_path))
+        assert words[0].startswith("OMP_NUM_THREADS=") and words[1] == "segdiff"
+        args = parser.parse_args(words[2:])
+        if words[2] == "train":
+            built[stage.name] = _train_config(args)
+    for name, _, flags, _ in page.VARIANTS:
+        assert f"test-{name}" in names and built[f"train-{name}"].train.out_dir == str(tmp_path / name)
+    assert built["train-segdiff-tpow2"].train.timestep_power == 2
+    assert built["train-segdiff-tpow2-concat"].model.conditioning == "concat"
+    assert built["train-segdiff"].train.timestep_power == 1 and built["train-segdiff"].model.conditioning == "sum"

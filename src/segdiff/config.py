@@ -141,6 +141,9 @@ class TrainConfig:
     channels_last: bool = False  # speed options: same results within float tolerance
     fused_adamw: bool = False  # AdamW's fused kernel (CUDA, CPU) where this torch offers it
     compile: bool = False  # torch.compile the network (first steps slower while it compiles)
+    # Training steps t drawn with density proportional to t^(power - 1): 1 is uniform (the paper);
+    # above 1 more of each batch goes to the high-noise steps, where the image alone must give the mask.
+    timestep_power: float = 1.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_steps < 0 or self.lr <= 0:
@@ -153,6 +156,8 @@ class TrainConfig:
             raise ValueError("keep_last, max_nonfinite, save_every and log_every must be >= 1")
         if self.grad_clip < 0 or self.val_every < 0:
             raise ValueError(f"grad_clip={self.grad_clip} and val_every={self.val_every} must be >= 0")
+        if not self.timestep_power > 0:
+            raise ValueError(f"timestep_power={self.timestep_power} must be > 0 (1: uniform steps)")
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,18 @@ class DDPMScheduler:
             raise ValueError(f"num_inference_steps={n} must be in [1, {self.num_steps}]")
         return torch.linspace(self.num_steps - 1, 0, n, dtype=torch.float64).round().long()
 
+    def sample_timesteps(self, n: int, *, power: float = 1.0, generator: torch.Generator | None = None,
+                         device: torch.device | str = "cpu") -> Tensor:
+        """n training steps in [0, T): uniform for power 1 (the paper), else P(t) ~ t^(power - 1).
+
+        t = floor(T u^(1/power)) with u uniform, so power 2 gives the high-noise half (t >= T/2)
+        three quarters of the draws. Any such weighting keeps the loss's minimiser for each t.
+        """
+        if power == 1:
+            return torch.randint(0, self.num_steps, (n,), generator=generator, device=device)
+        u = torch.rand(n, generator=generator, device=device)  # float32: MPS has no float64
+        return (self.num_steps * u ** (1 / power)).long().clamp_(max=self.num_steps - 1)
+
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """Sample q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (Ho et al. eq. 4)."""
         abar = _gather(self.alphas_cumprod, t, x0)

@@ -424,7 +424,8 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             image, x0 = image.to(device, non_blocking=True), to_signed(mask.to(device, non_blocking=True))
             if tc.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
-            t = torch.randint(0, scheduler.num_steps, (tc.batch_size,), generator=noise_generator, device=device)[share]
+            t = scheduler.sample_timesteps(tc.batch_size, power=tc.timestep_power, generator=noise_generator,
+                                           device=device)[share]
             noise = torch.randn((tc.batch_size, *x0.shape[1:]), generator=noise_generator, device=device)[share]
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 output = net(scheduler.add_noise(x0, noise, t), t, image)  # the noise, or x_0
