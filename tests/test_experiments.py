@@ -68,7 +68,7 @@ def test_every_training_stage_of_the_vaihingen_page_builds_its_config(tmp_path, 
         args = parser.parse_args(words[2:])
         if words[2] == "train":
             built[stage.name] = _train_config(args)
-    for name, _, flags, _ in page.VARIANTS:
+    for name, *_ in page.VARIANTS:
         assert f"test-{name}" in names and built[f"train-{name}"].train.out_dir == str(tmp_path / name)
     assert built["train-segdiff-tpow2"].train.timestep_power == 2
     assert built["train-segdiff-tpow2-concat"].model.conditioning == "concat"
