@@ -44,6 +44,14 @@ def test_cpu_preset_forward_and_backward(preset):
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 
+def test_first_level_wider_than_base_channels_builds_and_runs():
+    # The output conv reads the first level's width (channel_mult[0] * C), not C.
+    net = SegDiff(ModelConfig(image_size=32, base_channels=16, channel_mult=(2, 4), num_res_blocks=1,
+                              attention_resolutions=(), norm_groups=8, rrdb_blocks=0))
+    assert net.out[-1].in_channels == 32
+    assert net(torch.randn(2, 1, 32, 32), torch.tensor([3, 50]), torch.rand(2, 3, 32, 32)).shape == (2, 1, 32, 32)
+
+
 def test_zero_initialised_output_predicts_zero_noise_at_init():
     net = SegDiff.from_preset("tiny")
     eps = net(torch.randn(3, 1, 32, 32), torch.tensor([1, 2, 3]), torch.rand(3, 3, 32, 32))

@@ -246,7 +246,7 @@ class SegDiff(nn.Module):
                     layers.append(Upsample(ch))
                     resolution *= 2
                 self.output_blocks.append(Block(layers))
-        self.out = nn.Sequential(norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(c, 1, 3, padding=1)))
+        self.out = nn.Sequential(norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(ch, 1, 3, padding=1)))
 
     # --- constructors -----------------------------------------------------------------------------
     @classmethod
