@@ -34,25 +34,46 @@ STEPS_GENERATIONS = 3
 STEPS_IMAGES = 34  # the first half of the test split: 100-step DDPM is the costliest run on the page
 CONDITIONINGS = ("sum", "concat", "image-concat")
 K_SHOWN = (1, 3, 9, 30)  # the generations the issue asks the scores for
-# The first version of the preset: constant lr, and every run on 1 core with two side by side.
+# The preset's second version, which most runs on the page were made with: `sum` conditioning and
+# uniform training steps (the paper's), widths 32, 64, 64, 128; its lr decayed to 0 at 5400 steps.
+# These settings on top of today's preset rebuild it exactly.
+SECOND = {"model.conditioning": "sum", "train.timestep_power": "1", "model.base_channels": "32",
+          "model.channel_mult": "[1,2,2,4]", "train.max_steps": "5400"}
+# The first version: the second with a constant lr, every run on 1 core with two side by side.
 # Its runs stay on the page (the ablation and the epsilon comparison were made with it).
-CONSTANT = "--set train.lr_schedule=constant"
-# Variants of the preset, each trained alone on the 2 cores for its hour and tested like the main run:
-# run folder, the page's label, the flags added to the preset's `segdiff train`, and what the flags do.
+FIRST = {**SECOND, "train.lr_schedule": "constant"}
+
+
+def _sets(settings: dict[str, str]) -> str:
+    """`--set` flags for `settings`, quoted where the shell would read brackets."""
+    return " ".join(f"--set '{k}={v}'" if "[" in v else f"--set {k}={v}" for k, v in settings.items())
+
+
+# Variants, each trained alone on the 2 cores for its hour and tested like the main run: run folder,
+# the page's label, the flags added to the preset's `segdiff train`, and what they train.
 VARIANTS = (
-    ("segdiff-96px", "SegDiff `vaihingen-cpu` at 96 px",
-     "--set model.image_size=96 --set 'model.attention_resolutions=[24,12]' --set train.max_steps=2200",
-     "the same network at 96 px (attention at 24 and 12 px, where 16 and 8 px were at 64 px), its lr decaying "
-     "to 0 at 2200 steps, which an hour fits (2.25x the FLOPs per step)"),
-    ("segdiff-tpow2", "SegDiff `vaihingen-cpu`, training steps t biased to high noise",
-     "--set train.timestep_power=2",
-     "the preset with its training steps t drawn with density proportional to t (`train.timestep_power=2`) "
-     "instead of uniformly: the high-noise half of the steps, where the image alone must give the mask, gets "
-     "three quarters of each batch"),
-    ("segdiff-tpow2-concat", "SegDiff `vaihingen-cpu`, t biased to high noise, `concat` conditioning",
-     "--set train.timestep_power=2 --conditioning concat",
+    ("segdiff-80px", "SegDiff `vaihingen-cpu` at 80 px",
+     _sets({"model.image_size": "80", "model.attention_resolutions": "[20,10]", "train.max_steps": "4800"}),
+     "the preset at 80 px (attention at 20 and 10 px, where 16 and 8 px are at 64 px), its lr decaying to 0 at "
+     "4800 steps, which an hour fits (1.56x the FLOPs per step); 64 px limits even a perfect prediction: the "
+     "test masks resized to 64 px and back score below 100 (`experiments/vaihingen_cpu.py oracle`)"),
+    ("segdiff-v2", "SegDiff, the preset's second version", _sets(SECOND),
+     "the preset's second version: training steps t drawn uniformly and `sum` conditioning (both the paper's), "
+     "widths 32, 64, 64, 128 at 64, 32, 16, 8 px, its lr decaying to 0 at 5400 steps"),
+    ("segdiff-96px", "second version at 96 px",
+     _sets({**SECOND, "model.image_size": "96", "model.attention_resolutions": "[24,12]", "train.max_steps": "2200"}),
+     "the second version's network at 96 px (attention at 24 and 12 px, where 16 and 8 px were at 64 px), its lr "
+     "decaying to 0 at 2200 steps, which an hour fits (2.25x the FLOPs per step)"),
+    ("segdiff-tpow2", "second version, training steps t biased to high noise",
+     _sets({**SECOND, "train.timestep_power": "2"}),
+     "the second version with its training steps t drawn with density proportional to t "
+     "(`train.timestep_power=2`) instead of uniformly: the high-noise half of the steps, where the image alone "
+     "must give the mask, gets three quarters of each batch"),
+    ("segdiff-tpow2-concat", "second version, t biased, `concat` conditioning",
+     _sets({**SECOND, "train.timestep_power": "2", "model.conditioning": "concat"}),
      "the same biased steps, with F(I) and G(x_t) concatenated instead of summed (the paper's `concat` "
-     "ablation arm, the best of the three in the ablation below)"),
+     "ablation arm, the best of the three in the ablation below); today's preset is this run with thinner "
+     "high-resolution levels"),
 )
 
 
@@ -89,19 +110,20 @@ STAGES: tuple[Stage, ...] = (
                                    ("sde-dpm-solver-10", "sde-dpm-solver++", 10))),
     # The first version of the preset (constant lr), 1 core per run, two runs side by side.
     Stage("train-segdiff-constant-lr", f"OMP_NUM_THREADS=1 segdiff train --preset {PRESET} --data {{data}} "
-          f"--steps 200000 {CONSTANT} --out {{runs}}/segdiff-constant-lr"),
+          f"{_sets(FIRST)} --steps 200000 --out {{runs}}/segdiff-constant-lr"),
     Stage("train-unet-constant-lr", f"OMP_NUM_THREADS=1 segdiff baseline --preset {PRESET} --data {{data}} "
-          f"--steps 200000 {CONSTANT} --out {{runs}}/unet-constant-lr"),
+          "--steps 200000 --set train.lr_schedule=constant --out {runs}/unet-constant-lr"),
     Stage("test-segdiff-constant-lr", _evaluate("segdiff-constant-lr", "segdiff-constant-lr/test", 30, threads=1),
           ("train-segdiff-constant-lr",)),
     Stage("test-unet-constant-lr", _evaluate("unet-constant-lr", "unet-constant-lr/test", 1, sampler=None,
                                              threads=1), ("train-unet-constant-lr",)),
     # The paper's parameterisation on the same preset (the run behind the page was stopped by hand
     # at step 1384; this stage stops there).
-    Stage("train-segdiff-epsilon", f"OMP_NUM_THREADS=1 segdiff train --preset {PRESET} --data {{data}} --steps 1384 "
-          f"{CONSTANT} --set diffusion.prediction=epsilon --set sample.clip_x0=false --out {{runs}}/segdiff-epsilon"),
+    Stage("train-segdiff-epsilon", f"OMP_NUM_THREADS=1 segdiff train --preset {PRESET} --data {{data}} "
+          f"{_sets(FIRST)} --steps 1384 --set diffusion.prediction=epsilon --set sample.clip_x0=false "
+          "--out {runs}/segdiff-epsilon"),
     *(Stage(f"train-ablation-{c}", f"OMP_NUM_THREADS=1 segdiff train --preset {PRESET} --data {{data}} "
-            f"--conditioning {c} --steps {ABLATION_STEPS} {CONSTANT} --out {{runs}}/ablation-{c}")
+            f"{_sets({**FIRST, 'model.conditioning': c})} --steps {ABLATION_STEPS} --out {{runs}}/ablation-{c}")
       for c in CONDITIONINGS),
     *(Stage(f"test-ablation-{c}", _evaluate(f"ablation-{c}/last.safetensors", f"ablation-{c}/test",
                                             ABLATION_GENERATIONS, threads=1), (f"train-ablation-{c}",))
@@ -160,6 +182,41 @@ def run(args: argparse.Namespace) -> int:
             waiting_since = None
         time.sleep(1)
     return 1 if failed else 0
+
+
+# --- oracle ----------------------------------------------------------------------------------------------
+ORACLE_SIZES = (64, 80, 96, 128)
+
+
+def oracle(args: argparse.Namespace) -> int:
+    """What training at S px costs a perfect model: the test masks as training sees them at S px
+    (resized, thresholded), resized back to 256 and thresholded as `evaluate --score-size 256` does."""
+    import torch.nn.functional as F
+
+    from segdiff.data import build_dataset
+    from segdiff.metrics import boundary_f_mean, iou
+
+    full = build_dataset("vaihingen", args.data, "test", 256)
+    targets = [full[i][1] for i in range(len(full))]  # (1, 256, 256) each
+    rows = {}
+    for size in ORACLE_SIZES:
+        small = build_dataset("vaihingen", args.data, "test", size)
+        ious, boundfs = [], []
+        for i, target in enumerate(targets):
+            back = F.interpolate(small[i][1][None], size=target.shape[-2:], mode="bilinear", align_corners=False)
+            pred = back[0] >= 0.5
+            ious.append(float(iou(pred, target > 0.5)))
+            boundfs.append(float(boundary_f_mean(pred, target > 0.5)))
+        rows[size] = {"iou": sum(ious) / len(ious), "boundf": sum(boundfs) / len(boundfs), "images": len(ious)}
+        print(f"{size} px: mIoU {100 * rows[size]['iou']:.2f}, BoundF {100 * rows[size]['boundf']:.2f} "
+              f"over {len(ious)} test images", flush=True)
+    out = Path(args.runs) / "resolution-oracle.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
 
 
 # --- report ----------------------------------------------------------------------------------------------
@@ -251,8 +308,8 @@ def report(args: argparse.Namespace) -> int:
                 f"{paper['f1']:.2f} | {paper['iou']:.2f} | - | {paper['wcov_size_ratio']:.2f} | {paper['boundf']:.2f} "
                 "| - | - | - | - | 30 | - |")
     about_rows = (
-        "Test split (68 images), scored at the paper's 256 x 256: the models' 64 or 96 px probabilities are resized "
-        "bilinearly to 256 before the 0.5 threshold (`segdiff evaluate --score-size 256`). Percent, except the "
+        "Test split (68 images), scored at the paper's 256 x 256: the models' probabilities at their input size "
+        "(64, 80 or 96 px) are resized bilinearly to 256 before the 0.5 threshold (`segdiff evaluate --score-size 256`). Percent, except the "
         "calibration score and ECE (lower is better). The first two rows are the page's comparison: each model "
         "trained alone on the 2-core machine for 60 minutes, its lr decaying (cosine) to 0 at the steps that fit. "
         + "".join(f"Row {i + 3}, alone on the 2 cores for its hour as well: {what}. "
@@ -300,6 +357,26 @@ def report(args: argparse.Namespace) -> int:
                          f"{100 * values[best]:.1f} at {minutes[best]:.0f} min, last four "
                          f"{', '.join(f'{100 * v:.1f}' for v in tail)} (at {minutes[-1]:.0f} min).")
     lines.append("")
+
+    oracle_path = runs / "resolution-oracle.json"
+    if oracle_path.exists():
+        ceiling = json.loads(oracle_path.read_text())
+        lines += [
+            "## What the input size costs a perfect model",
+            "",
+            "The test masks as training sees them at each input size (resized antialiased, thresholded at 0.5), "
+            "resized back to 256 px bilinearly and thresholded at 0.5, as `--score-size 256` treats the models' "
+            "probabilities: the scores a model would get if it reproduced its training targets exactly.",
+            "",
+            "| input (px) | mIoU | BoundF |",
+            "|---:|---:|---:|",
+            *(f"| {size} | {_pct(row['iou'])} | {_pct(row['boundf'])} |" for size, row in ceiling.items()),
+            "",
+            "```",
+            "python experiments/vaihingen_cpu.py oracle --data ../shared/data --runs runs/vaihingen-cpu",
+            "```",
+            "",
+        ]
 
     # 2. The number of generations.
     curve = main["curve"]
@@ -481,6 +558,10 @@ def main() -> int:
     p.add_argument("--notes", default=str(ROOT / "experiments" / "vaihingen_cpu_notes.md"),
                    help="hand-written discussion appended to the page (it must quote no number)")
     p.set_defaults(func=report)
+    p = sub.add_parser("oracle", help="the test masks at each training size, scored at 256 px as the models are")
+    p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", "../shared/data"))
+    p.add_argument("--runs", default="runs/vaihingen-cpu")
+    p.set_defaults(func=oracle)
     args = parser.parse_args()
     return args.func(args)
 

@@ -70,6 +70,19 @@ def test_every_training_stage_of_the_vaihingen_page_builds_its_config(tmp_path, 
             built[stage.name] = _train_config(args)
     for name, *_ in page.VARIANTS:
         assert f"test-{name}" in names and built[f"train-{name}"].train.out_dir == str(tmp_path / name)
+    # The page's main run is the preset as it stands; the flags of the older runs rebuild the
+    # preset's second version (what `--preset vaihingen-cpu` gave when they ran) field for field.
+    from segdiff.config import ExperimentConfig, ModelConfig
+
+    preset = ExperimentConfig.from_preset("vaihingen-cpu")
+    assert built["train-segdiff"].model == preset.model and built["train-segdiff"].train.timestep_power == 2
+    second = built["train-segdiff-v2"]
+    assert second.model == ModelConfig(image_size=64, base_channels=32, channel_mult=(1, 2, 2, 4), num_res_blocks=1,
+                                       attention_resolutions=(16, 8), norm_groups=8, dropout=0.0, rrdb_blocks=1,
+                                       rrdb_channels=16, rrdb_growth=8, conditioning="sum")
+    assert (second.train.timestep_power, second.train.max_steps, second.train.lr_schedule) == (1, 5400, "cosine")
     assert built["train-segdiff-tpow2"].train.timestep_power == 2
     assert built["train-segdiff-tpow2-concat"].model.conditioning == "concat"
-    assert built["train-segdiff"].train.timestep_power == 1 and built["train-segdiff"].model.conditioning == "sum"
+    assert built["train-segdiff-constant-lr"].train.lr_schedule == "constant"
+    assert built["train-segdiff-constant-lr"].model == second.model
+    assert [built[f"train-ablation-{c}"].model.conditioning for c in page.CONDITIONINGS] == list(page.CONDITIONINGS)
