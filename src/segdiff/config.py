@@ -239,8 +239,8 @@ class ExperimentConfig:
         # it runs about 2x faster and the central building (3.9-21.6 % of the tile) stays 13-30 px
         # across. Scores are taken at the paper's 256 px (bilinear upsampling of the probability).
         # Same design as the paper: F = 1 narrow RRDB, 4 levels of widths 16, 32, 64, 128, attention
-        # at 16 and 8 px (thin where the resolution is high, where the convolution time goes: a step
-        # takes 0.64x the time of widths 32, 64, 64, 128, for the same hour's result within noise).
+        # at 16 and 8 px (thin where the resolution is high, where the convolution time goes: the hour
+        # fits 7000 steps where widths 32, 64, 64, 128 fit under 5000, for the same result within noise).
         # Departures, each measured (docs/results.md): the network predicts x_0, not the noise (with
         # the paper's epsilon, validation IoU stayed below 0.26 for 25 minutes: the noise loss barely
         # trains the high-noise steps that decide the mask's shape); training steps t are drawn with
