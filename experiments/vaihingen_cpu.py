@@ -36,7 +36,7 @@ CONDITIONINGS = ("sum", "concat", "image-concat")
 K_SHOWN = (1, 3, 9, 30)  # the generations the issue asks the scores for
 # The preset's second version, which most runs on the page were made with: `sum` conditioning and
 # uniform training steps (the paper's), widths 32, 64, 64, 128; its lr decayed to 0 at 5400 steps.
-# These settings on top of today's preset rebuild it exactly.
+# These settings on top of the preset rebuild it exactly.
 SECOND = {"model.conditioning": "sum", "train.timestep_power": "1", "model.base_channels": "32",
           "model.channel_mult": "[1,2,2,4]", "train.max_steps": "5400"}
 # The first version: the second with a constant lr, every run on 1 core with two side by side.
@@ -55,7 +55,7 @@ VARIANTS = (
     ("segdiff-80px", "SegDiff `vaihingen-cpu` at 80 px",
      _sets({"model.image_size": "80", "model.attention_resolutions": "[20,10]", "train.max_steps": "4800"}),
      "the preset at 80 px (attention at 20 and 10 px, where 16 and 8 px are at 64 px), its lr decaying to 0 at "
-     "4800 steps, which an hour fits (1.56x the FLOPs per step); 64 px limits even a perfect prediction: the "
+     "4800 steps, about what an hour fits (1.56x the FLOPs per step; the hour ran out a little before); 64 px limits even a perfect prediction: the "
      "test masks resized to 64 px and back score below 100 (`experiments/vaihingen_cpu.py oracle`)"),
     ("segdiff-v2", "SegDiff, the preset's second version", _sets(SECOND),
      "the preset's second version: training steps t drawn uniformly and `sum` conditioning (both the paper's), "
@@ -72,7 +72,7 @@ VARIANTS = (
     ("segdiff-tpow2-concat", "second version, t biased, `concat` conditioning",
      _sets({**SECOND, "train.timestep_power": "2", "model.conditioning": "concat"}),
      "the same biased steps, with F(I) and G(x_t) concatenated instead of summed (the paper's `concat` "
-     "ablation arm, the best of the three in the ablation below); today's preset is this run with thinner "
+     "ablation arm, the best of the three in the ablation below); the preset is this run with thinner "
      "high-resolution levels"),
 )
 
@@ -311,7 +311,7 @@ def report(args: argparse.Namespace) -> int:
         "Test split (68 images), scored at the paper's 256 x 256: the models' probabilities at their input size "
         "(64, 80 or 96 px) are resized bilinearly to 256 before the 0.5 threshold (`segdiff evaluate --score-size 256`). Percent, except the "
         "calibration score and ECE (lower is better). The first two rows are the page's comparison: each model "
-        "trained alone on the 2-core machine for 60 minutes, its lr decaying (cosine) to 0 at the steps that fit. "
+        "trained alone on the 2-core machine for at most 60 minutes, its lr decaying (cosine) to 0 at the steps that fit. "
         + "".join(f"Row {i + 3}, alone on the 2 cores for its hour as well: {what}. "
                   for i, (*_, what) in enumerate(variants))
         + "The last two before the paper's are the first version of the preset: constant lr, the two runs side by "
