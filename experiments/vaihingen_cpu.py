@@ -55,8 +55,9 @@ VARIANTS = (
     ("segdiff-80px", "SegDiff `vaihingen-cpu` at 80 px",
      _sets({"model.image_size": "80", "model.attention_resolutions": "[20,10]", "train.max_steps": "4800"}),
      "the preset at 80 px (attention at 20 and 10 px, where 16 and 8 px are at 64 px), its lr decaying to 0 at "
-     "4800 steps, about what an hour fits (1.56x the FLOPs per step; the hour ran out a little before); 64 px limits even a perfect prediction: the "
-     "test masks resized to 64 px and back score below 100 (`experiments/vaihingen_cpu.py oracle`)"),
+     "4800 steps, about what an hour fits (1.56x the FLOPs per step; the hour ran out a little before); 64 px "
+     "limits even a perfect prediction: the test masks resized to 64 px and back score below 100 "
+     "(`experiments/vaihingen_cpu.py oracle`)"),
     ("segdiff-v2", "SegDiff, the preset's second version", _sets(SECOND),
      "the preset's second version: training steps t drawn uniformly and `sum` conditioning (both the paper's), "
      "widths 32, 64, 64, 128 at 64, 32, 16, 8 px, its lr decaying to 0 at 5400 steps"),
@@ -194,6 +195,7 @@ def oracle(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from segdiff.data import build_dataset
+    from segdiff.io import atomic_write
     from segdiff.metrics import boundary_f_mean, iou
 
     full = build_dataset("vaihingen", args.data, "test", 256)
@@ -211,10 +213,7 @@ def oracle(args: argparse.Namespace) -> int:
         print(f"{size} px: mIoU {100 * rows[size]['iou']:.2f}, BoundF {100 * rows[size]['boundf']:.2f} "
               f"over {len(ious)} test images", flush=True)
     out = Path(args.runs) / "resolution-oracle.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    tmp.replace(out)
+    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)))
     print(f"wrote {out}")
     return 0
 
@@ -309,9 +308,10 @@ def report(args: argparse.Namespace) -> int:
                 "| - | - | - | - | 30 | - |")
     about_rows = (
         "Test split (68 images), scored at the paper's 256 x 256: the models' probabilities at their input size "
-        "(64, 80 or 96 px) are resized bilinearly to 256 before the 0.5 threshold (`segdiff evaluate --score-size 256`). Percent, except the "
-        "calibration score and ECE (lower is better). The first two rows are the page's comparison: each model "
-        "trained alone on the 2-core machine for at most 60 minutes, its lr decaying (cosine) to 0 at the steps that fit. "
+        "(64, 80 or 96 px) are resized bilinearly to 256 before the 0.5 threshold (`segdiff evaluate "
+        "--score-size 256`). Percent, except the calibration score and ECE (lower is better). The first two rows "
+        "are the page's comparison: each model trained alone on the 2-core machine for at most 60 minutes, its lr "
+        "decaying (cosine) to 0 at the steps that fit. "
         + "".join(f"Row {i + 3}, alone on the 2 cores for its hour as well: {what}. "
                   for i, (*_, what) in enumerate(variants))
         + "The last two before the paper's are the first version of the preset: constant lr, the two runs side by "
