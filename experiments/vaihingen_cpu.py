@@ -58,6 +58,15 @@ VARIANTS = (
      "4800 steps, about what an hour fits (1.56x the FLOPs per step; the hour ran out a little before); 64 px "
      "limits even a perfect prediction: the test masks resized to 64 px and back score below 100 "
      "(`experiments/vaihingen_cpu.py oracle`)"),
+    ("segdiff-dropout", "SegDiff `vaihingen-cpu`, dropout 0.1", _sets({"model.dropout": "0.1"}),
+     "the preset with the paper's dropout of 0.1 in its residual blocks (the preset has none), against the "
+     "plateau of validation IoU while the training loss keeps falling"),
+    ("segdiff-selfcond", "SegDiff `vaihingen-cpu`, self-conditioning",
+     _sets({"model.self_condition": "true", "train.max_steps": "6000"}),
+     "the preset with self-conditioning (`model.self_condition=true`, Chen et al. 2022): G also reads the "
+     "previous sampling step's x_0 estimate, trained on half of each batch with the network's own estimate "
+     "from a pass without gradients; its lr decays to 0 at 6000 steps, as the extra pass makes each step "
+     "slower"),
     ("segdiff-v2", "SegDiff, the preset's second version", _sets(SECOND),
      "the preset's second version: training steps t drawn uniformly and `sum` conditioning (both the paper's), "
      "widths 32, 64, 64, 128 at 64, 32, 16, 8 px, its lr decaying to 0 at 5400 steps"),
@@ -86,10 +95,13 @@ class Stage:
 
 
 def _evaluate(checkpoint: str, out: str, generations: int, sampler: str | None = "sde-dpm-solver++",
-              steps: int | None = 10, max_images: int | None = None, threads: int = 2) -> str:
-    """The test evaluation of {runs}/checkpoint into {runs}/out, scored at the paper's 256 px."""
+              steps: int | None = 10, max_images: int | None = None, threads: int = 2,
+              symmetry: str | None = None) -> str:
+    """The test evaluation of {runs}/checkpoint into {runs}/out, scored at the paper's 256 px
+    (`symmetry`: the test-time transforms, where not the checkpoint's own setting)."""
     sampling = (f" --generations {generations} --sampler {sampler}" + (f" --steps {steps}" if steps else "")
                 if sampler else "") + (f" --max-images {max_images}" if max_images else "")
+    sampling += f" --symmetry {symmetry}" if symmetry else ""
     return (f"OMP_NUM_THREADS={threads} segdiff evaluate {{runs}}/{checkpoint} --dataset vaihingen --data {{data}} "
             f"--split test{sampling} --score-size 256 --out {{runs}}/{out}")
 
@@ -105,6 +117,12 @@ STAGES: tuple[Stage, ...] = (
               f"--out {{runs}}/{name}", ("train-unet",)),
         Stage(f"test-{name}", _evaluate(name, f"{name}/test", 30), (f"train-{name}",)))),
     Stage("test-unet", _evaluate("unet", "unet/test", 1, sampler=None), ("train-unet",)),
+    # Test-time symmetry: the same checkpoints, each generation (the U-Net: each pass) on one of the
+    # eight flips/rotations of the image, mapped back before averaging.
+    Stage("test-segdiff-dihedral", _evaluate("segdiff", "segdiff/test-dihedral", 30, symmetry="dihedral"),
+          ("train-segdiff",)),
+    Stage("test-unet-dihedral", _evaluate("unet", "unet/test-dihedral", 1, sampler=None, symmetry="dihedral"),
+          ("train-unet",)),
     *(Stage(f"steps-{name}", _evaluate("segdiff", f"segdiff/steps-{name}", STEPS_GENERATIONS, sampler, steps,
                                        STEPS_IMAGES), ("train-segdiff",))
       for name, sampler, steps in (("ddpm-100", "ddpm", None), ("ddpm-25", "ddpm", 25),
@@ -246,6 +264,22 @@ def _parameters(config: dict) -> int:
     cfg = ExperimentConfig.from_dict({k: v for k, v in config.items() if k not in ("baseline", "features", "machine")})
     model = UNetBaseline(cfg.model.in_channels, tuple(config["features"])) if "baseline" in config else SegDiff(cfg.model)
     return sum(p.numel() for p in model.parameters())
+
+
+def _paired_iou(runs: Path, rel_a: str, rel_b: str) -> tuple[float, float, int]:
+    """Mean and standard error of the per-image IoU difference b - a (percent) over the images both
+    evaluations scored: the same images, so the image-to-image spread cancels."""
+    import csv
+
+    def read(rel: str) -> dict[str, float]:
+        with open(runs / rel / "per_image.csv") as f:
+            return {row["name"]: float(row["iou"]) for row in csv.DictReader(f)}
+
+    a, b = read(rel_a), read(rel_b)
+    diffs = [100 * (b[name] - a[name]) for name in a if name in b]
+    mean = sum(diffs) / len(diffs)
+    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    return mean, sd / len(diffs) ** 0.5, len(diffs)
 
 
 def _pct(x: float | None) -> str:
@@ -407,7 +441,47 @@ def report(args: argparse.Namespace) -> int:
         "",
     ]
 
-    # 3. Sampling steps.
+    # 3. Test-time symmetry.
+    sym_rows = []
+    for label, name in (("SegDiff `vaihingen-cpu`", "segdiff"), ("U-Net baseline", "unet")):
+        for rel in ("test", "test-dihedral"):
+            s = _summary(runs, f"{name}/{rel}/summary.json")
+            if s is not None and _summary(runs, f"{name}/test-dihedral/summary.json") is not None:
+                m = s["metrics"]
+                by_k = " | ".join(_pct(s["curve"]["iou"][k - 1]) if k <= s["num_generations"] else "-"
+                                  for k in K_SHOWN[:-1])
+                sym_rows.append(f"| {label} | {s.get('symmetry', 'none')} | {s['num_generations']} | {_pct(m['f1'])} | "
+                                f"{_pct(m['iou'])} | {_pct(m['boundf'])} | {m['calibration']:.4f} | {m['ece']:.4f} | "
+                                f"{by_k} | {s['seconds_per_image']:.2f} |")
+    if sym_rows:
+        lines += [
+            "## Test-time symmetry",
+            "",
+            ("The same two checkpoints as the first two rows above, on the test split at 256 px. With `--symmetry "
+             "dihedral`, generation k of an image is sampled on the image under the k-th (mod 8) of the eight "
+             "flips and 90-degree rotations of the square and mapped back before averaging; the samples drawn, and "
+             "so the time, are those of the plain run (F(I) is computed once per transform used). Aerial tiles "
+             "have no preferred orientation, and training already draws rotations and flips. The U-Net averages "
+             "its probability over the eight transforms (eight passes in place of one)."),
+            "",
+            "| model | symmetry | K | F1 | mIoU | BoundF | calibration | ECE | "
+            + " | ".join(f"mIoU at K = {k}" for k in K_SHOWN[:-1]) + " | test s/image |",
+            "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(K_SHOWN) - 1) + "---:|",
+            *sym_rows,
+            "",
+            *((f"- {label}: mIoU with `dihedral` minus without, image by image: {mean:+.2f} points (standard "
+               f"error {se:.2f} over {n} images).")
+              for label, name in (("SegDiff", "segdiff"), ("U-Net", "unet"))
+              if _summary(runs, f"{name}/test-dihedral/summary.json") is not None
+              for mean, se, n in [_paired_iou(runs, f"{name}/test", f"{name}/test-dihedral")]),
+            "",
+            "```",
+            *(_command(name) for name in ("test-segdiff-dihedral", "test-unet-dihedral")),
+            "```",
+            "",
+        ]
+
+    # 4. Sampling steps.
     step_rows = []
     k = STEPS_GENERATIONS
     for rel in ("steps-ddpm-100", "steps-ddpm-25", "steps-sde-dpm-solver-10"):
@@ -434,7 +508,7 @@ def report(args: argparse.Namespace) -> int:
         "",
     ]
 
-    # 4. The conditioning ablation.
+    # 5. The conditioning ablation.
     abl_rows = []
     for c in CONDITIONINGS:
         s = _summary(runs, f"ablation-{c}/test/summary.json")

@@ -75,6 +75,19 @@ def test_evaluate_scores_the_baseline_with_one_generation(baseline_run):
     assert first["metrics"]["iou"] == pytest.approx(float(inter / union) if union else 1.0)
 
 
+def test_baseline_symmetry_averages_the_mapped_back_passes(baseline_run):
+    model, config = load_model(baseline_run, allow_baseline=True)
+    image = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(model.probability(image, "none"), torch.sigmoid(model(image)))
+    by_hand = (torch.sigmoid(model(image)) + torch.sigmoid(model(image.flip(-1))).flip(-1)
+               + torch.sigmoid(model(image.flip(-2, -1))).flip(-2, -1) + torch.sigmoid(model(image.flip(-2))).flip(-2)) / 4
+    torch.testing.assert_close(model.probability(image, "flips"), by_hand)
+    dataset = build_dataset("synthetic", "", "test", config.model.image_size, num_test=2)
+    summary = evaluate(model, config, dataset, symmetry="dihedral", progress=False)
+    assert summary["symmetry"] == "dihedral" and summary["num_generations"] == 1
+    assert summary["metrics"]["iou"] != evaluate(model, config, dataset, progress=False)["metrics"]["iou"]
+
+
 def test_cli_trains_and_evaluates_the_baseline(tmp_path, capsys):
     assert main(["baseline", "--preset", "tiny", "--out", str(tmp_path / "u"), "--steps", "2",
                  "--features", "8", "8", "16", "16", "32", "8", "--set", "data.num_train=16",

@@ -45,14 +45,15 @@ def _synthetic_test(config, n: int = 4):
     return build_dataset("synthetic", "", "test", config.model.image_size, num_test=n)
 
 
-def _independent_prefix_scores(model, config, dataset, num_generations: int, seed: int = 0):
+def _independent_prefix_scores(model, config, dataset, num_generations: int, seed: int = 0, symmetry="none"):
     """Per image and k, IoU / F1 / calibration of a separate predict run's first k generations."""
     scheduler = DDPMScheduler.from_config(config.diffusion)
     table = []  # [image][k-1] -> dict
     for i in range(len(dataset)):
         image, mask = dataset[i]
         pred = predict(model, image[None], scheduler, num_generations=num_generations, keep_generations=True,
-                       seeds=generation_seeds(derive_seed(seed, dataset.names[i]), num_generations), **SAMPLING)
+                       seeds=generation_seeds(derive_seed(seed, dataset.names[i]), num_generations),
+                       symmetry=symmetry, **SAMPLING)
         rows = []
         for k in range(1, num_generations + 1):
             prob = pred.generations[0, :k].mean(dim=0)
@@ -71,13 +72,15 @@ def test_running_means_row_k_is_the_mean_of_the_first_k_generations():
     assert torch.allclose(running_means(generations), expected)
 
 
-def test_curve_equals_separate_predict_runs_of_the_first_k_generations(model_and_config):
+@pytest.mark.parametrize("symmetry", ["none", "dihedral"])
+def test_curve_equals_separate_predict_runs_of_the_first_k_generations(model_and_config, symmetry):
     model, config = model_and_config
     dataset = _synthetic_test(config)
     k_max = 3
-    summary = evaluate(model, config, dataset, num_generations=k_max, seed=7, progress=False, **SAMPLING)
-    independent = _independent_prefix_scores(model, config, dataset, k_max, seed=7)
-    assert summary["curve"]["num_generations"] == [1, 2, 3]
+    summary = evaluate(model, config, dataset, num_generations=k_max, seed=7, progress=False, symmetry=symmetry,
+                       **SAMPLING)
+    independent = _independent_prefix_scores(model, config, dataset, k_max, seed=7, symmetry=symmetry)
+    assert summary["curve"]["num_generations"] == [1, 2, 3] and summary["symmetry"] == symmetry
     for k in range(1, k_max + 1):
         for m in ("iou", "f1", "calibration"):
             expected = np.mean([rows[k - 1][m] for _, rows in independent])
@@ -116,6 +119,7 @@ def test_cli_writes_csv_figures_and_a_complete_summary(run, tmp_path, capsys):
     assert "| mIoU |" in printed and "| F1 |" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_generations"] == 2 and summary["sampler"] == "ddim" and summary["seed"] == 5
+    assert summary["symmetry"] == "none"  # the checkpoint's sample.symmetry
     assert summary["num_images"] == 3 and summary["split"] == "test" and summary["dataset"] == "synthetic"
     assert summary["checkpoint"] == str(run.resolve())
     assert summary["config"]["model"]["image_size"] == 32
@@ -294,6 +298,15 @@ def test_non_binary_target_or_other_shape_is_a_value_error_naming_the_item(model
 def test_unknown_sampler_is_exit_2(run, tmp_path, capsys):
     assert main(["evaluate", str(run), "--dataset", "synthetic", "--sampler", "euler", "--out", str(tmp_path)]) == 2
     assert "sampler='euler' is not valid" in capsys.readouterr().err
+
+
+def test_unknown_symmetry_is_refused_before_sampling(run, model_and_config, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(run), "--dataset", "synthetic", "--symmetry", "rot", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "invalid choice: 'rot'" in capsys.readouterr().err
+    model, config = model_and_config
+    with pytest.raises(ValueError, match="symmetry='rot' is not valid"):
+        evaluate(model, config, _synthetic_test(config, 1), symmetry="rot", progress=False)
 
 
 def test_score_size_samples_at_the_input_and_scores_the_upsampled_probability(model_and_config):

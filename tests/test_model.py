@@ -100,6 +100,20 @@ def test_denoise_with_cached_features_equals_full_forward():
     torch.testing.assert_close(cached, full)
 
 
+def test_self_conditioning_widens_g_and_reads_the_previous_estimate():
+    torch.manual_seed(0)
+    net = SegDiff.from_preset("tiny", self_condition=True).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    assert net.mask_encoder.in_channels == 2
+    image, x, t = torch.rand(2, 3, 32, 32), torch.randn(2, 1, 32, 32), torch.tensor([3, 90])
+    cond = net.encode_image(image)
+    # No estimate yet (the first sampling step) is the estimate 0; another estimate changes the output.
+    torch.testing.assert_close(net.denoise(x, t, cond), net.denoise(x, t, cond, torch.zeros_like(x)))
+    assert not torch.allclose(net.denoise(x, t, cond), net.denoise(x, t, cond, torch.ones_like(x)), atol=1e-4)
+    torch.testing.assert_close(net(x, t, image, torch.ones_like(x)), net.denoise(x, t, cond, torch.ones_like(x)))
+
+
 def test_from_preset_rejects_unknown_names_and_options():
     with pytest.raises(ValueError, match="unknown preset 'nope'.*vaihingen"):
         SegDiff.from_preset("nope")

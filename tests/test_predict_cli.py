@@ -116,14 +116,18 @@ def test_an_image_depends_on_the_seed_and_its_name_only(checkpoint, images, tmp_
     assert outputs(other)["c_prob.png"] != outputs(alone)["c_prob.png"]
 
 
-def test_predict_seeds_each_generation_from_seed_and_name(checkpoint, images, tmp_path):
+@pytest.mark.parametrize("symmetry", ["none", "dihedral"])
+def test_predict_seeds_each_generation_from_seed_and_name(checkpoint, images, tmp_path, symmetry):
     """The CLI's probability map is `predict` on the resized image with generation_seeds(derive_seed(seed, name))."""
     out = tmp_path / "out"
-    assert main(["predict", str(checkpoint), str(images / "a.png"), "--out", str(out), *FAST, "--seed", "4"]) == 0
+    flags = ["--symmetry", symmetry] if symmetry != "none" else []
+    assert main(["predict", str(checkpoint), str(images / "a.png"), "--out", str(out), *FAST, "--seed", "4",
+                 *flags]) == 0
     model, cfg = load_model(checkpoint)
     image = image_to_tensor(read_image(images / "a.png"))
     pred = predict(model, resize_image(image, 32)[None], DDPMScheduler.from_config(cfg.diffusion),
-                   num_generations=2, sampler="ddim", num_steps=4, seeds=generation_seeds(derive_seed(4, "a"), 2))
+                   num_generations=2, sampler="ddim", num_steps=4, seeds=generation_seeds(derive_seed(4, "a"), 2),
+                   symmetry=symmetry)
     prob = torch.nn.functional.interpolate(pred.prob, size=(33, 40), mode="bilinear", align_corners=False)[0, 0]
     written = np.asarray(Image.open(out / "a_prob.png")).astype(np.int16)
     expected = (prob.clamp(0, 1).numpy() * 255 + 0.5).astype(np.int16)

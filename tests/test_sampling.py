@@ -6,8 +6,10 @@ import torch
 from segdiff import DDPMScheduler, SegDiff, predict, sample_ddim, sample_ddpm
 from segdiff.data import quadrants, stitch_quadrants
 from segdiff.diffusion import _gather, from_signed, to_signed
+from segdiff.config import SYMMETRY_NAMES
 from segdiff.sampling import (
-    SAMPLER_FUNCTIONS, derive_seed, dpm_solver_scheduler, generation_seeds, respaced_betas, sample_dpm_solver,
+    SAMPLER_FUNCTIONS, SYMMETRIES, apply_symmetry, derive_seed, dpm_solver_scheduler, generation_seeds,
+    invert_symmetry, respaced_betas, sample_dpm_solver,
 )
 from segdiff.sliding import predict_sliding, window_starts, window_weights
 
@@ -357,3 +359,91 @@ def test_clip_x0_clamps_the_estimate_to_the_mask_range(x0):
     eps = s.to_epsilon(3 * x0, t, x_t, clip_x0=True)
     abar = _gather(s.alphas_cumprod, t, x_t)
     torch.testing.assert_close((x_t - (1 - abar).sqrt() * eps) / abar.sqrt(), x0, atol=1e-4, rtol=0)
+
+
+# --- symmetries (test-time augmentation) --------------------------------------------------------
+def test_the_eight_symmetries_are_distinct_and_invert_exactly():
+    x = torch.arange(3 * 4 * 4).float().reshape(1, 3, 4, 4)
+    images = [apply_symmetry(x, g) for g in range(8)]
+    assert len({tuple(i.flatten().tolist()) for i in images}) == 8  # the whole dihedral group
+    for g in range(8):
+        assert torch.equal(invert_symmetry(images[g], g), x)
+    # Hand-checked elements: 1 = horizontal flip, 2 = 180 degrees, 3 = vertical flip, 4 = 90 degrees.
+    assert torch.equal(images[1], x.flip(-1)) and torch.equal(images[2], x.flip(-1).flip(-2))
+    assert torch.equal(images[3], x.flip(-2)) and torch.equal(images[4], torch.rot90(x, 1, (-2, -1)))
+    wide = torch.rand(1, 1, 3, 5)  # the first four keep any shape
+    assert all(apply_symmetry(wide, g).shape == wide.shape for g in range(4))
+    assert tuple(SYMMETRIES) == SYMMETRY_NAMES
+
+
+class _PixelOracle(torch.nn.Module):
+    """Predicts x_0 as the image's first channel, pixel by pixel: equivariant under every symmetry,
+    so mapping each generation back must reproduce the un-augmented answer exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def encode_image(self, image):
+        return image[:, :1] * 2 - 1
+
+    def denoise(self, x_t, t, cond):
+        return cond + 0 * self.w
+
+
+@pytest.mark.parametrize("symmetry", ["flips", "dihedral"])
+def test_symmetric_generations_are_mapped_back_to_the_image(symmetry):
+    s = DDPMScheduler(100, prediction="sample")
+    images = torch.zeros(2, 3, 8, 8)
+    images[0, 0, :3, :5] = 1  # an asymmetric mask: a wrong inverse moves it
+    images[1, 0, 5:, 6:] = 1
+    plain = predict(_PixelOracle(), images, s, num_generations=8, sampler="ddim", num_steps=10, seeds=range(16))
+    sym = predict(_PixelOracle(), images, s, num_generations=8, sampler="ddim", num_steps=10, seeds=range(16),
+                  symmetry=symmetry, keep_generations=True)
+    torch.testing.assert_close(plain.prob, images[:, :1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(sym.generations, images[:, :1].expand(2, 8, 8, 8), atol=1e-4, rtol=0)
+
+
+def test_generation_k_is_sampled_on_the_image_under_transform_k_mod_n(net):
+    s, image = DDPMScheduler(25), torch.rand(1, 3, 32, 32)
+    seeds = generation_seeds(derive_seed(0, "img"), 10)
+    sym = predict(net, image, s, num_generations=10, sampler="ddim", num_steps=5, seeds=seeds, max_batch=3,
+                  symmetry="dihedral", keep_generations=True)
+    for k in (0, 3, 6, 9):  # k = 9 wraps round to transform 1
+        g = k % 8
+        alone = predict(net, apply_symmetry(image, g), s, num_generations=1, sampler="ddim", num_steps=5,
+                        seeds=[seeds[k]], keep_generations=True)
+        torch.testing.assert_close(sym.generations[:, k], invert_symmetry(alone.generations[:, 0], g),
+                                   atol=1e-5, rtol=0)
+
+
+def test_dihedral_symmetry_refuses_non_square_images_and_unknown_names(net):
+    with pytest.raises(ValueError, match=r"needs square images; these are 32 x 48 \(use 'flips'\)"):
+        predict(net, torch.rand(1, 3, 32, 48), DDPMScheduler(25), num_generations=2, symmetry="dihedral")
+    with pytest.raises(ValueError, match="symmetry='rot' is not valid; choose one of none, flips, dihedral"):
+        predict(net, torch.rand(1, 3, 32, 32), DDPMScheduler(25), num_generations=2, symmetry="rot")
+
+
+class _SelfConditionedOracle(_X0Oracle):
+    """An x_0-predicting 'network' with self-conditioning that records the estimates it is given."""
+
+    config = type("Config", (), {"self_condition": True})()
+
+    def __init__(self, x0):
+        super().__init__(x0, scale=1.5)
+        self.seen = []
+
+    def denoise(self, x_t, t, cond, x0_prev=None):
+        self.seen.append(None if x0_prev is None else x0_prev.clone())
+        return super().denoise(x_t, t, cond)
+
+
+def test_self_conditioning_feeds_each_step_the_previous_clamped_estimate(x0):
+    s = DDPMScheduler(100, prediction="sample")
+    net = _SelfConditionedOracle(x0)
+    pred = predict(net, torch.zeros(3, 1, 8, 8), s, num_generations=1, sampler="sde-dpm-solver++", num_steps=5,
+                   seeds=[0, 1, 2], clip_x0=True)
+    assert len(net.seen) == 5 and net.seen[0] is None  # the first step has no estimate yet
+    for seen in net.seen[1:]:  # then the previous step's x_0 estimate, 1.5 x0 clamped to [-1, 1]
+        torch.testing.assert_close(seen, x0)
+    torch.testing.assert_close(pred.prob, from_signed(x0), atol=1e-4, rtol=0)

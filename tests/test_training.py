@@ -389,3 +389,27 @@ def test_an_x0_predicting_network_trains_on_x0_and_samples_through_predict(tmp_p
     pred = predict(model, image[None], DDPMScheduler.from_config(saved.diffusion), num_generations=2,
                    sampler="ddim", num_steps=4, seeds=[0, 1], clip_x0=True)
     assert pred.prob.shape == (1, 1, 32, 32) and 0 <= pred.prob.min() <= pred.prob.max() <= 1
+
+
+def test_self_conditioning_trains_half_the_samples_on_their_own_estimate(tmp_path, monkeypatch):
+    from segdiff import training
+    from segdiff.checkpoint import load_model
+
+    calls = []
+    original = training.self_condition_input
+
+    def spy(net, scheduler, x_t, t, image, generator, batch_size, share):
+        out = original(net, scheduler, x_t, t, image, generator, batch_size, share)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(training, "self_condition_input", spy)
+    cfg = tiny(tmp_path, "model.self_condition=true", "diffusion.prediction=sample", "train.max_steps=6",
+               "train.lr=1e-2")
+    train(cfg, progress=False)
+    assert len(calls) == 6
+    estimated = torch.stack([(c != 0).flatten(1).any(1) for c in calls])  # (steps, batch): rows given an estimate
+    assert 0 < estimated.float().mean() < 1  # some rows get their estimate, the others zeros
+    assert all(c.abs().max() <= 1 for c in calls)  # clamped, as sampling clamps it
+    model, saved = load_model(tmp_path / "last.safetensors")
+    assert saved.model.self_condition and model.mask_encoder.in_channels == 2

@@ -27,6 +27,7 @@ from .config import ExperimentConfig
 from .distributed import GlobalBatchSampler
 from .io import atomic_write
 from .metrics import iou
+from .sampling import apply_symmetry, invert_symmetry, symmetry_order
 
 BASELINE = "monai.BasicUNet"
 DEFAULT_FEATURES = (32, 32, 64, 128, 256, 32)  # MONAI's default widths; about 2 M parameters
@@ -46,8 +47,12 @@ class UNetBaseline(nn.Module):
         return self.net(image)
 
     @torch.no_grad()
-    def probability(self, image: Tensor) -> Tensor:
-        return torch.sigmoid(self(image))
+    def probability(self, image: Tensor, symmetry: str = "none") -> Tensor:
+        """Sigmoid of the logits; with `symmetry`, averaged over the flipped/rotated copies of the
+        image, each mapped back (the test-time augmentation `sampling.predict` gives SegDiff)."""
+        order = symmetry_order(symmetry, *image.shape[-2:])
+        return torch.stack([invert_symmetry(torch.sigmoid(self(apply_symmetry(image, g))), g)
+                            for g in range(order)]).mean(0)
 
 
 def is_baseline(state: dict) -> bool:
@@ -61,12 +66,12 @@ def baseline_from_checkpoint(ckpt: Checkpoint) -> UNetBaseline:
 
 
 @torch.no_grad()
-def _val_iou(model: UNetBaseline, dataset, device: torch.device) -> float:
+def _val_iou(model: UNetBaseline, dataset, device: torch.device, symmetry: str = "none") -> float:
     model.eval()
     scores = []
     for start in range(0, len(dataset), 16):
         images, masks = zip(*(dataset[i] for i in range(start, min(len(dataset), start + 16))))
-        prob = model.probability(torch.stack(images).to(device)).cpu()
+        prob = model.probability(torch.stack(images).to(device), symmetry).cpu()
         scores.append(iou(prob[:, 0] > 0.5, torch.stack(masks)[:, 0] > 0.5))
     model.train()
     return float(torch.cat(scores).mean())
@@ -145,7 +150,7 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
                 bar.set_postfix(loss=f"{value:.4f}")
             out_of_time = tc.time_budget_min > 0 and elapsed > 60 * tc.time_budget_min
             if val_set is not None and (step % tc.val_every == 0 or out_of_time or step == tc.max_steps):
-                val = _val_iou(model, val_set, device)
+                val = _val_iou(model, val_set, device, cfg.sample.symmetry)
                 log({"step": step, "event": "val", "val_iou": val, "time": round(time.monotonic() - start, 2)})
                 tqdm.write(f"step {step}: validation IoU {val:.4f}")
                 if val > best:

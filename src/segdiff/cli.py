@@ -160,6 +160,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = dict(num_generations=args.generations, sampler=args.sampler, num_steps=args.steps,
                    max_batch=args.max_batch, eta=args.eta, autocast=args.autocast, compile=args.compile,
                    clip_x0=cfg.sample.clip_x0 if args.clip_x0 is None else args.clip_x0,
+                   symmetry=cfg.sample.symmetry if args.symmetry is None else args.symmetry,
                    channels_last=args.channels_last)
 
     def load(path: Path) -> torch.Tensor:
@@ -230,7 +231,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"sampler {args.sampler}, seed {args.seed}")
     summary = evaluate(model, cfg, dataset, num_generations=args.generations, sampler=args.sampler,
                        num_steps=args.steps, max_batch=args.max_batch, seed=args.seed, out_dir=args.out,
-                       clip_x0=args.clip_x0,
+                       clip_x0=args.clip_x0, symmetry=args.symmetry,
                        max_images=args.max_images, score_size=args.score_size,
                        metadata={"checkpoint": str(Path(args.checkpoint).resolve()), "dataset": args.dataset,
                                  "split": args.split,
@@ -263,7 +264,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         checkpoint=str(run), dataset=cfg.data.dataset, data=cfg.data.root or None, split="test",
         generations=args.generations, out=str(out), sampler=cfg.sample.sampler,
         steps=cfg.sample.num_sampling_steps or None, max_images=None, max_batch=cfg.sample.max_batch,
-        score_size=score_size, setting=args.setting, seed=0, device=cfg.train.device, clip_x0=None))
+        score_size=score_size, setting=args.setting, seed=0, device=cfg.train.device, clip_x0=None,
+        symmetry=None))
 
 
 # --- parser -------------------------------------------------------------------------------------------
@@ -293,7 +295,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .baseline import DEFAULT_FEATURES
-    from .config import CONDITIONINGS
+    from .config import CONDITIONINGS, SYMMETRY_NAMES
 
     parser = argparse.ArgumentParser(prog="segdiff", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -396,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
                    help="clamp each sampling step's x_0 estimate to [-1, 1] (default: the checkpoint's "
                    "sample.clip_x0; the paper's sampler does not)")
+    p.add_argument("--symmetry", default=None, choices=SYMMETRY_NAMES,
+                   help="spread the K generations over flipped (flips) or also 90-degree rotated (dihedral, square "
+                   "inputs) copies of each image, mapped back before averaging: test-time augmentation at the same "
+                   "cost (default: the checkpoint's sample.symmetry; the paper: none)")
     p.add_argument("--channels-last", action="store_true", help="NHWC inputs to the network: about 1.2x faster "
                    "convolutions on CPUs; results change by float rounding only")
     p.add_argument("--autocast", action="store_true", help="run the network in bfloat16 (float16 on GPUs without "
@@ -433,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
                    help="clamp each sampling step's x_0 estimate to [-1, 1] (default: the checkpoint's "
                    "sample.clip_x0; the paper's sampler does not)")
+    p.add_argument("--symmetry", default=None, choices=SYMMETRY_NAMES,
+                   help="spread the K generations over flipped (flips) or also 90-degree rotated (dihedral, square "
+                   "inputs) copies of each image, mapped back before averaging: test-time augmentation at the same "
+                   "cost (default: the checkpoint's sample.symmetry; the paper: none)")
     p.add_argument("--score-size", type=int, default=None, help="Vaihingen/folder: score at this side (e.g. the "
                    "paper's 256 for a 64 px model): images are sampled at the model's input and the probabilities "
                    "resized up before the threshold (default: the model's input)")

@@ -17,6 +17,8 @@ Conditioning = Literal["sum", "concat", "image-concat", "add-after-down-1", "add
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
 Sampler = Literal["ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"]  # the functions in sampling.py
 SAMPLER_NAMES: tuple[str, ...] = get_args(Sampler)
+Symmetry = Literal["none", "flips", "dihedral"]  # sampling.SYMMETRIES
+SYMMETRY_NAMES: tuple[str, ...] = get_args(Symmetry)
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -59,6 +61,9 @@ class ModelConfig:
     rrdb_channels: int = 64  # width inside F (ESRGAN's nf)
     rrdb_growth: int = 32  # dense-block growth (ESRGAN's gc)
     conditioning: Conditioning = "sum"  # the paper's ablation variants, see model.py
+    # G also reads the previous sampling step's x_0 estimate (self-conditioning, Chen et al. 2022,
+    # "Analog Bits"; trained with it on half the samples); not in the paper.
+    self_condition: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("conditioning", self.conditioning, CONDITIONINGS)
@@ -167,9 +172,13 @@ class SampleConfig:
     num_sampling_steps: int = 0  # 0: all T steps
     max_batch: int = 32  # generations run together; bounds memory whatever K is
     clip_x0: bool = False  # clamp each step's x_0 estimate to [-1, 1] (the paper does not)
+    # Spread the K generations over flipped ("flips") or also 90-degree rotated ("dihedral") copies
+    # of the image, mapped back before averaging (sampling.predict); the paper samples "none".
+    symmetry: Symmetry = "none"
 
     def __post_init__(self) -> None:
         _check_choice("sampler", self.sampler, SAMPLER_NAMES)
+        _check_choice("symmetry", self.symmetry, SYMMETRY_NAMES)
         if self.num_generations < 1 or self.max_batch < 1:
             raise ValueError("num_generations and max_batch must be >= 1")
 

@@ -102,6 +102,11 @@ class DDPMScheduler:
         """What the network learns to output: the noise (the paper) or x_0 itself."""
         return noise if self.prediction == "epsilon" else x0
 
+    def to_x0(self, output: Tensor, t: Tensor, x_t: Tensor, *, clip_x0: bool = False) -> Tensor:
+        """The network's output as its x_0 estimate, clamped to [-1, 1] with `clip_x0`."""
+        x0 = output if self.prediction == "sample" else self.predict_x0(output, t, x_t)
+        return x0.clamp(-1.0, 1.0) if clip_x0 else x0
+
     def to_epsilon(self, output: Tensor, t: Tensor, x_t: Tensor, *, clip_x0: bool = False) -> Tensor:
         """The network's output as the noise estimate every sampler steps with.
 
@@ -112,9 +117,7 @@ class DDPMScheduler:
         """
         if self.prediction == "epsilon" and not clip_x0:
             return output
-        x0 = output if self.prediction == "sample" else self.predict_x0(output, t, x_t)
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
+        x0 = self.to_x0(output, t, x_t, clip_x0=clip_x0)
         abar = _gather(self.alphas_cumprod, t, x_t)
         return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
 

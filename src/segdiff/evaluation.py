@@ -54,7 +54,7 @@ from .config import ExperimentConfig
 from .data import FolderDataset, MoNuSeg, Vaihingen, resize_image
 from .diffusion import DDPMScheduler
 from .io import atomic_write, colormap, overlay
-from .sampling import derive_seed, generation_seeds, predict
+from .sampling import derive_seed, generation_seeds, predict, symmetry_order
 from .sliding import predict_quadrants
 
 __all__ = ["evaluate", "format_report", "running_means", "score_probabilities", "PAPER_RESULTS",
@@ -197,12 +197,14 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 def _sample_one(model, scheduler: DDPMScheduler, image: Tensor, protocol: Protocol, size: tuple[int, int], *,
                 num_generations: int, sampler: str, num_steps: int | None, max_batch: int,
-                image_seed: int, image_size: int, clip_x0: bool = False) -> tuple[Tensor, Tensor]:
+                image_seed: int, image_size: int, clip_x0: bool = False,
+                symmetry: str = "none") -> tuple[Tensor, Tensor]:
     """Running means (K, h, w) and uncertainty (h, w) of one image at the scoring size `size`.
 
     The image is sampled at the model's input (resized first when the dataset gives it larger,
     as with `score_size`); the running means are resized bilinearly to `size` before any
-    threshold. The U-Net baseline gives its probability as the one "generation".
+    threshold. The U-Net baseline gives its probability (averaged over `symmetry`'s transforms)
+    as the one "generation".
     """
     from .baseline import UNetBaseline
 
@@ -210,17 +212,17 @@ def _sample_one(model, scheduler: DDPMScheduler, image: Tensor, protocol: Protoc
         seeds = [s for tile in range(4) for s in generation_seeds(image_seed, num_generations, tile)]
         pred = predict_quadrants(model, image[None], scheduler, seeds=seeds, num_generations=num_generations,
                                  sampler=sampler, num_steps=num_steps, max_batch=max_batch, keep_generations=True,
-                                 clip_x0=clip_x0)
+                                 clip_x0=clip_x0, symmetry=symmetry)
         return running_means(pred.generations[0]), pred.uncertainty[0, 0]
     if tuple(image.shape[-2:]) != (image_size, image_size):
         image = resize_image(image, image_size)
     if isinstance(model, UNetBaseline):
-        prob = model.probability(image[None].to(next(model.parameters()).device))[0].cpu()  # (1, S, S)
+        prob = model.probability(image[None].to(next(model.parameters()).device), symmetry)[0].cpu()  # (1, S, S)
         means, uncertainty = prob, torch.zeros_like(prob)
     else:
         pred = predict(model, image[None], scheduler, seeds=generation_seeds(image_seed, num_generations),
                        num_generations=num_generations, sampler=sampler, num_steps=num_steps,
-                       max_batch=max_batch, keep_generations=True, clip_x0=clip_x0)
+                       max_batch=max_batch, keep_generations=True, clip_x0=clip_x0, symmetry=symmetry)
         means, uncertainty = running_means(pred.generations[0]), pred.uncertainty[0]  # (K, S, S), (1, S, S)
     return _resize(means, size), _resize(uncertainty, size)[0]
 
@@ -300,7 +302,7 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
              num_steps: int | None = None, max_batch: int = 32, seed: int = 0,
              out_dir: str | Path | None = None, progress: bool = True, max_images: int | None = None,
              metadata: dict[str, Any] | None = None, score_size: int | None = None,
-             clip_x0: bool | None = None) -> dict[str, Any]:
+             clip_x0: bool | None = None, symmetry: str | None = None) -> dict[str, Any]:
     """Evaluate `model` on `dataset` with its test protocol; return the summary (also summary.json).
 
     Samples `num_generations` (K) generations per image once and scores the running means of
@@ -314,7 +316,9 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
     sampling and the probabilities back up to it, so a small model is scored at the paper's
     resolution (e.g. 256 for Vaihingen) rather than at its own input. The U-Net baseline
     (`baseline.UNetBaseline`) is scored alike with K = 1. `clip_x0` (default: the config's
-    `sample.clip_x0`) clamps each sampling step's x_0 estimate to [-1, 1].
+    `sample.clip_x0`) clamps each sampling step's x_0 estimate to [-1, 1]; `symmetry` (default: the
+    config's `sample.symmetry`) spreads the generations over flipped/rotated copies of each image
+    (`sampling.predict`); the baseline averages its one pass over the same transforms.
 
         summary = evaluate(model, cfg, build_dataset("vaihingen", root, "test", 256),
                            num_generations=30, seed=0)
@@ -330,7 +334,9 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
     if isinstance(model, UNetBaseline):
         num_generations, sampler, num_steps = 1, "none (one forward pass)", 0
     clip_x0 = config.sample.clip_x0 if clip_x0 is None else clip_x0
+    symmetry = config.sample.symmetry if symmetry is None else symmetry
     image_size = config.model.image_size
+    symmetry_order(symmetry, image_size, image_size)  # a bad name fails here, before any sampling
     protocol = protocol_for(dataset, image_size, score_size)
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     if count == 0:
@@ -360,7 +366,7 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
         means, uncertainty = _sample_one(
             model, scheduler, image, protocol, tuple(target.shape), num_generations=num_generations,
             sampler=sampler, num_steps=num_steps, max_batch=max_batch,
-            image_seed=image_seed, image_size=image_size, clip_x0=clip_x0)
+            image_seed=image_seed, image_size=image_size, clip_x0=clip_x0, symmetry=symmetry)
         try:
             scores = score_probabilities(means, target)
             diagram = metrics.reliability_diagram(means[-1], target, num_bins=10)
@@ -416,6 +422,7 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
         "sampler": sampler,
         "num_steps": num_steps if num_steps is not None else config.diffusion.num_steps,
         "clip_x0": clip_x0,
+        "symmetry": symmetry,
         "score_size": score_size or image_size if protocol.name not in ("monuseg", "cityscapes") else None,
         "model": type(model).__name__,
         "seed": seed,
@@ -481,6 +488,8 @@ def format_report(summary: dict[str, Any]) -> str:
     """A Markdown table of this run's scores beside the paper's (percent; calibration raw)."""
     paper, paper_classes = summary["paper"]["metrics"], summary["paper"]["per_class_iou"]
     steps = f", {summary['num_steps']} steps" if summary.get("num_steps") else ""
+    if summary.get("symmetry", "none") != "none":
+        steps += f", {summary['symmetry']} symmetry"
     split = f" {summary['split']} split" if summary["split"] else ""
     lines = [
         f"segdiff evaluate: {summary['protocol']}{split}, {summary['num_images']} of "

@@ -189,7 +189,7 @@ class SegDiff(nn.Module):
         # Conditioning: F and G, and where F(I) joins the U-Net.
         variant = config.conditioning
         self.add_after_down = int(variant.rsplit("-", 1)[1]) if variant.startswith("add-after-down-") else 0
-        mask_in = 1 + config.in_channels if variant == "image-concat" else 1
+        mask_in = (1 + config.self_condition) + (config.in_channels if variant == "image-concat" else 0)
         self.mask_encoder = nn.Conv2d(mask_in, c, 3, padding=1)  # G
         self.image_encoder = None if variant == "image-concat" else ImageEncoder(
             config.in_channels, c, config.rrdb_channels, config.rrdb_growth, config.rrdb_blocks
@@ -274,16 +274,20 @@ class SegDiff(nn.Module):
         features = self.image_encoder(image)  # (B, C, H, W)
         return self.cond_down(features) if self.cond_down is not None else features
 
-    def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor, x0_prev: Tensor | None = None) -> Tensor:
         """Predicted noise eps_theta (B, 1, H, W) from x_t (B, 1, H, W), steps t (B,), cond.
 
-        `cond` may have batch 1 (one image, many generations): it is broadcast.
+        `cond` may have batch 1 (one image, many generations): it is broadcast. With
+        `config.self_condition`, G reads `x0_prev` (the previous x_0 estimate, (B, 1, H, W);
+        None: zeros, as at the first sampling step) beside x_t.
         """
         if cond.shape[0] != x_t.shape[0]:
             cond = cond.expand(x_t.shape[0], *cond.shape[1:])
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         emb = self.time_embed(timestep_embedding(t, self.config.base_channels))
+        if self.config.self_condition:
+            x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev], dim=1)
         variant = self.config.conditioning
         if variant == "image-concat":
             h = self.mask_encoder(torch.cat([x_t, cond], dim=1))
@@ -304,5 +308,5 @@ class SegDiff(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)
 
-    def forward(self, x_t: Tensor, t: Tensor, image: Tensor) -> Tensor:
-        return self.denoise(x_t, t, self.encode_image(image))
+    def forward(self, x_t: Tensor, t: Tensor, image: Tensor, x0_prev: Tensor | None = None) -> Tensor:
+        return self.denoise(x_t, t, self.encode_image(image), x0_prev)

@@ -26,7 +26,9 @@ down to 0); the network always sees the step it was trained on.
 `predict` is the user-facing call: it encodes each image once (F(I) is never recomputed per
 step), runs the K generations of every image as batches of at most `max_batch` rows (memory
 stays bounded whatever K is), and averages them into a probability map, a mask and a per-pixel
-uncertainty (Amit et al. sec. 3.3). Every generation draws all its noise from its own generator
+uncertainty (Amit et al. sec. 3.3). With ``symmetry`` the K generations are spread over flipped
+(and rotated) copies of the image, each mapped back before averaging: test-time augmentation at
+no extra cost, since K samples are drawn either way. Every generation draws all its noise from its own generator
 (one per row), so a result depends on its seed alone: not on `max_batch`, nor on which images
 share a call, nor on which process of a sharded run handles it.
 """
@@ -206,6 +208,37 @@ SAMPLER_FUNCTIONS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm-solver++": s
 SAMPLERS = tuple(SAMPLER_FUNCTIONS)
 
 
+# --- symmetries (test-time augmentation) --------------------------------------------------------
+# Element g of the dihedral group of the square: rotate by 90 * ROTATIONS[g] degrees after a
+# horizontal flip when FLIPS[g]. The first four (identity, h-flip, 180, v-flip) keep any H x W
+# shape; the last four rotate by 90 degrees and need square images.
+_ROTATIONS = (0, 0, 2, 2, 1, 1, 3, 3)
+_FLIPS = (False, True, False, True, False, True, False, True)
+SYMMETRIES = {"none": 1, "flips": 4, "dihedral": 8}  # name -> how many group elements are used
+
+
+def symmetry_order(symmetry: str, height: int, width: int) -> int:
+    """How many transforms `symmetry` cycles through; checks the name and, for rotations, the shape."""
+    if symmetry not in SYMMETRIES:
+        raise ValueError(f"symmetry={symmetry!r} is not valid; choose one of {', '.join(SYMMETRIES)}")
+    if symmetry == "dihedral" and height != width:
+        raise ValueError(f"symmetry='dihedral' rotates by 90 degrees, which needs square images; these are "
+                         f"{height} x {width} (use 'flips')")
+    return SYMMETRIES[symmetry]
+
+
+def apply_symmetry(x: Tensor, g: int) -> Tensor:
+    """Transform g of (..., H, W): flip horizontally if FLIPS[g], then rotate by 90 * ROTATIONS[g] degrees."""
+    x = x.flip(-1) if _FLIPS[g] else x
+    return torch.rot90(x, _ROTATIONS[g], dims=(-2, -1)) if _ROTATIONS[g] else x
+
+
+def invert_symmetry(x: Tensor, g: int) -> Tensor:
+    """The inverse of `apply_symmetry(., g)`: maps a prediction on the transformed image back."""
+    x = torch.rot90(x, -_ROTATIONS[g], dims=(-2, -1)) if _ROTATIONS[g] else x
+    return x.flip(-1) if _FLIPS[g] else x
+
+
 # --- the ensemble ---------------------------------------------------------------------------------
 @dataclass
 class Prediction:
@@ -244,7 +277,8 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
             sampler: str = "ddpm", num_steps: int | None = None, max_batch: int = 32,
             generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
             eta: float = 0.0, autocast: bool = False, compile: bool = False,
-            channels_last: bool = False, keep_generations: bool = False, clip_x0: bool = False) -> Prediction:
+            channels_last: bool = False, keep_generations: bool = False, clip_x0: bool = False,
+            symmetry: str = "none") -> Prediction:
     """Segment `images` (B, C, H, W) in [0, 1] with `num_generations` samples each.
 
     F(I) is computed once per image; the B*K generations run in chunks of `max_batch`. Each
@@ -263,6 +297,9 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
     clip_x0: clamp each step's x_0 estimate to [-1, 1] (`DDPMScheduler.to_epsilon`). Networks that
     predict x_0 (`diffusion.prediction="sample"`) are converted to the noise estimate here, so
     every sampler serves both.
+    symmetry: "none", "flips" or "dihedral" (square images): generation k of an image is sampled on
+    its copy under transform k mod n (`apply_symmetry`; n = 4 or 8, identity first) and mapped back,
+    so the ensemble also averages over the flips/rotations the model was trained with.
     """
     if sampler not in SAMPLER_FUNCTIONS:
         raise ValueError(f"sampler={sampler!r} is not valid; choose one of {', '.join(SAMPLER_FUNCTIONS)}")
@@ -275,6 +312,8 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
     device = next(model.parameters()).device
     images = images.to(device)
     b, _, h, w = images.shape
+    order = symmetry_order(symmetry, h, w)
+    self_condition = getattr(getattr(model, "config", None), "self_condition", False)
     rows_total = b * num_generations
     if seeds is None:
         seeds = torch.randint(0, 2**62, (rows_total,), generator=generator,
@@ -284,25 +323,36 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
     denoise_fn = compiled_denoise(model) if compile else model.denoise
     precision = (torch.autocast(device.type, dtype=autocast_dtype(device)) if autocast
                  else contextlib.nullcontext())
-    with precision:
-        cond = model.encode_image(images)  # F(I): once per image
+    used = min(order, num_generations)  # transforms some generation is sampled under
+    with precision:  # F(I): once per image and transform; row g * b + i is image i under transform g
+        cond = torch.cat([model.encode_image(apply_symmetry(images, g)) for g in range(used)])
     layout = torch.channels_last if channels_last else torch.contiguous_format
     cond = cond.contiguous(memory_format=layout)
     owner = torch.arange(b, device=device).repeat_interleave(num_generations)  # image of each row
+    transform = torch.arange(num_generations, device=device).repeat(b) % order  # its symmetry g
     out = torch.empty(rows_total, 1, h, w, device=device)
     for start in range(0, rows_total, max_batch):
         rows = owner[start:start + max_batch]
-        cond_rows = cond[rows].contiguous(memory_format=layout)
+        row_transforms = transform[start:start + max_batch]
+        cond_rows = cond[row_transforms * b + rows].contiguous(memory_format=layout)
         row_generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds[start:start + len(rows)]]
+
+        previous: list[Tensor] = []  # self-conditioning: the last step's x_0 estimate of these rows
 
         def denoise(x: Tensor, t: Tensor) -> Tensor:
             with precision:
-                output = denoise_fn(x.contiguous(memory_format=layout), t, cond_rows).float()
+                extra = (previous[-1],) if self_condition and previous else ()
+                output = denoise_fn(x.contiguous(memory_format=layout), t, cond_rows, *extra).float()
+            if self_condition:
+                previous[:] = [scheduler.to_x0(output, t, x, clip_x0=True)]
             return scheduler.to_epsilon(output, t, x, clip_x0=clip_x0)
 
         x0 = sample(denoise, scheduler, (len(rows), 1, h, w), generator=row_generators, device=device,
                     num_steps=num_steps, **options)
-        out[start:start + len(rows)] = from_signed(x0.float())
+        x0 = from_signed(x0.float())
+        if order > 1:
+            x0 = torch.stack([invert_symmetry(x, int(g)) for x, g in zip(x0, row_transforms)])
+        out[start:start + len(rows)] = x0
     generations = out.reshape(b, num_generations, h, w)
     prob = generations.mean(dim=1, keepdim=True)
     uncertainty = generations.std(dim=1, keepdim=True, unbiased=False)

@@ -101,7 +101,7 @@ def predict_sliding(model, image: Tensor, scheduler: DDPMScheduler, *, tile: int
                     sampler: str = "ddpm", num_steps: int | None = None, max_batch: int = 32,
                     generator: torch.Generator | None = None, image_seed: int | None = None,
                     eta: float = 0.0, autocast: bool = False, compile: bool = False,
-                    channels_last: bool = False, clip_x0: bool = False) -> Prediction:
+                    channels_last: bool = False, clip_x0: bool = False, symmetry: str = "none") -> Prediction:
     """Segment one image (C, H, W) or (1, C, H, W) of any size with overlapping windows.
 
     Returns a `Prediction` of shape (1, 1, H, W). Windows are taken in row-major order; window i's
@@ -138,7 +138,8 @@ def predict_sliding(model, image: Tensor, scheduler: DDPMScheduler, *, tile: int
         crops = torch.stack([padded[:, rows[i]:rows[i] + tile, cols[j]:cols[j] + tile] for i, j in group])
         pred = predict(model, crops, scheduler, num_generations=k, sampler=sampler, num_steps=num_steps,
                        max_batch=max_batch, seeds=seeds[first * k:(first + len(group)) * k], eta=eta,
-                       autocast=autocast, compile=compile, channels_last=channels_last, clip_x0=clip_x0)
+                       autocast=autocast, compile=compile, channels_last=channels_last, clip_x0=clip_x0,
+                       symmetry=symmetry)
         for n, (i, j) in enumerate(group):
             weight = row_w[i][:, None] * col_w[j][None, :]  # (tile, tile)
             window = (slice(rows[i], rows[i] + tile), slice(cols[j], cols[j] + tile))

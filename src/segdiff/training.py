@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -127,6 +128,21 @@ def make_dataset(cfg: ExperimentConfig, split: str, *, augment: bool = False):
 
 
 @torch.no_grad()
+def self_condition_input(net, scheduler: DDPMScheduler, x_t: Tensor, t: Tensor, image: Tensor,
+                         generator: torch.Generator, batch_size: int, share: slice) -> Tensor:
+    """What G reads beside x_t when self-conditioning is trained (Chen et al. 2022): for a random
+    half of the samples, the network's own x_0 estimate from a first pass without gradients (as
+    the previous sampling step gives it), for the other half zeros (as the first step)."""
+    use = (torch.rand(batch_size, generator=generator, device=generator.device) < 0.5)[share].to(x_t.device)
+    x0_prev = torch.zeros_like(x_t)
+    if use.any():
+        module = getattr(net, "module", net)  # past DDP's wrapper: ranks need not agree on this pass
+        output = module(x_t[use], t[use], image[use]).float()
+        x0_prev[use] = scheduler.to_x0(output, t[use], x_t[use], clip_x0=True).to(x0_prev.dtype)
+    return x0_prev
+
+
+@torch.no_grad()
 def evaluate_iou(model: SegDiff, dataset, scheduler: DDPMScheduler, cfg: ExperimentConfig, *,
                  num_generations: int, max_images: int = 64, seed: int = 0) -> float:
     """Mean foreground IoU over (up to `max_images` of) `dataset`, K generations each."""
@@ -141,7 +157,8 @@ def evaluate_iou(model: SegDiff, dataset, scheduler: DDPMScheduler, cfg: Experim
         sample = predict_quadrants if x.shape[-1] == 2 * cfg.model.image_size else predict
         pred = sample(model, x, scheduler, num_generations=num_generations,
                       sampler=cfg.sample.sampler, num_steps=cfg.sample.num_sampling_steps or None,
-                      max_batch=cfg.sample.max_batch, generator=generator, clip_x0=cfg.sample.clip_x0)
+                      max_batch=cfg.sample.max_batch, generator=generator, clip_x0=cfg.sample.clip_x0,
+                      symmetry=cfg.sample.symmetry)
         scores.append(iou(pred.mask[:, 0].cpu(), torch.stack(masks)[:, 0]))
     return torch.cat(scores).mean().item()
 
@@ -427,8 +444,11 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             t = scheduler.sample_timesteps(tc.batch_size, power=tc.timestep_power, generator=noise_generator,
                                            device=device)[share]
             noise = torch.randn((tc.batch_size, *x0.shape[1:]), generator=noise_generator, device=device)[share]
+            x_t = scheduler.add_noise(x0, noise, t)
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                output = net(scheduler.add_noise(x0, noise, t), t, image)  # the noise, or x_0
+                x0_prev = self_condition_input(net, scheduler, x_t, t, image, noise_generator, tc.batch_size, share) \
+                    if cfg.model.self_condition else None
+                output = net(x_t, t, image, x0_prev)  # the noise, or x_0
             # Mean squared error over pixels and batch, in float32; the reference sums over pixels,
             # which only rescales the gradient (AdamW is invariant to that up to its epsilon).
             loss = F.mse_loss(output.float(), scheduler.training_target(x0, noise))
