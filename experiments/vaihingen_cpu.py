@@ -428,6 +428,19 @@ def report(args: argparse.Namespace) -> int:
           f"{curve['calibration'][k - 1]:.4f} | {curve['ece'][k - 1]:.4f} |" for k in ks),
         "",
     ]
+    k_rows = []
+    for label, name in (("SegDiff `vaihingen-cpu`", "segdiff"), *((label, name) for name, label, _, _ in variants)):
+        s = _summary(runs, f"{name}/test/summary.json")
+        k_rows.append(f"| {label} | " + " | ".join(_pct(s["curve"]["iou"][k - 1]) for k in ks) + " |")
+    lines += [
+        "Test mIoU over K for every SegDiff run of the first table trained on the 2 cores (each scored from its one "
+        "sampling run of K = 30, as above):",
+        "",
+        "| run | " + " | ".join(f"K = {k}" for k in ks) + " |",
+        "|---|" + "---:|" * len(ks),
+        *k_rows,
+        "",
+    ]
     for name in ("generations_metrics.png", "generations_calibration.png", "reliability.png", "examples.png"):
         shutil.copyfile(runs / "segdiff" / "test" / name, figures / name)
     lines += [

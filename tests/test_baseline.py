@@ -79,8 +79,9 @@ def test_baseline_symmetry_averages_the_mapped_back_passes(baseline_run):
     model, config = load_model(baseline_run, allow_baseline=True)
     image = torch.rand(1, 3, 32, 32)
     torch.testing.assert_close(model.probability(image, "none"), torch.sigmoid(model(image)))
-    by_hand = (torch.sigmoid(model(image)) + torch.sigmoid(model(image.flip(-1))).flip(-1)
-               + torch.sigmoid(model(image.flip(-2, -1))).flip(-2, -1) + torch.sigmoid(model(image.flip(-2))).flip(-2)) / 4
+    passes = [torch.sigmoid(model(image.flip(dims))).flip(dims) if dims else torch.sigmoid(model(image))
+              for dims in ((), (-1,), (-2, -1), (-2,))]  # identity, h-flip, 180 degrees, v-flip
+    by_hand = sum(passes) / 4
     torch.testing.assert_close(model.probability(image, "flips"), by_hand)
     dataset = build_dataset("synthetic", "", "test", config.model.image_size, num_test=2)
     summary = evaluate(model, config, dataset, symmetry="dihedral", progress=False)

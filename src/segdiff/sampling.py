@@ -28,9 +28,11 @@ step), runs the K generations of every image as batches of at most `max_batch` r
 stays bounded whatever K is), and averages them into a probability map, a mask and a per-pixel
 uncertainty (Amit et al. sec. 3.3). With ``symmetry`` the K generations are spread over flipped
 (and rotated) copies of the image, each mapped back before averaging: test-time augmentation at
-no extra cost, since K samples are drawn either way. Every generation draws all its noise from its own generator
-(one per row), so a result depends on its seed alone: not on `max_batch`, nor on which images
-share a call, nor on which process of a sharded run handles it.
+no extra cost, since K samples are drawn either way. Every generation draws all its noise from
+its own generator (one per row), so a result depends on its seed alone: not on `max_batch`, nor
+on which images share a call, nor on which process of a sharded run handles it. A
+self-conditioned network (`model.self_condition`) is given, at each step, its x_0 estimate of the
+step before.
 """
 
 from __future__ import annotations
@@ -209,8 +211,8 @@ SAMPLERS = tuple(SAMPLER_FUNCTIONS)
 
 
 # --- symmetries (test-time augmentation) --------------------------------------------------------
-# Element g of the dihedral group of the square: rotate by 90 * ROTATIONS[g] degrees after a
-# horizontal flip when FLIPS[g]. The first four (identity, h-flip, 180, v-flip) keep any H x W
+# Element g of the dihedral group of the square: rotate by 90 * _ROTATIONS[g] degrees after a
+# horizontal flip when _FLIPS[g]. The first four (identity, h-flip, 180, v-flip) keep any H x W
 # shape; the last four rotate by 90 degrees and need square images.
 _ROTATIONS = (0, 0, 2, 2, 1, 1, 3, 3)
 _FLIPS = (False, True, False, True, False, True, False, True)
@@ -228,7 +230,7 @@ def symmetry_order(symmetry: str, height: int, width: int) -> int:
 
 
 def apply_symmetry(x: Tensor, g: int) -> Tensor:
-    """Transform g of (..., H, W): flip horizontally if FLIPS[g], then rotate by 90 * ROTATIONS[g] degrees."""
+    """Transform g of (..., H, W): flip horizontally if _FLIPS[g], then rotate by 90 * _ROTATIONS[g] degrees."""
     x = x.flip(-1) if _FLIPS[g] else x
     return torch.rot90(x, _ROTATIONS[g], dims=(-2, -1)) if _ROTATIONS[g] else x
 
@@ -281,10 +283,11 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
             symmetry: str = "none") -> Prediction:
     """Segment `images` (B, C, H, W) in [0, 1] with `num_generations` samples each.
 
-    F(I) is computed once per image; the B*K generations run in chunks of `max_batch`. Each
-    generation draws its noise from its own generator, seeded from `seeds` (one per row, B*K,
-    image-major: row i*K + k is generation k of image i) or else drawn from `generator`, so the
-    result depends on the seeds alone, not on `max_batch` or on which images share the call.
+    F(I) is computed once per image (and transform, with `symmetry`); the B*K generations run in
+    chunks of `max_batch`. Each generation draws its noise from its own generator, seeded from
+    `seeds` (one per row, B*K, image-major: row i*K + k is generation k of image i) or else drawn
+    from `generator`, so the result depends on the seeds alone, not on `max_batch` or on which
+    images share the call.
 
     sampler: one of `SAMPLERS`; num_steps: respaced steps (None: all T); eta: DDIM's eta.
     autocast: run the network in bfloat16 (float16 on GPUs without bf16) under `torch.autocast`;
