@@ -433,8 +433,8 @@ def report(args: argparse.Namespace) -> int:
         s = _summary(runs, f"{name}/test/summary.json")
         k_rows.append(f"| {label} | " + " | ".join(_pct(s["curve"]["iou"][k - 1]) for k in ks) + " |")
     lines += [
-        "Test mIoU over K for every SegDiff run of the first table trained on the 2 cores (each scored from its one "
-        "sampling run of K = 30, as above):",
+        ("Test mIoU over K for every SegDiff run of the first table trained on the 2 cores (each scored from its "
+         "one sampling run of K = 30, as above):"),
         "",
         "| run | " + " | ".join(f"K = {k}" for k in ks) + " |",
         "|---|" + "---:|" * len(ks),
