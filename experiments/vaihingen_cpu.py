@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -277,9 +278,7 @@ def _paired_iou(runs: Path, rel_a: str, rel_b: str) -> tuple[float, float, int]:
 
     a, b = read(rel_a), read(rel_b)
     diffs = [100 * (b[name] - a[name]) for name in a if name in b]
-    mean = sum(diffs) / len(diffs)
-    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
-    return mean, sd / len(diffs) ** 0.5, len(diffs)
+    return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5, len(diffs)
 
 
 def _pct(x: float | None) -> str:
@@ -455,17 +454,21 @@ def report(args: argparse.Namespace) -> int:
     ]
 
     # 3. Test-time symmetry.
-    sym_rows = []
-    for label, name in (("SegDiff `vaihingen-cpu`", "segdiff"), ("U-Net baseline", "unet")):
-        for rel in ("test", "test-dihedral"):
-            s = _summary(runs, f"{name}/{rel}/summary.json")
-            if s is not None and _summary(runs, f"{name}/test-dihedral/summary.json") is not None:
-                m = s["metrics"]
-                by_k = " | ".join(_pct(s["curve"]["iou"][k - 1]) if k <= s["num_generations"] else "-"
-                                  for k in K_SHOWN[:-1])
-                sym_rows.append(f"| {label} | {s.get('symmetry', 'none')} | {s['num_generations']} | {_pct(m['f1'])} | "
-                                f"{_pct(m['iou'])} | {_pct(m['boundf'])} | {m['calibration']:.4f} | {m['ece']:.4f} | "
-                                f"{by_k} | {s['seconds_per_image']:.2f} |")
+    sym_rows, sym_diffs = [], []
+    for label, short, name in (("SegDiff `vaihingen-cpu`", "SegDiff", "segdiff"), ("U-Net baseline", "U-Net", "unet")):
+        pair = [_summary(runs, f"{name}/{rel}/summary.json") for rel in ("test", "test-dihedral")]
+        if None in pair:
+            continue
+        for s in pair:
+            m = s["metrics"]
+            by_k = " | ".join(_pct(s["curve"]["iou"][k - 1]) if k <= s["num_generations"] else "-"
+                              for k in K_SHOWN[:-1])
+            sym_rows.append(f"| {label} | {s.get('symmetry', 'none')} | {s['num_generations']} | {_pct(m['f1'])} | "
+                            f"{_pct(m['iou'])} | {_pct(m['boundf'])} | {m['calibration']:.4f} | {m['ece']:.4f} | "
+                            f"{by_k} | {s['seconds_per_image']:.2f} |")
+        mean, se, n = _paired_iou(runs, f"{name}/test", f"{name}/test-dihedral")
+        sym_diffs.append(f"- {short}: mIoU with `dihedral` minus without, image by image: {mean:+.2f} points "
+                         f"(standard error {se:.2f} over {n} images).")
     if sym_rows:
         lines += [
             "## Test-time symmetry",
@@ -482,11 +485,7 @@ def report(args: argparse.Namespace) -> int:
             "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(K_SHOWN) - 1) + "---:|",
             *sym_rows,
             "",
-            *((f"- {label}: mIoU with `dihedral` minus without, image by image: {mean:+.2f} points (standard "
-               f"error {se:.2f} over {n} images).")
-              for label, name in (("SegDiff", "segdiff"), ("U-Net", "unet"))
-              if _summary(runs, f"{name}/test-dihedral/summary.json") is not None
-              for mean, se, n in [_paired_iou(runs, f"{name}/test", f"{name}/test-dihedral")]),
+            *sym_diffs,
             "",
             "```",
             *(_command(name) for name in ("test-segdiff-dihedral", "test-unet-dihedral")),

@@ -293,9 +293,23 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config field; repeatable")
 
+
+def add_sampling_overrides(p: argparse.ArgumentParser) -> None:
+    """The sampling flags that default to the checkpoint's `sample` config (predict, evaluate)."""
+    from .config import SYMMETRY_NAMES
+
+    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
+                   help="clamp each sampling step's x_0 estimate to [-1, 1] (default: the checkpoint's "
+                   "sample.clip_x0; the paper's sampler does not)")
+    p.add_argument("--symmetry", default=None, choices=SYMMETRY_NAMES,
+                   help="spread the K generations over flipped (flips) or also 90-degree rotated (dihedral, square "
+                   "inputs) copies of each image, mapped back before averaging: test-time augmentation at the same "
+                   "cost (default: the checkpoint's sample.symmetry; the paper: none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .baseline import DEFAULT_FEATURES
-    from .config import CONDITIONINGS, SYMMETRY_NAMES
+    from .config import CONDITIONINGS
 
     parser = argparse.ArgumentParser(prog="segdiff", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -395,13 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", type=int, default=None, metavar="SIZE", help="with --tile: first resize the image to "
                    "SIZE x SIZE; results are resized back to the image's size")
     p.add_argument("--max-batch", type=int, default=32, help="generations run at once; bounds memory")
-    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
-                   help="clamp each sampling step's x_0 estimate to [-1, 1] (default: the checkpoint's "
-                   "sample.clip_x0; the paper's sampler does not)")
-    p.add_argument("--symmetry", default=None, choices=SYMMETRY_NAMES,
-                   help="spread the K generations over flipped (flips) or also 90-degree rotated (dihedral, square "
-                   "inputs) copies of each image, mapped back before averaging: test-time augmentation at the same "
-                   "cost (default: the checkpoint's sample.symmetry; the paper: none)")
+    add_sampling_overrides(p)
     p.add_argument("--channels-last", action="store_true", help="NHWC inputs to the network: about 1.2x faster "
                    "convolutions on CPUs; results change by float rounding only")
     p.add_argument("--autocast", action="store_true", help="run the network in bfloat16 (float16 on GPUs without "
@@ -436,13 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: all T)")
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images")
     p.add_argument("--max-batch", type=int, default=32, help="generations run at once; bounds memory")
-    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
-                   help="clamp each sampling step's x_0 estimate to [-1, 1] (default: the checkpoint's "
-                   "sample.clip_x0; the paper's sampler does not)")
-    p.add_argument("--symmetry", default=None, choices=SYMMETRY_NAMES,
-                   help="spread the K generations over flipped (flips) or also 90-degree rotated (dihedral, square "
-                   "inputs) copies of each image, mapped back before averaging: test-time augmentation at the same "
-                   "cost (default: the checkpoint's sample.symmetry; the paper: none)")
+    add_sampling_overrides(p)
     p.add_argument("--score-size", type=int, default=None, help="Vaihingen/folder: score at this side (e.g. the "
                    "paper's 256 for a 64 px model): images are sampled at the model's input and the probabilities "
                    "resized up before the threshold (default: the model's input)")
