@@ -83,6 +83,8 @@ def test_every_training_stage_of_the_vaihingen_page_builds_its_config(tmp_path, 
     assert (second.train.timestep_power, second.train.max_steps, second.train.lr_schedule) == (1, 5400, "cosine")
     assert built["train-segdiff-tpow2"].train.timestep_power == 2
     assert built["train-segdiff-tpow2-concat"].model.conditioning == "concat"
+    dice = built["train-segdiff-dice"]
+    assert dice.train.dice_weight == 1 and dice.model == preset.model and dice.diffusion == preset.diffusion
     assert built["train-segdiff-constant-lr"].train.lr_schedule == "constant"
     assert built["train-segdiff-constant-lr"].model == second.model
     assert [built[f"train-ablation-{c}"].model.conditioning for c in page.CONDITIONINGS] == list(page.CONDITIONINGS)

@@ -413,3 +413,71 @@ def test_self_conditioning_trains_half_the_samples_on_their_own_estimate(tmp_pat
     assert all(c.abs().max() <= 1 for c in calls)  # clamped, as sampling clamps it
     model, saved = load_model(tmp_path / "last.safetensors")
     assert saved.model.self_condition and model.mask_encoder.in_channels == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# The Dice term (train.dice_weight)
+
+
+def test_dice_term_matches_a_hand_computed_batch_dice():
+    from segdiff.diffusion import DDPMScheduler
+    from segdiff.training import training_loss
+
+    scheduler = DDPMScheduler(25, prediction="sample")
+    # Two 2x2 tiles: the first has one foreground pixel, the second none (a lone tile would be 0/0).
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    x0 = mask * 2 - 1
+    output = torch.tensor([[[[1.0, -1.0], [0.0, 3.0]]], [[[-1.0, -5.0], [-1.0, 0.0]]]])
+    # Read as probabilities (x + 1) / 2 clamped to [0, 1]: [[1, 0], [0.5, 1]] and [[0, 0], [0, 0.5]].
+    # Over the batch: intersection 1, sum of p 3, sum of mask 1 -> Dice loss 1 - 2 / 4 = 0.5.
+    mse = ((output - x0) ** 2).mean().item()
+    noise = torch.zeros_like(x0)
+    t = torch.tensor([3, 20])
+    assert training_loss(output, x0, noise, t, x0, scheduler).item() == pytest.approx(mse)
+    assert training_loss(output, x0, noise, t, x0, scheduler, 2.0).item() == pytest.approx(mse + 2 * 0.5, abs=1e-5)
+
+
+def test_dice_term_reads_an_epsilon_networks_output_as_its_x0_estimate():
+    from segdiff.diffusion import DDPMScheduler
+    from segdiff.training import training_loss
+
+    scheduler = DDPMScheduler(25)
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.rand(3, 1, 8, 8, generator=g) > 0.6).float() * 2 - 1
+    noise = torch.randn(3, 1, 8, 8, generator=g)
+    t = torch.tensor([0, 6, 12])
+    x_t = scheduler.add_noise(x0, noise, t)
+    # The true noise is a perfect prediction: zero MSE and an x_0 estimate equal to the mask.
+    assert training_loss(noise, x0, noise, t, x_t, scheduler, 1.0).item() == pytest.approx(0.0, abs=1e-4)
+    # The opposite noise: MSE 4 mean(noise^2), and an x_0 estimate pushed off the mask, which the Dice
+    # term adds to.
+    wrong = training_loss(-noise, x0, noise, t, x_t, scheduler, 1.0).item()
+    assert wrong > 4 * noise.pow(2).mean().item() + 0.05
+
+
+def test_training_with_a_dice_weight_logs_mse_plus_the_weighted_dice(tmp_path, monkeypatch):
+    from segdiff import training
+
+    masks = []
+    original = training.training_loss
+
+    def spy(output, x0, noise, t, x_t, scheduler, dice_weight=0.0):
+        masks.append(((x0 + 1) / 2).detach())
+        return original(output, x0, noise, t, x_t, scheduler, dice_weight)
+
+    monkeypatch.setattr(training, "training_loss", spy)
+    train(tiny(tmp_path, "diffusion.prediction=sample", "train.max_steps=1", "train.log_every=1",
+               "train.dice_weight=0.5"), progress=False)
+    # The zero-initialised output layer gives x_0 = 0 at step 1: MSE exactly 1 (x_0 is +-1), and
+    # every probability is 1/2, so the batch Dice loss is 1 - sum(mask) / (numel / 2 + sum(mask)).
+    first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    fg, n = masks[0].sum().item(), masks[0].numel()
+    assert first["loss"] == pytest.approx(1 + 0.5 * (1 - fg / (n / 2 + fg)), abs=1e-5)
+    assert load_checkpoint(tmp_path / "last.safetensors").config.train.dice_weight == 0.5
+
+
+def test_a_negative_dice_weight_is_refused():
+    from segdiff.config import TrainConfig
+
+    with pytest.raises(ValueError, match="dice_weight=-1"):
+        TrainConfig(dice_weight=-1)

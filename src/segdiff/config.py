@@ -149,6 +149,10 @@ class TrainConfig:
     # Training steps t drawn with density proportional to t^(power - 1): 1 is uniform (the paper);
     # above 1 more of each batch goes to the high-noise steps, where the image alone must give the mask.
     timestep_power: float = 1.0
+    # Not in the paper: add this weight times a soft Dice loss between the x_0 estimate, read as a
+    # probability, and the mask (monai's DiceLoss over the whole batch), the overlap loss the U-Net
+    # baseline trains with. 0: the paper's plain MSE.
+    dice_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_steps < 0 or self.lr <= 0:
@@ -163,6 +167,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip={self.grad_clip} and val_every={self.val_every} must be >= 0")
         if not self.timestep_power > 0:
             raise ValueError(f"timestep_power={self.timestep_power} must be > 0 (1: uniform steps)")
+        if not self.dice_weight >= 0:
+            raise ValueError(f"dice_weight={self.dice_weight} must be >= 0 (0: MSE alone, as in the paper)")
 
 
 @dataclass(frozen=True)

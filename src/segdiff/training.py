@@ -58,7 +58,7 @@ from .checkpoint import (
 )
 from .config import ExperimentConfig
 from .data import build_dataset
-from .diffusion import DDPMScheduler, to_signed
+from .diffusion import DDPMScheduler, from_signed, to_signed
 from .io import atomic_write
 from .metrics import iou
 from .model import SegDiff
@@ -125,6 +125,24 @@ def make_dataset(cfg: ExperimentConfig, split: str, *, augment: bool = False):
         raise ValueError(f"dataset {d.dataset!r} needs a data folder: pass --data DIR or set SEGDIFF_DATA")
     return build_dataset(d.dataset, root, split, cfg.model.image_size, augment=augment,
                          val_fraction=d.val_fraction, seed=cfg.train.seed, **options)
+
+
+def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Tensor, scheduler: DDPMScheduler,
+                  dice_weight: float = 0.0) -> Tensor:
+    """Mean squared error against the scheduler's target (the paper), plus `dice_weight` times a soft
+    Dice loss of the x_0 estimate read as a probability. The MSE alone fits the posterior mean, which
+    is blind to how small the foreground is; the Dice term weighs errors by the object's size, as
+    the overlap metrics do."""
+    # Mean over pixels and batch, in float32; the reference sums over pixels, which only rescales
+    # the gradient (AdamW is invariant to that up to its epsilon).
+    loss = F.mse_loss(output.float(), scheduler.training_target(x0, noise))
+    if dice_weight:
+        from monai.losses import DiceLoss
+
+        probability = from_signed(scheduler.to_x0(output.float(), t, x_t))
+        # One ratio over the whole batch (batch=True), so a tile without foreground is no 0/0.
+        loss = loss + dice_weight * DiceLoss(batch=True)(probability, from_signed(x0))
+    return loss
 
 
 @torch.no_grad()
@@ -449,9 +467,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                 x0_prev = self_condition_input(net, scheduler, x_t, t, image, noise_generator, tc.batch_size, share) \
                     if cfg.model.self_condition else None
                 output = net(x_t, t, image, x0_prev)  # the noise, or x_0
-            # Mean squared error over pixels and batch, in float32; the reference sums over pixels,
-            # which only rescales the gradient (AdamW is invariant to that up to its epsilon).
-            loss = F.mse_loss(output.float(), scheduler.training_target(x0, noise))
+            loss = training_loss(output, x0, noise, t, x_t, scheduler, tc.dice_weight)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
