@@ -85,6 +85,7 @@ def test_every_training_stage_of_the_vaihingen_page_builds_its_config(tmp_path, 
     assert built["train-segdiff-tpow2-concat"].model.conditioning == "concat"
     dice = built["train-segdiff-dice"]
     assert dice.train.dice_weight == 1 and dice.model == preset.model and dice.diffusion == preset.diffusion
+    assert built["train-segdiff-5level"].model.channel_mult == (1, 2, 4, 8, 8)
     assert built["train-segdiff-constant-lr"].train.lr_schedule == "constant"
     assert built["train-segdiff-constant-lr"].model == second.model
     assert [built[f"train-ablation-{c}"].model.conditioning for c in page.CONDITIONINGS] == list(page.CONDITIONINGS)
