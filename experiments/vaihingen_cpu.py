@@ -74,7 +74,8 @@ VARIANTS = (
     ("segdiff-5level", "SegDiff `vaihingen-cpu`, a fifth level at 4 px", _sets({"model.channel_mult": "[1,2,4,8,8]"}),
      "the preset with a fifth level of width 128 at 4 px (widths 16, 32, 64, 128, 128 at 64, 32, 16, 8, 4 px): its "
      "deepest level at 4 px, as in the paper's 7-level network at 256 px and in the U-Net baseline, where the "
-     "preset's stops at 8 px; 3.6 % slower per step, the same 7000 steps"),
+     "preset's stops at 8 px; the preset's 7000-step schedule, which its slower steps did not finish in the "
+     "hour"),
     ("segdiff-v2", "SegDiff, the preset's second version", _sets(SECOND),
      "the preset's second version: training steps t drawn uniformly and `sum` conditioning (both the paper's), "
      "widths 32, 64, 64, 128 at 64, 32, 16, 8 px, its lr decaying to 0 at 5400 steps"),
