@@ -1,0 +1,61 @@
+"""The binary path reproduces, bit for bit on the CPU, what it predicted before the class-axis redesign.
+
+tests/fixtures/binary_reference.safetensors holds a fixed tiny network (two conditionings), fixed
+inputs and the predictions the code of commit 4683c4f made for them with several samplers, the
+MoNuSeg quadrant protocol and the sliding window (tests/fixtures/make_binary_reference.py wrote it).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from segdiff import DDPMScheduler, SegDiff
+from segdiff.config import ExperimentConfig
+from segdiff.sampling import predict
+from segdiff.sliding import predict_quadrants, predict_sliding
+
+FIXTURE = Path(__file__).parent / "fixtures" / "binary_reference.safetensors"
+
+
+def _fixture():
+    with safe_open(str(FIXTURE), framework="pt") as f:
+        cases = json.loads(f.metadata()["cases"])
+    return cases, load_file(str(FIXTURE))
+
+
+CASES, TENSORS = _fixture()
+
+
+def _network(conditioning: str) -> SegDiff:
+    net = SegDiff.from_preset("tiny", conditioning=conditioning)
+    prefix = f"weights/{conditioning}/"
+    net.load_state_dict({k[len(prefix):]: v for k, v in TENSORS.items() if k.startswith(prefix)}, strict=True)
+    return net.eval()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_binary_predictions_match_the_pre_redesign_fixture_bit_for_bit(name):
+    case = CASES[name]
+    net = _network(case["conditioning"])
+    scheduler = DDPMScheduler(ExperimentConfig.tiny().diffusion.num_steps, prediction=case["prediction"])
+    x = TENSORS[f"{name}/images"]
+    options = dict(case["options"])
+    k = options["num_generations"]
+    seeds = [1000 + i for i in range(len(x) * k * (4 if name == "quadrants" else 1))]
+    if name == "quadrants":
+        pred = predict_quadrants(net, x, scheduler, seeds=seeds, keep_generations=True, **options)
+    elif name == "sliding":
+        pred = predict_sliding(net, x[0], scheduler, overlap=8, image_seed=7, **options)
+    else:
+        pred = predict(net, x, scheduler, seeds=seeds, keep_generations=True, **options)
+    assert pred.prob.shape == TENSORS[f"{name}/prob"].shape
+    assert torch.equal(pred.prob, TENSORS[f"{name}/prob"])
+    assert torch.equal(pred.uncertainty, TENSORS[f"{name}/uncertainty"])
+    if f"{name}/generations" in TENSORS:
+        assert torch.equal(pred.generations, TENSORS[f"{name}/generations"])
+    # The fixture is not trivial: the generations differ and the probability is not constant.
+    assert pred.uncertainty.max() > 0.01 and pred.prob.std() > 0.01
