@@ -39,7 +39,8 @@ from segdiff.config import ExperimentConfig
 from segdiff.diffusion import DDPMScheduler, to_signed
 from segdiff.distributed import GlobalBatchSampler
 from segdiff.model import SegDiff
-from segdiff.training import describe_machine, make_dataset
+from segdiff.device import describe_machine
+from segdiff.training import make_dataset
 
 
 def _loader(dataset, batch_size: int, workers: int, seed: int) -> DataLoader:

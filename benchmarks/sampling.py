@@ -62,7 +62,8 @@ from segdiff.metrics import iou
 from segdiff.model import SegDiff
 from segdiff.sampling import derive_seed, generation_seeds, predict, sample_ddpm
 from segdiff.synthetic import make_sample
-from segdiff.training import describe_machine, make_dataset
+from segdiff.device import describe_machine
+from segdiff.training import make_dataset
 
 
 # --- measuring ------------------------------------------------------------------------------------

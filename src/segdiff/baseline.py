@@ -24,10 +24,12 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import ExperimentConfig
+from .device import describe_machine, resolve_device
 from .distributed import GlobalBatchSampler
 from .io import atomic_write
 from .metrics import iou
 from .sampling import apply_symmetry, invert_symmetry, symmetry_order
+from .training import learning_rate, make_dataset
 
 BASELINE = "monai.BasicUNet"
 DEFAULT_FEATURES = (32, 32, 64, 128, 256, 32)  # MONAI's default widths; about 2 M parameters
@@ -38,7 +40,7 @@ class UNetBaseline(nn.Module):
 
     def __init__(self, in_channels: int = 3, features: tuple[int, ...] = DEFAULT_FEATURES):
         super().__init__()
-        from monai.networks.nets import BasicUNet
+        from monai.networks.nets import BasicUNet  # MONAI is heavy; only the baseline needs it
 
         self.features = tuple(features)
         self.net = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=1, features=self.features)
@@ -85,9 +87,7 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
     log_every, out_dir, device}; writes config.json, log.jsonl, last.safetensors and
     best.safetensors (best validation IoU), each atomically. A run starts afresh (no resume).
     """
-    from monai.losses import DiceCELoss
-
-    from .training import describe_machine, learning_rate, make_dataset, resolve_device
+    from monai.losses import DiceCELoss  # MONAI is heavy; only the baseline needs it
 
     tc = cfg.train
     out_dir = Path(tc.out_dir)

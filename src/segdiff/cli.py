@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .device import resolve_device
+
 DESCRIPTION = "Image segmentation with diffusion probabilistic models (SegDiff, Amit et al. 2021)."
 
 
@@ -109,7 +111,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .io import save_png, colormap, overlay
     from .sampling import derive_seed, generation_seeds, predict
     from .sliding import predict_sliding
-    from .training import resolve_device
 
     # 1. Inputs: image files, folders (their images), text files listing one image per line
     #    (relative paths are relative to the list file; blank lines and # comments are skipped).
@@ -204,7 +205,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import DATASETS, build_dataset
     from .evaluation import evaluate, format_report
-    from .training import resolve_device
 
     # Arguments are checked before the checkpoint is read or anything is sampled.
     if args.split not in ("val", "test"):

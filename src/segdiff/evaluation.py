@@ -52,6 +52,7 @@ from tqdm import tqdm
 from . import metrics
 from .config import ExperimentConfig
 from .data import FolderDataset, MoNuSeg, Vaihingen, resize_image
+from .device import describe_machine
 from .diffusion import DDPMScheduler
 from .io import atomic_write, colormap, overlay
 from .sampling import derive_seed, generation_seeds, predict, symmetry_order
@@ -329,7 +330,6 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1, found {max_images}")
     from .baseline import UNetBaseline
-    from .training import describe_machine
 
     if isinstance(model, UNetBaseline):
         num_generations, sampler, num_steps = 1, "none (one forward pass)", 0

@@ -58,6 +58,7 @@ from .checkpoint import (
 )
 from .config import ExperimentConfig
 from .data import build_dataset
+from .device import resolve_device
 from .diffusion import DDPMScheduler, from_signed, to_signed
 from .io import atomic_write
 from .metrics import iou
@@ -80,16 +81,6 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient; names the last good checkpoint."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def learning_rate(tc, step: int) -> float:
     """The lr of update `step` (0-based). A cosine decay to 0 at max_steps lets a short, budgeted run
     end on small steps instead of stopping mid-stride; it depends on the step only, so runs and
@@ -97,23 +88,6 @@ def learning_rate(tc, step: int) -> float:
     if tc.lr_schedule == "constant":
         return tc.lr
     return 0.5 * tc.lr * (1 + math.cos(math.pi * min(step, tc.max_steps) / max(tc.max_steps, 1)))
-
-
-def describe_machine(device: torch.device | str | None = None) -> str:
-    """CPU model, cores, GPU, torch and thread count: what every recorded figure must name."""
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    device = torch.device(device) if device is not None else None
-    gpu = (torch.cuda.get_device_name(device) if device is not None and device.type == "cuda"
-           else torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
-    return (f"{cpu} ({platform.machine()}), {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} intra-op threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
 
 
 def make_dataset(cfg: ExperimentConfig, split: str, *, augment: bool = False):
@@ -137,7 +111,7 @@ def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Ten
     # the gradient (AdamW is invariant to that up to its epsilon).
     loss = F.mse_loss(output.float(), scheduler.training_target(x0, noise))
     if dice_weight:
-        from monai.losses import DiceLoss
+        from monai.losses import DiceLoss  # MONAI is heavy; only the optional Dice term needs it
 
         probability = from_signed(scheduler.to_x0(output.float(), t, x_t))
         # One ratio over the whole batch (batch=True), so a tile without foreground is no 0/0.
