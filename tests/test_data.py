@@ -22,13 +22,12 @@ from segdiff.data import (
     build_dataset,
     carve_validation,
     image_to_tensor,
-    quadrants,
     read_image,
     read_mask,
     read_monuseg_xml,
     resize_image,
-    stitch_quadrants,
 )
+from segdiff.sliding import quadrants, stitch_quadrants
 
 
 def _data_root() -> Path:
@@ -216,9 +215,13 @@ def test_monuseg_train_gives_reproducible_random_crops_of_the_resized_image(tmp_
 def test_monuseg_names_live_in_monuseg_and_stay_importable_from_data(tmp_path):
     import segdiff.data
     import segdiff.monuseg
+    import segdiff.sliding
 
-    for name in ("MoNuSeg", "quadrants", "stitch_quadrants", "read_monuseg_xml"):
+    for name in ("MoNuSeg", "read_monuseg_xml"):
         assert getattr(segdiff.data, name) is getattr(segdiff.monuseg, name), name
+    for name in ("quadrants", "stitch_quadrants"):  # tiling lives with the sliding window
+        assert not hasattr(segdiff.monuseg, name) and not hasattr(segdiff.data, name), name
+        assert callable(getattr(segdiff.sliding, name)), name
     with pytest.raises(AttributeError, match="no attribute 'Monuseg'"):
         segdiff.data.Monuseg  # noqa: B018 (a misspelling is still an AttributeError)
     _write_monuseg(tmp_path, "test", ["a"])

@@ -16,12 +16,13 @@ from safetensors.torch import save_file
 from segdiff import metrics
 from segdiff.checkpoint import load_model
 from segdiff.cli import main
-from segdiff.data import build_dataset, quadrants, resize_image, stitch_quadrants
+from segdiff.data import build_dataset, resize_image
 from segdiff.diffusion import DDPMScheduler
 from segdiff.evaluation import (
     METRICS, PAPER_CITYSCAPES_IOU, PAPER_RESULTS, _Extremes, evaluate, format_report, running_means,
 )
 from segdiff.sampling import derive_seed, generation_seeds, predict
+from segdiff.sliding import quadrants, stitch_quadrants
 from segdiff.synthetic import make_sample
 
 SAMPLING = {"sampler": "ddim", "num_steps": 4}  # cheap; the protocol code is the same for ddpm

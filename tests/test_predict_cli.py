@@ -15,9 +15,10 @@ from segdiff import ExperimentConfig, SegDiff, load_model, predict
 from segdiff.checkpoint import Checkpoint, save_checkpoint
 from segdiff.cli import main
 from segdiff.config import DiffusionConfig
-from segdiff.data import image_to_tensor, quadrants, read_image, resize_image, stitch_quadrants
+from segdiff.data import image_to_tensor, read_image, resize_image
 from segdiff.diffusion import DDPMScheduler
 from segdiff.sampling import derive_seed, generation_seeds
+from segdiff.sliding import quadrants, stitch_quadrants
 from segdiff.synthetic import make_sample
 
 KINDS = ("mask", "prob", "uncertainty", "overlay")

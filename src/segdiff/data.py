@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 from .augment import FOLDER_AUGMENT, VAIHINGEN_AUGMENT, AugmentSpec, augment_pair, item_generator
 
 if TYPE_CHECKING:  # re-exported lazily at the end of this module
-    from .monuseg import MoNuSeg, quadrants, read_monuseg_xml, stitch_quadrants
+    from .monuseg import MoNuSeg, read_monuseg_xml
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -578,7 +578,7 @@ def build_dataset(
 # MoNuSeg lives in monuseg.py, which imports this module's helpers; its names stay importable
 # from here (``from segdiff.data import MoNuSeg``) through a lazy module attribute (PEP 562),
 # so neither module has to be imported first.
-_MONUSEG_NAMES = frozenset({"MoNuSeg", "quadrants", "read_monuseg_xml", "stitch_quadrants"})
+_MONUSEG_NAMES = frozenset({"MoNuSeg", "read_monuseg_xml"})
 
 
 def __getattr__(name: str) -> Any:

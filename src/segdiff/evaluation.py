@@ -9,7 +9,7 @@ Protocols (PAPER.md, "Inference"), chosen from the dataset's type:
 - Vaihingen, folder, synthetic: image and mask at the model's input size (256 for the paper's
   Vaihingen preset; the `small` preset works at 128).
 - MoNuSeg: the val/test items are full 2S x 2S images (512 for S = 256); the four S x S quadrants
-  are sampled separately and stitched (`data.quadrants` / `data.stitch_quadrants`); metrics at 2S.
+  are sampled separately and stitched (`sliding.predict_quadrants`); metrics at 2S.
 - Cityscapes instance crops: the running means at the model's input are resized (bilinear, no
   antialiasing, as the reference and `segdiff predict` do) to the crop's original size, then
   thresholded at 0.5 and compared with `CityscapesInstances.original_mask`.

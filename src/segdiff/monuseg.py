@@ -1,4 +1,4 @@
-"""MoNuSeg 2018 nuclei (H&E, 40x) with the paper's protocol, and its quadrant test helpers.
+"""MoNuSeg 2018 nuclei (H&E, 40x) with the paper's protocol.
 
 Layout (the challenge release, nothing preprocessed)::
 
@@ -11,9 +11,9 @@ Layout (the challenge release, nothing preprocessed)::
 
 Scale. Everything is resized to ``2 * image_size`` first (512 for the paper's 256); training
 items are random ``image_size`` crops of it, test and val items the whole ``2 * image_size``
-image, sampled as its four :func:`quadrants` and put back with :func:`stitch_quadrants`. So at
-any ``image_size`` the model sees a quarter of the tile, as in the paper, and the test protocol
-stays "four quadrants"; only the magnification changes (nuclei are half as many pixels across
+image, sampled as its four :func:`segdiff.sliding.quadrants` and put back with
+:func:`segdiff.sliding.stitch_quadrants`. So at any ``image_size`` the model sees a quarter of
+the tile, as in the paper, and the test protocol stays "four quadrants"; only the magnification changes (nuclei are half as many pixels across
 at ``image_size=128`` as at 256, and metrics are then computed at 256, not the paper's 512).
 
 These names are also importable from :mod:`segdiff.data`, where they lived first.
@@ -45,7 +45,7 @@ from .data import (
     select_split,
 )
 
-__all__ = ["MoNuSeg", "quadrants", "read_monuseg_xml", "stitch_quadrants"]
+__all__ = ["MoNuSeg", "read_monuseg_xml"]
 
 
 def read_monuseg_xml(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -73,28 +73,6 @@ def read_monuseg_xml(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(canvas) > 0
 
 
-def quadrants(x: torch.Tensor) -> torch.Tensor:
-    """Split (..., C, H, W) into its four quadrants (..., 4, C, H/2, W/2).
-
-    Order: top-left, top-right, bottom-left, bottom-right. The MoNuSeg test protocol samples
-    the four 256x256 quadrants of the 512x512 image separately.
-    """
-    h, w = x.shape[-2:]
-    if x.dim() < 3 or h % 2 or w % 2:
-        raise ValueError(f"quadrants needs (..., C, H, W) with even H and W, got {tuple(x.shape)}")
-    h2, w2 = h // 2, w // 2
-    parts = [x[..., :h2, :w2], x[..., :h2, w2:], x[..., h2:, :w2], x[..., h2:, w2:]]
-    return torch.stack(parts, dim=-4)
-
-
-def stitch_quadrants(q: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`quadrants`: (..., 4, C, h, w) -> (..., C, 2h, 2w)."""
-    if q.dim() < 4 or q.shape[-4] != 4:
-        raise ValueError(f"stitch_quadrants needs (..., 4, C, h, w), got {tuple(q.shape)}")
-    tl, tr, bl, br = q.unbind(-4)
-    return torch.cat([torch.cat([tl, tr], dim=-1), torch.cat([bl, br], dim=-1)], dim=-2)
-
-
 def _find_monuseg_split(root: Path, folder: str) -> Path:
     if not root.exists():
         raise DataError(f"{root}: data root does not exist")
@@ -114,7 +92,8 @@ class MoNuSeg(SegmentationDataset):
     returns a random ``image_size`` crop of it (drawn from the item generator, augmentation or
     not; ``augment`` adds flips, rotation, scale and colour jitter, applied before cropping so
     that fewer crops see the zero fill). ``test`` and ``val`` return the full 512 image and mask:
-    split them with :func:`quadrants`, sample each, and :func:`stitch_quadrants` the result;
+    split them with :func:`segdiff.sliding.quadrants`, sample each, and
+    :func:`segdiff.sliding.stitch_quadrants` the result (:func:`segdiff.sliding.predict_quadrants`);
     metrics are computed at 512. ``mask_source="xml"`` rasterises the annotation XMLs instead
     of reading the PNG masks (only the test release ships XMLs).
     """
