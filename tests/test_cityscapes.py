@@ -1,4 +1,4 @@
-"""Tests for segdiff.cityscapes on tiny files written in the official Cityscapes layout."""
+"""Tests for segdiff.data.cityscapes on tiny files written in the official Cityscapes layout."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segdiff.cityscapes import CityscapesInstances, expand_box
+from segdiff.data.cityscapes import CityscapesInstances, expand_box
 from segdiff.data import DataError, build_dataset, image_to_tensor, resize_image
 
 W, H = 200, 100

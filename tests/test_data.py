@@ -212,20 +212,20 @@ def test_monuseg_train_gives_reproducible_random_crops_of_the_resized_image(tmp_
     _check_item(*aug[1], 16)
 
 
-def test_monuseg_names_live_in_monuseg_and_stay_importable_from_data(tmp_path):
+def test_monuseg_names_live_in_data_monuseg_and_are_importable_from_data(tmp_path):
     import segdiff.data
-    import segdiff.monuseg
+    import segdiff.data.monuseg
     import segdiff.sliding
 
     for name in ("MoNuSeg", "read_monuseg_xml"):
-        assert getattr(segdiff.data, name) is getattr(segdiff.monuseg, name), name
+        assert getattr(segdiff.data, name) is getattr(segdiff.data.monuseg, name), name
     for name in ("quadrants", "stitch_quadrants"):  # tiling lives with the sliding window
-        assert not hasattr(segdiff.monuseg, name) and not hasattr(segdiff.data, name), name
+        assert not hasattr(segdiff.data.monuseg, name) and not hasattr(segdiff.data, name), name
         assert callable(getattr(segdiff.sliding, name)), name
     with pytest.raises(AttributeError, match="no attribute 'Monuseg'"):
         segdiff.data.Monuseg  # noqa: B018 (a misspelling is still an AttributeError)
     _write_monuseg(tmp_path, "test", ["a"])
-    assert type(build_dataset("monuseg", tmp_path, "test", 16)) is segdiff.monuseg.MoNuSeg
+    assert type(build_dataset("monuseg", tmp_path, "test", 16)) is segdiff.data.monuseg.MoNuSeg
 
 
 # ----------------------------------------------------------------------------------------------

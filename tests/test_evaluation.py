@@ -23,7 +23,7 @@ from segdiff.evaluation import (
 )
 from segdiff.sampling import derive_seed, generation_seeds, predict
 from segdiff.sliding import quadrants, stitch_quadrants
-from segdiff.synthetic import make_sample
+from segdiff.data.synthetic import make_sample
 
 SAMPLING = {"sampler": "ddim", "num_steps": 4}  # cheap; the protocol code is the same for ddpm
 

@@ -19,7 +19,7 @@ from segdiff.data import image_to_tensor, read_image, resize_image
 from segdiff.diffusion import DDPMScheduler
 from segdiff.sampling import derive_seed, generation_seeds
 from segdiff.sliding import quadrants, stitch_quadrants
-from segdiff.synthetic import make_sample
+from segdiff.data.synthetic import make_sample
 
 KINDS = ("mask", "prob", "uncertainty", "overlay")
 FAST = ["--generations", "2", "--sampler", "ddim", "--steps", "4"]

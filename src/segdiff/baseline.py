@@ -3,7 +3,7 @@
 MONAI's `BasicUNet` (a well-kept, plain encoder-decoder U-Net) predicts the mask in one forward
 pass, trained with Dice + binary cross-entropy (`monai.losses.DiceCELoss`) on exactly the data
 pipeline of `segdiff train`: the same dataset, split, validation carve-out, input size,
-augmentation draws and batch order (`training.make_dataset`, `distributed.GlobalBatchSampler`),
+augmentation draws and batch order (`data.make_dataset`, `distributed.GlobalBatchSampler`),
 the same AdamW, time budget and validation schedule. Its checkpoints are segdiff checkpoints
 (safetensors, JSON config) whose state names the baseline, so `segdiff evaluate` scores both
 with the same protocol and metrics. A deterministic network has one "generation": K = 1.
@@ -24,12 +24,13 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import ExperimentConfig
+from .data import make_dataset
 from .device import describe_machine, resolve_device
 from .distributed import GlobalBatchSampler
 from .io import atomic_write
 from .metrics import iou
 from .sampling import apply_symmetry, invert_symmetry, symmetry_order
-from .training import learning_rate, make_dataset
+from .training import learning_rate
 
 BASELINE = "monai.BasicUNet"
 DEFAULT_FEATURES = (32, 32, 64, 128, 256, 32)  # MONAI's default widths; about 2 M parameters

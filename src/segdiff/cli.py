@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .data import DATASETS, IMAGE_SUFFIXES, DataError, build_dataset, image_to_tensor, read_image, resize_image
 from .device import resolve_device
 
 DESCRIPTION = "Image segmentation with diffusion probabilistic models (SegDiff, Amit et al. 2021)."
@@ -106,7 +107,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_model
-    from .data import IMAGE_SUFFIXES, image_to_tensor, read_image, resize_image
     from .diffusion import DDPMScheduler
     from .io import save_png, colormap, overlay
     from .sampling import derive_seed, generation_seeds, predict
@@ -203,7 +203,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import os
 
     from .checkpoint import load_model
-    from .data import DATASETS, build_dataset
     from .evaluation import evaluate, format_report
 
     # Arguments are checked before the checkpoint is read or anything is sampled.
@@ -459,7 +458,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
-    from .data import DataError
 
     try:
         return args.func(args)

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .config import ExperimentConfig
-from .data import FolderDataset, MoNuSeg, Vaihingen, resize_image
+from .data import CityscapesInstances, FolderDataset, MoNuSeg, SyntheticShapes, Vaihingen, resize_image
 from .device import describe_machine
 from .diffusion import DDPMScheduler
 from .io import atomic_write, colormap, overlay
@@ -115,9 +115,6 @@ def protocol_for(dataset, image_size: int, score_size: int | None = None) -> Pro
     `score_size`: images scored whole (Vaihingen, folder, synthetic) are scored at this side
     instead of the model's input; MoNuSeg and Cityscapes fix their own scoring resolution.
     """
-    from .cityscapes import CityscapesInstances  # cityscapes imports data; keep import light
-    from .synthetic import SyntheticShapes
-
     if score_size is not None and isinstance(dataset, (MoNuSeg, CityscapesInstances)):
         name = "monuseg" if isinstance(dataset, MoNuSeg) else "cityscapes"
         raise ValueError(f"score_size applies to images scored whole at one size; the {name} "

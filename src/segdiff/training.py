@@ -31,7 +31,6 @@ import csv
 import hashlib
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -57,7 +56,7 @@ from .checkpoint import (
     step_checkpoints,
 )
 from .config import ExperimentConfig
-from .data import build_dataset
+from .data import make_dataset
 from .device import resolve_device
 from .diffusion import DDPMScheduler, from_signed, to_signed
 from .io import atomic_write
@@ -88,17 +87,6 @@ def learning_rate(tc, step: int) -> float:
     if tc.lr_schedule == "constant":
         return tc.lr
     return 0.5 * tc.lr * (1 + math.cos(math.pi * min(step, tc.max_steps) / max(tc.max_steps, 1)))
-
-
-def make_dataset(cfg: ExperimentConfig, split: str, *, augment: bool = False):
-    """The configured dataset's `split` at the model's input size."""
-    d = cfg.data
-    options = {"num_train": d.num_train, "num_test": d.num_test} if d.dataset == "synthetic" else {}
-    root = d.root or os.environ.get("SEGDIFF_DATA", "")
-    if not root and d.dataset != "synthetic":
-        raise ValueError(f"dataset {d.dataset!r} needs a data folder: pass --data DIR or set SEGDIFF_DATA")
-    return build_dataset(d.dataset, root, split, cfg.model.image_size, augment=augment,
-                         val_fraction=d.val_fraction, seed=cfg.train.seed, **options)
 
 
 def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Tensor, scheduler: DDPMScheduler,

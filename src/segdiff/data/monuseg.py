@@ -15,8 +15,6 @@ image, sampled as its four :func:`segdiff.sliding.quadrants` and put back with
 :func:`segdiff.sliding.stitch_quadrants`. So at any ``image_size`` the model sees a quarter of
 the tile, as in the paper, and the test protocol stays "four quadrants"; only the magnification changes (nuclei are half as many pixels across
 at ``image_size=128`` as at 256, and metrics are then computed at 256, not the paper's 512).
-
-These names are also importable from :mod:`segdiff.data`, where they lived first.
 """
 
 from __future__ import annotations
@@ -30,19 +28,16 @@ import torch
 from PIL import Image, ImageDraw
 
 from .augment import MONUSEG_AUGMENT, AugmentSpec, augment_pair
-from .data import (
+from .base import SegmentationDataset, Split, check_split, select_split
+from .reading import (
     DataError,
-    SegmentationDataset,
-    Split,
-    _check_file,
-    _check_split,
+    check_file,
     image_to_tensor,
     mask_to_tensor,
     read_image,
     read_mask,
     resize_image,
     resize_mask,
-    select_split,
 )
 
 __all__ = ["MoNuSeg", "read_monuseg_xml"]
@@ -58,7 +53,7 @@ def read_monuseg_xml(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     image on the test set, IoU >= 0.99999), Pillow 11.1 differs more.
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
         regions = ET.parse(path).getroot().iter("Region")
         polygons = [[(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
@@ -111,7 +106,7 @@ class MoNuSeg(SegmentationDataset):
         augment_spec: AugmentSpec = MONUSEG_AUGMENT,
     ) -> None:
         super().__init__(seed=seed)
-        _check_split(split)
+        check_split(split)
         if mask_source not in ("png", "xml"):
             raise ValueError(f"mask_source must be 'png' or 'xml', got {mask_source!r}")
         self.directory = _find_monuseg_split(Path(root), "test" if split == "test" else "train")
@@ -122,7 +117,7 @@ class MoNuSeg(SegmentationDataset):
         if not stems:
             raise DataError(f"{self.directory / 'images'}: no .tif images found")
         for stem in stems:
-            _check_file(self._mask_path(stem))
+            check_file(self._mask_path(stem))
         self._set_names(stems if split == "test"
                         else select_split(stems, split, val_fraction, seed, self.directory))
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
