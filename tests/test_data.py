@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from segdiff.config import ExperimentConfig
 from segdiff.data import (
     DATASETS,
     DataError,
@@ -22,6 +23,7 @@ from segdiff.data import (
     build_dataset,
     carve_validation,
     image_to_tensor,
+    make_dataset,
     read_image,
     read_mask,
     read_monuseg_xml,
@@ -417,3 +419,48 @@ def test_one_bit_min_is_white_tiff_mask_polarity(tmp_path):
     assert mask.sum() == 16 and mask[5, 5]
     tifffile.imwrite(tmp_path / "b.tif", ~bits, photometric="minisblack")
     assert np.array_equal(read_mask(tmp_path / "b.tif"), mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# make_dataset: the dataset an ExperimentConfig describes
+
+
+def _write_vaihingen(root: Path, numbers: list[int], size: int = 32) -> None:
+    directory = root / "vaihingen" / "buildings"
+    directory.mkdir(parents=True)
+    gen = np.random.default_rng(0)
+    for n in numbers:
+        tifffile.imwrite(directory / f"building_{n:03d}.tif", gen.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        mask = np.zeros((size, size), np.uint8)
+        mask[8:20, 10:25] = 255
+        tifffile.imwrite(directory / f"building_mask_{n:03d}.tif", mask)
+
+
+@pytest.mark.parametrize("key, valid", [("setting", "expansion, tight"), ("preprocessing", "clean, reference"),
+                                        ("mask_source", "png, xml")])
+def test_data_config_options_reject_unknown_values_naming_the_valid_ones(key, valid):
+    with pytest.raises(ValueError, match=f"{key}='bogus' is not valid; choose one of {valid}"):
+        ExperimentConfig.tiny().override([f"data.{key}=bogus"])
+
+
+def test_make_dataset_passes_the_options_of_the_configured_dataset(tmp_path):
+    _write_vaihingen(tmp_path, [1, 2, 101])
+    cfg = ExperimentConfig.tiny().override([f"data.root={tmp_path}", "data.dataset=vaihingen"])
+    test = make_dataset(cfg, "test")
+    assert type(test) is Vaihingen and test.preprocessing == "clean"
+    assert test.image_size == cfg.model.image_size and test[0][0].shape[-1] == cfg.model.image_size
+    assert make_dataset(cfg, "test", image_size=24)[0][1].shape == (1, 24, 24)  # e.g. evaluate --score-size
+    reference = make_dataset(cfg.override(["data.preprocessing=reference"]), "test")
+    assert reference.preprocessing == "reference"
+
+    _write_monuseg(tmp_path, "test", ["a"])
+    cfg = cfg.override(["data.dataset=monuseg"])
+    assert make_dataset(cfg, "test").mask_source == "png"
+    with pytest.raises(DataError, match=r"annotations[/\\]a\.xml: file not found"):  # XMLs asked for, none there
+        make_dataset(cfg.override(["data.mask_source=xml"]), "test")
+
+
+def test_make_dataset_needs_a_data_folder_for_the_benchmarks(monkeypatch):
+    monkeypatch.delenv("SEGDIFF_DATA", raising=False)
+    with pytest.raises(ValueError, match="dataset 'vaihingen' needs a data folder"):
+        make_dataset(ExperimentConfig.tiny().override(["data.dataset=vaihingen"]), "train")

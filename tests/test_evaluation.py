@@ -201,6 +201,20 @@ def test_cityscapes_scores_at_the_crop_size_and_averages_classes(model_and_confi
     assert "(the mean is over the 2 classes present" in format_report(summary)
 
 
+def test_cli_evaluates_cityscapes_in_the_runs_crop_setting_unless_setting_is_given(run, tmp_path):
+    _write_cityscapes(tmp_path / "data")
+    common = ["evaluate", str(run), "--dataset", "cityscapes", "--data", str(tmp_path / "data"), "--split", "test",
+              "--generations", "1", "--sampler", "ddim", "--steps", "3", "--max-images", "1"]
+    for flags, paper, side in (([], 76.44, 46), (["--setting", "tight"], 76.19, 40)):
+        out = tmp_path / f"eval{len(flags)}"
+        assert main([*common, *flags, "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["paper"]["metrics"] == {"iou": paper}  # the run's data.setting is expansion
+        with open(out / "per_image.csv") as f:
+            row = next(csv.DictReader(f))
+        assert (int(row["height"]), int(row["width"])) == (side, side)  # 40 px box, +15 % when expanded
+
+
 def test_monuseg_samples_four_quadrants_and_scores_at_twice_the_input(model_and_config, data_root):
     if not (data_root / "monuseg" / "test").is_dir():
         pytest.skip("no MoNuSeg test data")

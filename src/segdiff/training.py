@@ -67,10 +67,11 @@ from .sliding import predict_quadrants
 
 # What a resumed run must share with the run it continues: these define the network, the data and
 # the order of the updates. Everything else may change on resume (max_steps, time budget, logging,
-# validation, device, precision, lr, weight decay, clipping, speed options, data.root, workers).
+# validation, device, precision, lr, weight decay, clipping, speed options, data.root, workers, the
+# Cityscapes index cache).
 RESUME_MUST_MATCH = ("preset", "model.", "diffusion.", "data.", "train.batch_size", "train.seed",
                      "train.ema_decay", "train.ema_warmup")
-RESUME_MAY_CHANGE = ("data.root", "data.num_workers")
+RESUME_MAY_CHANGE = ("data.root", "data.num_workers", "data.index_cache")
 
 LOG_COLUMNS = ("step", "event", "epoch", "loss", "grad_norm", "lr", "samples_per_s", "skipped_steps", "val_iou",
                "time")
