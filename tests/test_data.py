@@ -27,6 +27,7 @@ from segdiff.data import (
     read_image,
     read_mask,
     read_monuseg_xml,
+    read_size,
     resize_image,
 )
 from segdiff.sliding import quadrants, stitch_quadrants
@@ -379,6 +380,17 @@ def test_corrupt_image_is_a_clear_error_naming_the_file(tmp_path):
         FolderDataset(tmp_path, "train", 16, val_fraction=0.0)
     with pytest.raises(DataError, match=r"a.png: cannot decode image"):
         read_image(tmp_path / "images" / "a.png")
+
+
+def test_image_over_the_decompression_bomb_limit_is_a_clear_error_naming_the_file(bomb_png):
+    message = (r"bomb\.png: the image declares 400,000,000 pixels, which exceeds Pillow's decompression-bomb "
+               r"limit of [\d,]+ pixels; if the file is genuine, cut it into smaller tiles")
+    with pytest.raises(DataError, match=message):
+        read_image(bomb_png)
+    with pytest.raises(DataError, match=message):
+        read_mask(bomb_png)
+    with pytest.raises(DataError, match=message):
+        read_size(bomb_png)
 
 
 def test_truncated_image_is_a_clear_error_naming_the_file(tmp_path):

@@ -176,6 +176,14 @@ def test_input_errors_are_clear(checkpoint, images, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_an_image_over_the_decompression_bomb_limit_is_an_error_not_a_traceback(checkpoint, bomb_png, tmp_path,
+                                                                               capsys):
+    assert main(["predict", str(checkpoint), str(bomb_png), "--out", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"segdiff predict: error: {bomb_png}: the image declares 400,000,000 pixels")
+    assert "exceeds Pillow's decompression-bomb limit of" in err and "Traceback" not in err
+
+
 def test_torchrun_two_processes_write_what_one_process_writes(checkpoint, images, tmp_path):
     """Two real ranks under torchrun (no process group: RANK/WORLD_SIZE only), about 13 s."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

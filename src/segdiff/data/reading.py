@@ -13,6 +13,7 @@ Conventions (every dataset module and ``segdiff predict`` rely on them):
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,19 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
     return array, photometric
 
 
+def _bomb_error(path: Path, exc: Image.DecompressionBombError) -> DataError:
+    """The error for an image whose header declares more pixels than Pillow agrees to decode
+    (twice ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 million by default): a guard against files
+    that would take all memory, or a genuine but huge image that must be cut up first."""
+    declared = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) exceeds limit of ..."
+    size = f"declares {int(declared.group(1)):,} pixels, which " if declared else ""
+    return DataError(
+        f"{path}: the image {size}exceeds Pillow's decompression-bomb limit of "
+        f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels; if the file is genuine, cut it into smaller tiles or "
+        "downscale it with an image tool first (from Python, raising PIL.Image.MAX_IMAGE_PIXELS lifts the limit)"
+    )
+
+
 def _read_pil(path: Path, *, for_image: bool) -> tuple[np.ndarray, str]:
     """Decode with Pillow. For images, palette and other colour spaces (CMYK, YCbCr, ...)
     become RGB; for masks palette indices are kept (a two-colour palette mask is then
@@ -68,6 +82,8 @@ def _read_pil(path: Path, *, for_image: bool) -> tuple[np.ndarray, str]:
             mode = im.mode
             convert = for_image and mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
             array = np.array(im.convert("RGB") if convert else im)
+    except Image.DecompressionBombError as exc:
+        raise _bomb_error(path, exc) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     return array, mode
@@ -172,6 +188,8 @@ def read_size(path: str | Path) -> tuple[int, int]:
                 return int(page.imagelength), int(page.imagewidth)
         with Image.open(path) as im:
             return im.height, im.width
+    except Image.DecompressionBombError as exc:
+        raise _bomb_error(path, exc) from exc
     except Exception as exc:
         raise DataError(f"{path}: cannot read image header ({type(exc).__name__}: {exc})") from exc
 
