@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from segdiff.config import ExperimentConfig
+from segdiff.data import make_dataset
 from segdiff.diffusion import DDPMScheduler, to_signed
 from segdiff.distributed import GlobalBatchSampler
 from segdiff.model import SegDiff
-from segdiff.training import describe_machine, make_dataset
+from segdiff.device import describe_machine
 
 
 def _loader(dataset, batch_size: int, workers: int, seed: int) -> DataLoader:

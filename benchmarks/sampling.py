@@ -57,12 +57,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segdiff.checkpoint import load_model
 from segdiff.config import ExperimentConfig
+from segdiff.data import make_dataset
 from segdiff.diffusion import DDPMScheduler, from_signed
 from segdiff.metrics import iou
 from segdiff.model import SegDiff
 from segdiff.sampling import derive_seed, generation_seeds, predict, sample_ddpm
-from segdiff.synthetic import make_sample
-from segdiff.training import describe_machine, make_dataset
+from segdiff.data.synthetic import make_sample
+from segdiff.device import describe_machine
 
 
 # --- measuring ------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from segdiff.config import ExperimentConfig
-from segdiff.training import describe_machine, train
+from segdiff.device import describe_machine
+from segdiff.training import train
 
 # Settings measured beside the plain fp32 eager step: (name, --set overrides).
 SETTINGS = [

@@ -14,3 +14,23 @@ def data_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data not found at {root} (set SEGDIFF_DATA)")
     return root.resolve()
+
+
+@pytest.fixture
+def bomb_png(tmp_path) -> Path:
+    """An 8x8 PNG whose header claims 20000x20000 (4e8 pixels, over Pillow's decompression-bomb limit)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    assert data[12:16] == b"IHDR"  # the first chunk: length (4), type (4), width, height, ..., CRC
+    data[16:24] = struct.pack(">II", 20000, 20000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bytes(data))
+    return path

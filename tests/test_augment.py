@@ -1,4 +1,4 @@
-"""Tests for segdiff.augment: joint geometry, binary masks, colour jitter, reproducibility."""
+"""Tests for segdiff.data.augment: joint geometry, binary masks, colour jitter, reproducibility."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import colorsys
 import pytest
 import torch
 
-from segdiff.augment import (
+from segdiff.data.augment import (
     CITYSCAPES_AUGMENT,
     MONUSEG_AUGMENT,
     VAIHINGEN_AUGMENT,

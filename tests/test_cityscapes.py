@@ -1,4 +1,4 @@
-"""Tests for segdiff.cityscapes on tiny files written in the official Cityscapes layout."""
+"""Tests for segdiff.data.cityscapes on tiny files written in the official Cityscapes layout."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from segdiff.cityscapes import CityscapesInstances, expand_box
-from segdiff.data import DataError, build_dataset, image_to_tensor, resize_image
+from segdiff.config import ExperimentConfig
+from segdiff.data import DataError, build_dataset, image_to_tensor, make_dataset, resize_image
+from segdiff.data.cityscapes import CityscapesInstances, expand_box
 
 W, H = 200, 100
 
@@ -154,6 +155,17 @@ def test_index_cache_round_trips_and_stays_out_of_the_data_folder(cityscapes, tm
     assert second.records == first.records
     with pytest.raises(DataError, match="inside the data folder"):
         CityscapesInstances(cityscapes, "test", 16, index_cache=cityscapes / "index.json")
+
+
+def test_make_dataset_takes_the_crop_setting_and_index_cache_from_the_config(cityscapes, tmp_path_factory):
+    cfg = ExperimentConfig.tiny().override([f"data.root={cityscapes}", "data.dataset=cityscapes"])
+    default = make_dataset(cfg, "test")
+    assert type(default) is CityscapesInstances and default.setting == "expansion"
+    assert default.crop_box(0) == (17, 7, 63, 53)  # grown by 15 %, as in the expansion test above
+    cache = tmp_path_factory.mktemp("cache") / "index.json"
+    tight = make_dataset(cfg.override(["data.setting=tight", f"data.index_cache={cache}"]), "test")  # --set ...
+    assert tight.setting == "tight" and tight.crop_box(0) == tight.records[0].box
+    assert cache.is_file()
 
 
 def test_broken_layouts_are_clear_errors(cityscapes, tmp_path_factory):

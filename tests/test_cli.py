@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from segdiff.cli import main
-from segdiff.synthetic import make_sample
+from segdiff.data.synthetic import make_sample
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from segdiff.config import ExperimentConfig
 from segdiff.data import (
     DATASETS,
     DataError,
@@ -22,13 +23,14 @@ from segdiff.data import (
     build_dataset,
     carve_validation,
     image_to_tensor,
-    quadrants,
+    make_dataset,
     read_image,
     read_mask,
     read_monuseg_xml,
+    read_size,
     resize_image,
-    stitch_quadrants,
 )
+from segdiff.sliding import quadrants, stitch_quadrants
 
 
 def _data_root() -> Path:
@@ -213,16 +215,20 @@ def test_monuseg_train_gives_reproducible_random_crops_of_the_resized_image(tmp_
     _check_item(*aug[1], 16)
 
 
-def test_monuseg_names_live_in_monuseg_and_stay_importable_from_data(tmp_path):
+def test_monuseg_names_live_in_data_monuseg_and_are_importable_from_data(tmp_path):
     import segdiff.data
-    import segdiff.monuseg
+    import segdiff.data.monuseg
+    import segdiff.sliding
 
-    for name in ("MoNuSeg", "quadrants", "stitch_quadrants", "read_monuseg_xml"):
-        assert getattr(segdiff.data, name) is getattr(segdiff.monuseg, name), name
+    for name in ("MoNuSeg", "read_monuseg_xml"):
+        assert getattr(segdiff.data, name) is getattr(segdiff.data.monuseg, name), name
+    for name in ("quadrants", "stitch_quadrants"):  # tiling lives with the sliding window
+        assert not hasattr(segdiff.data.monuseg, name) and not hasattr(segdiff.data, name), name
+        assert callable(getattr(segdiff.sliding, name)), name
     with pytest.raises(AttributeError, match="no attribute 'Monuseg'"):
         segdiff.data.Monuseg  # noqa: B018 (a misspelling is still an AttributeError)
     _write_monuseg(tmp_path, "test", ["a"])
-    assert type(build_dataset("monuseg", tmp_path, "test", 16)) is segdiff.monuseg.MoNuSeg
+    assert type(build_dataset("monuseg", tmp_path, "test", 16)) is segdiff.data.monuseg.MoNuSeg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,6 +382,17 @@ def test_corrupt_image_is_a_clear_error_naming_the_file(tmp_path):
         read_image(tmp_path / "images" / "a.png")
 
 
+def test_image_over_the_decompression_bomb_limit_is_a_clear_error_naming_the_file(bomb_png):
+    message = (r"bomb\.png: the image declares 400,000,000 pixels, which exceeds Pillow's decompression-bomb "
+               r"limit of [\d,]+ pixels; if the file is genuine, cut it into smaller tiles")
+    with pytest.raises(DataError, match=message):
+        read_image(bomb_png)
+    with pytest.raises(DataError, match=message):
+        read_mask(bomb_png)
+    with pytest.raises(DataError, match=message):
+        read_size(bomb_png)
+
+
 def test_truncated_image_is_a_clear_error_naming_the_file(tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     _save_pair(tmp_path, "a", noise, _square_mask(64, 64))
@@ -414,3 +431,48 @@ def test_one_bit_min_is_white_tiff_mask_polarity(tmp_path):
     assert mask.sum() == 16 and mask[5, 5]
     tifffile.imwrite(tmp_path / "b.tif", ~bits, photometric="minisblack")
     assert np.array_equal(read_mask(tmp_path / "b.tif"), mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# make_dataset: the dataset an ExperimentConfig describes
+
+
+def _write_vaihingen(root: Path, numbers: list[int], size: int = 32) -> None:
+    directory = root / "vaihingen" / "buildings"
+    directory.mkdir(parents=True)
+    gen = np.random.default_rng(0)
+    for n in numbers:
+        tifffile.imwrite(directory / f"building_{n:03d}.tif", gen.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        mask = np.zeros((size, size), np.uint8)
+        mask[8:20, 10:25] = 255
+        tifffile.imwrite(directory / f"building_mask_{n:03d}.tif", mask)
+
+
+@pytest.mark.parametrize("key, valid", [("setting", "expansion, tight"), ("preprocessing", "clean, reference"),
+                                        ("mask_source", "png, xml")])
+def test_data_config_options_reject_unknown_values_naming_the_valid_ones(key, valid):
+    with pytest.raises(ValueError, match=f"{key}='bogus' is not valid; choose one of {valid}"):
+        ExperimentConfig.tiny().override([f"data.{key}=bogus"])
+
+
+def test_make_dataset_passes_the_options_of_the_configured_dataset(tmp_path):
+    _write_vaihingen(tmp_path, [1, 2, 101])
+    cfg = ExperimentConfig.tiny().override([f"data.root={tmp_path}", "data.dataset=vaihingen"])
+    test = make_dataset(cfg, "test")
+    assert type(test) is Vaihingen and test.preprocessing == "clean"
+    assert test.image_size == cfg.model.image_size and test[0][0].shape[-1] == cfg.model.image_size
+    assert make_dataset(cfg, "test", image_size=24)[0][1].shape == (1, 24, 24)  # e.g. evaluate --score-size
+    reference = make_dataset(cfg.override(["data.preprocessing=reference"]), "test")
+    assert reference.preprocessing == "reference"
+
+    _write_monuseg(tmp_path, "test", ["a"])
+    cfg = cfg.override(["data.dataset=monuseg"])
+    assert make_dataset(cfg, "test").mask_source == "png"
+    with pytest.raises(DataError, match=r"annotations[/\\]a\.xml: file not found"):  # XMLs asked for, none there
+        make_dataset(cfg.override(["data.mask_source=xml"]), "test")
+
+
+def test_make_dataset_needs_a_data_folder_for_the_benchmarks(monkeypatch):
+    monkeypatch.delenv("SEGDIFF_DATA", raising=False)
+    with pytest.raises(ValueError, match="dataset 'vaihingen' needs a data folder"):
+        make_dataset(ExperimentConfig.tiny().override(["data.dataset=vaihingen"]), "train")

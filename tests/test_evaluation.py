@@ -16,13 +16,14 @@ from safetensors.torch import save_file
 from segdiff import metrics
 from segdiff.checkpoint import load_model
 from segdiff.cli import main
-from segdiff.data import build_dataset, quadrants, resize_image, stitch_quadrants
+from segdiff.data import build_dataset, resize_image
 from segdiff.diffusion import DDPMScheduler
 from segdiff.evaluation import (
     METRICS, PAPER_CITYSCAPES_IOU, PAPER_RESULTS, _Extremes, evaluate, format_report, running_means,
 )
 from segdiff.sampling import derive_seed, generation_seeds, predict
-from segdiff.synthetic import make_sample
+from segdiff.sliding import quadrants, stitch_quadrants
+from segdiff.data.synthetic import make_sample
 
 SAMPLING = {"sampler": "ddim", "num_steps": 4}  # cheap; the protocol code is the same for ddpm
 
@@ -198,6 +199,20 @@ def test_cityscapes_scores_at_the_crop_size_and_averages_classes(model_and_confi
     assert summary["metrics"]["iou"] == pytest.approx((car + bus) / 2, abs=1e-12)  # classes weigh equally
     assert summary["paper"]["metrics"] == {"iou": 76.19}  # tight setting
     assert "(the mean is over the 2 classes present" in format_report(summary)
+
+
+def test_cli_evaluates_cityscapes_in_the_runs_crop_setting_unless_setting_is_given(run, tmp_path):
+    _write_cityscapes(tmp_path / "data")
+    common = ["evaluate", str(run), "--dataset", "cityscapes", "--data", str(tmp_path / "data"), "--split", "test",
+              "--generations", "1", "--sampler", "ddim", "--steps", "3", "--max-images", "1"]
+    for flags, paper, side in (([], 76.44, 46), (["--setting", "tight"], 76.19, 40)):
+        out = tmp_path / f"eval{len(flags)}"
+        assert main([*common, *flags, "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["paper"]["metrics"] == {"iou": paper}  # the run's data.setting is expansion
+        with open(out / "per_image.csv") as f:
+            row = next(csv.DictReader(f))
+        assert (int(row["height"]), int(row["width"])) == (side, side)  # 40 px box, +15 % when expanded
 
 
 def test_monuseg_samples_four_quadrants_and_scores_at_twice_the_input(model_and_config, data_root):

@@ -15,10 +15,11 @@ from segdiff import ExperimentConfig, SegDiff, load_model, predict
 from segdiff.checkpoint import Checkpoint, save_checkpoint
 from segdiff.cli import main
 from segdiff.config import DiffusionConfig
-from segdiff.data import image_to_tensor, quadrants, read_image, resize_image, stitch_quadrants
+from segdiff.data import image_to_tensor, read_image, resize_image
 from segdiff.diffusion import DDPMScheduler
 from segdiff.sampling import derive_seed, generation_seeds
-from segdiff.synthetic import make_sample
+from segdiff.sliding import quadrants, stitch_quadrants
+from segdiff.data.synthetic import make_sample
 
 KINDS = ("mask", "prob", "uncertainty", "overlay")
 FAST = ["--generations", "2", "--sampler", "ddim", "--steps", "4"]
@@ -173,6 +174,14 @@ def test_input_errors_are_clear(checkpoint, images, tmp_path, capsys):
     assert main(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "o"), "--resize", "64"]) == 2
     assert "--resize applies with --tile" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_an_error_not_a_traceback(checkpoint, bomb_png, tmp_path,
+                                                                               capsys):
+    assert main(["predict", str(checkpoint), str(bomb_png), "--out", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"segdiff predict: error: {bomb_png}: the image declares 400,000,000 pixels")
+    assert "exceeds Pillow's decompression-bomb limit of" in err and "Traceback" not in err
 
 
 def test_torchrun_two_processes_write_what_one_process_writes(checkpoint, images, tmp_path):

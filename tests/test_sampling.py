@@ -4,14 +4,13 @@ import pytest
 import torch
 
 from segdiff import DDPMScheduler, SegDiff, predict, sample_ddim, sample_ddpm
-from segdiff.data import quadrants, stitch_quadrants
 from segdiff.diffusion import _gather, from_signed, to_signed
 from segdiff.config import SYMMETRY_NAMES
 from segdiff.sampling import (
     SAMPLER_FUNCTIONS, SYMMETRIES, apply_symmetry, derive_seed, dpm_solver_scheduler, generation_seeds,
     invert_symmetry, respaced_betas, sample_dpm_solver,
 )
-from segdiff.sliding import predict_sliding, window_starts, window_weights
+from segdiff.sliding import predict_sliding, quadrants, stitch_quadrants, window_starts, window_weights
 
 
 def oracle(scheduler, x0):

@@ -15,12 +15,9 @@ from PIL import Image
 from test_cityscapes import write_frame
 from test_data import _write_monuseg
 
-from segdiff.cityscapes import CityscapesInstances
 from segdiff.cli import main
 from segdiff.config import ExperimentConfig
-from segdiff.data import FolderDataset, Vaihingen, carve_validation
-from segdiff.monuseg import MoNuSeg
-from segdiff.training import make_dataset
+from segdiff.data import CityscapesInstances, FolderDataset, MoNuSeg, Vaihingen, carve_validation, make_dataset
 
 
 def _train(dataset: str, root: Path, out: Path, *extra: str) -> int:

@@ -373,7 +373,7 @@ def test_an_x0_predicting_network_trains_on_x0_and_samples_through_predict(tmp_p
     from segdiff.checkpoint import load_model
     from segdiff.diffusion import DDPMScheduler
     from segdiff.sampling import predict
-    from segdiff.synthetic import make_sample
+    from segdiff.data.synthetic import make_sample
 
     cfg = ExperimentConfig.tiny().override([
         f"train.out_dir={tmp_path}", "train.max_steps=3", "train.batch_size=4", "data.num_train=8",

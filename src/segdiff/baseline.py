@@ -3,7 +3,7 @@
 MONAI's `BasicUNet` (a well-kept, plain encoder-decoder U-Net) predicts the mask in one forward
 pass, trained with Dice + binary cross-entropy (`monai.losses.DiceCELoss`) on exactly the data
 pipeline of `segdiff train`: the same dataset, split, validation carve-out, input size,
-augmentation draws and batch order (`training.make_dataset`, `distributed.GlobalBatchSampler`),
+augmentation draws and batch order (`data.make_dataset`, `distributed.GlobalBatchSampler`),
 the same AdamW, time budget and validation schedule. Its checkpoints are segdiff checkpoints
 (safetensors, JSON config) whose state names the baseline, so `segdiff evaluate` scores both
 with the same protocol and metrics. A deterministic network has one "generation": K = 1.
@@ -24,10 +24,13 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import ExperimentConfig
+from .data import make_dataset
+from .device import describe_machine, resolve_device
 from .distributed import GlobalBatchSampler
 from .io import atomic_write
 from .metrics import iou
 from .sampling import apply_symmetry, invert_symmetry, symmetry_order
+from .training import learning_rate
 
 BASELINE = "monai.BasicUNet"
 DEFAULT_FEATURES = (32, 32, 64, 128, 256, 32)  # MONAI's default widths; about 2 M parameters
@@ -38,7 +41,7 @@ class UNetBaseline(nn.Module):
 
     def __init__(self, in_channels: int = 3, features: tuple[int, ...] = DEFAULT_FEATURES):
         super().__init__()
-        from monai.networks.nets import BasicUNet
+        from monai.networks.nets import BasicUNet  # MONAI is heavy; only the baseline needs it
 
         self.features = tuple(features)
         self.net = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=1, features=self.features)
@@ -85,9 +88,7 @@ def train_baseline(cfg: ExperimentConfig, *, features: tuple[int, ...] = DEFAULT
     log_every, out_dir, device}; writes config.json, log.jsonl, last.safetensors and
     best.safetensors (best validation IoU), each atomically. A run starts afresh (no resume).
     """
-    from monai.losses import DiceCELoss
-
-    from .training import describe_machine, learning_rate, make_dataset, resolve_device
+    from monai.losses import DiceCELoss  # MONAI is heavy; only the baseline needs it
 
     tc = cfg.train
     out_dir = Path(tc.out_dir)

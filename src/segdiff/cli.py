@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+from .data import DATASETS, IMAGE_SUFFIXES, DataError, image_to_tensor, make_dataset, read_image, resize_image
+from .device import resolve_device
 
 DESCRIPTION = "Image segmentation with diffusion probabilistic models (SegDiff, Amit et al. 2021)."
 
@@ -104,12 +108,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_model
-    from .data import IMAGE_SUFFIXES, image_to_tensor, read_image, resize_image
     from .diffusion import DDPMScheduler
     from .io import save_png, colormap, overlay
     from .sampling import derive_seed, generation_seeds, predict
     from .sliding import predict_sliding
-    from .training import resolve_device
 
     # 1. Inputs: image files, folders (their images), text files listing one image per line
     #    (relative paths are relative to the list file; blank lines and # comments are skipped).
@@ -202,9 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import os
 
     from .checkpoint import load_model
-    from .data import DATASETS, build_dataset
     from .evaluation import evaluate, format_report
-    from .training import resolve_device
 
     # Arguments are checked before the checkpoint is read or anything is sampled.
     if args.split not in ("val", "test"):
@@ -215,17 +215,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     root = args.data or os.environ.get("SEGDIFF_DATA", "")
     if not root and args.dataset != "synthetic":
         raise UserError(f"--dataset {args.dataset}: needs a data folder; pass --data DIR or set SEGDIFF_DATA")
-    model, cfg = load_model(args.checkpoint, device=resolve_device(args.device), allow_baseline=True)
-    options: dict = {}
-    if args.dataset == "synthetic":
-        options = {"num_train": cfg.data.num_train, "num_test": cfg.data.num_test}
-    elif args.dataset == "cityscapes":
-        options = {"setting": args.setting}
-    # The checkpoint's seed and val_fraction carve the same validation split its training used.
     if args.score_size and args.dataset in ("monuseg", "cityscapes"):
         raise UserError(f"--score-size: {args.dataset}'s protocol fixes its own scoring resolution")
-    dataset = build_dataset(args.dataset, root, args.split, args.score_size or cfg.model.image_size,
-                            val_fraction=cfg.data.val_fraction, seed=cfg.train.seed, **options)
+    model, cfg = load_model(args.checkpoint, device=resolve_device(args.device), allow_baseline=True)
+    # The checkpoint's data options, seed and val_fraction (the same validation split its training
+    # used); the flags name the dataset, its folder and the Cityscapes crop setting.
+    data = replace(cfg.data, dataset=args.dataset, root=root,
+                   setting=cfg.data.setting if args.setting is None else args.setting)
+    dataset = make_dataset(replace(cfg, data=data), args.split, image_size=args.score_size or cfg.model.image_size)
     print(f"evaluating {args.checkpoint} on {args.dataset} {args.split} ({len(dataset)} images"
           f"{f', the first {args.max_images}' if args.max_images else ''}), K={args.generations}, "
           f"sampler {args.sampler}, seed {args.seed}")
@@ -369,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "runs/vcpu (60 min on a CPU, docs/results.md); segdiff reproduce --preset vaihingen "
                               "--data ../shared/data --out runs/vai (the paper's preset and schedule; a GPU)")
     p.add_argument("--generations", type=int, default=30, help="K for the test evaluation (default: %(default)s)")
-    p.add_argument("--setting", default="expansion", choices=["expansion", "tight"],
-                   help="Cityscapes crop setting for the test evaluation (default: %(default)s)")
+    p.add_argument("--setting", default=None, choices=["expansion", "tight"],
+                   help="Cityscapes crop setting for the test evaluation (default: the run's data.setting)")
     p.add_argument("--conditioning", choices=CONDITIONINGS, help="the paper's conditioning variants (default sum)")
     add_config_args(p)
     p.set_defaults(func=cmd_reproduce)
@@ -448,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-size", type=int, default=None, help="Vaihingen/folder: score at this side (e.g. the "
                    "paper's 256 for a 64 px model): images are sampled at the model's input and the probabilities "
                    "resized up before the threshold (default: the model's input)")
-    p.add_argument("--setting", default="expansion", choices=["expansion", "tight"],
-                   help="Cityscapes crops (default: %(default)s)")
+    p.add_argument("--setting", default=None, choices=["expansion", "tight"],
+                   help="Cityscapes crops (default: the checkpoint's data.setting, expansion unless trained otherwise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
@@ -459,7 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
-    from .data import DataError
 
     try:
         return args.func(args)

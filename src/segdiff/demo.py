@@ -15,11 +15,13 @@ import torch
 
 from .checkpoint import load_model
 from .config import ExperimentConfig
+from .data import make_dataset
 from .diffusion import DDPMScheduler
 from .io import atomic_write, colormap, overlay, save_prediction, save_sheet
 from .metrics import iou
 from .sampling import predict
-from .training import make_dataset, resolve_device, train
+from .device import resolve_device
+from .training import train
 
 
 def run_demo(out: str | Path = "segdiff-demo", *, steps: int | None = None, time_budget_min: float = 2.75,

@@ -9,7 +9,7 @@ Protocols (PAPER.md, "Inference"), chosen from the dataset's type:
 - Vaihingen, folder, synthetic: image and mask at the model's input size (256 for the paper's
   Vaihingen preset; the `small` preset works at 128).
 - MoNuSeg: the val/test items are full 2S x 2S images (512 for S = 256); the four S x S quadrants
-  are sampled separately and stitched (`data.quadrants` / `data.stitch_quadrants`); metrics at 2S.
+  are sampled separately and stitched (`sliding.predict_quadrants`); metrics at 2S.
 - Cityscapes instance crops: the running means at the model's input are resized (bilinear, no
   antialiasing, as the reference and `segdiff predict` do) to the crop's original size, then
   thresholded at 0.5 and compared with `CityscapesInstances.original_mask`.
@@ -51,7 +51,8 @@ from tqdm import tqdm
 
 from . import metrics
 from .config import ExperimentConfig
-from .data import FolderDataset, MoNuSeg, Vaihingen, resize_image
+from .data import CityscapesInstances, FolderDataset, MoNuSeg, SyntheticShapes, Vaihingen, resize_image
+from .device import describe_machine
 from .diffusion import DDPMScheduler
 from .io import atomic_write, colormap, overlay
 from .sampling import derive_seed, generation_seeds, predict, symmetry_order
@@ -114,9 +115,6 @@ def protocol_for(dataset, image_size: int, score_size: int | None = None) -> Pro
     `score_size`: images scored whole (Vaihingen, folder, synthetic) are scored at this side
     instead of the model's input; MoNuSeg and Cityscapes fix their own scoring resolution.
     """
-    from .cityscapes import CityscapesInstances  # cityscapes imports data; keep import light
-    from .synthetic import SyntheticShapes
-
     if score_size is not None and isinstance(dataset, (MoNuSeg, CityscapesInstances)):
         name = "monuseg" if isinstance(dataset, MoNuSeg) else "cityscapes"
         raise ValueError(f"score_size applies to images scored whole at one size; the {name} "
@@ -329,7 +327,6 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1, found {max_images}")
     from .baseline import UNetBaseline
-    from .training import describe_machine
 
     if isinstance(model, UNetBaseline):
         num_generations, sampler, num_steps = 1, "none (one forward pass)", 0

@@ -13,7 +13,7 @@ batched) and the windows' probability and uncertainty maps are blended with per-
   twice the window side that is the MoNuSeg test protocol (Amit et al.; ../shared/PAPER.md
   "Inference": resize to 512, sample the four 256x256 quadrants, stitch):
   ``predict_sliding(model, resize_image(image, 512), ..., overlap=0)`` gives exactly what
-  `data.quadrants` + `predict` + `data.stitch_quadrants` give with the same seeds (bit for bit
+  `quadrants` + `predict` + `stitch_quadrants` give with the same seeds (bit for bit
   when the four windows share one call, ``max_batch >= 4 K``; else up to float rounding).
 - ``gaussian``: a Gaussian centred on the window (sigma = tile / 8, as nnU-Net and MONAI use),
   which favours window centres everywhere; not exact at ``overlap=0``.
@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .diffusion import DDPMScheduler
-from .monuseg import quadrants, stitch_quadrants
 from .sampling import Prediction, generation_seeds, predict
 
 Blend = Literal["linear", "gaussian"]
@@ -151,11 +150,33 @@ def predict_sliding(model, image: Tensor, scheduler: DDPMScheduler, *, tile: int
     return Prediction(prob=prob, mask=(prob > 0.5).float(), uncertainty=uncertainty)
 
 
+def quadrants(x: torch.Tensor) -> torch.Tensor:
+    """Split (..., C, H, W) into its four quadrants (..., 4, C, H/2, W/2).
+
+    Order: top-left, top-right, bottom-left, bottom-right. The MoNuSeg test protocol samples
+    the four 256x256 quadrants of the 512x512 image separately (:func:`predict_quadrants`).
+    """
+    h, w = x.shape[-2:]
+    if x.dim() < 3 or h % 2 or w % 2:
+        raise ValueError(f"quadrants needs (..., C, H, W) with even H and W, got {tuple(x.shape)}")
+    h2, w2 = h // 2, w // 2
+    parts = [x[..., :h2, :w2], x[..., :h2, w2:], x[..., h2:, :w2], x[..., h2:, w2:]]
+    return torch.stack(parts, dim=-4)
+
+
+def stitch_quadrants(q: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`quadrants`: (..., 4, C, h, w) -> (..., C, 2h, 2w)."""
+    if q.dim() < 4 or q.shape[-4] != 4:
+        raise ValueError(f"stitch_quadrants needs (..., 4, C, h, w), got {tuple(q.shape)}")
+    tl, tr, bl, br = q.unbind(-4)
+    return torch.cat([torch.cat([tl, tr], dim=-1), torch.cat([bl, br], dim=-1)], dim=-2)
+
+
 def predict_quadrants(model, images: Tensor, scheduler: DDPMScheduler, **options) -> Prediction:
     """MoNuSeg's test protocol on (B, C, 2S, 2S) images: each image's four S x S quadrants are
     sampled by `predict` (with `options`) and every output is stitched back to 2S x 2S.
 
-    The rows `predict` sees are image-major, then quadrant (`data.quadrants` order), then
+    The rows `predict` sees are image-major, then quadrant (`quadrants` order), then
     generation, so `seeds[(i * 4 + q) * K + k]` seeds generation k of quadrant q of image i.
     The one place both validation during training and `segdiff evaluate` take the protocol from.
     """

@@ -31,7 +31,6 @@ import csv
 import hashlib
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -57,7 +56,8 @@ from .checkpoint import (
     step_checkpoints,
 )
 from .config import ExperimentConfig
-from .data import build_dataset
+from .data import make_dataset
+from .device import resolve_device
 from .diffusion import DDPMScheduler, from_signed, to_signed
 from .io import atomic_write
 from .metrics import iou
@@ -67,10 +67,11 @@ from .sliding import predict_quadrants
 
 # What a resumed run must share with the run it continues: these define the network, the data and
 # the order of the updates. Everything else may change on resume (max_steps, time budget, logging,
-# validation, device, precision, lr, weight decay, clipping, speed options, data.root, workers).
+# validation, device, precision, lr, weight decay, clipping, speed options, data.root, workers, the
+# Cityscapes index cache).
 RESUME_MUST_MATCH = ("preset", "model.", "diffusion.", "data.", "train.batch_size", "train.seed",
                      "train.ema_decay", "train.ema_warmup")
-RESUME_MAY_CHANGE = ("data.root", "data.num_workers")
+RESUME_MAY_CHANGE = ("data.root", "data.num_workers", "data.index_cache")
 
 LOG_COLUMNS = ("step", "event", "epoch", "loss", "grad_norm", "lr", "samples_per_s", "skipped_steps", "val_iou",
                "time")
@@ -80,16 +81,6 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient; names the last good checkpoint."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def learning_rate(tc, step: int) -> float:
     """The lr of update `step` (0-based). A cosine decay to 0 at max_steps lets a short, budgeted run
     end on small steps instead of stopping mid-stride; it depends on the step only, so runs and
@@ -97,34 +88,6 @@ def learning_rate(tc, step: int) -> float:
     if tc.lr_schedule == "constant":
         return tc.lr
     return 0.5 * tc.lr * (1 + math.cos(math.pi * min(step, tc.max_steps) / max(tc.max_steps, 1)))
-
-
-def describe_machine(device: torch.device | str | None = None) -> str:
-    """CPU model, cores, GPU, torch and thread count: what every recorded figure must name."""
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    device = torch.device(device) if device is not None else None
-    gpu = (torch.cuda.get_device_name(device) if device is not None and device.type == "cuda"
-           else torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
-    return (f"{cpu} ({platform.machine()}), {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} intra-op threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
-
-
-def make_dataset(cfg: ExperimentConfig, split: str, *, augment: bool = False):
-    """The configured dataset's `split` at the model's input size."""
-    d = cfg.data
-    options = {"num_train": d.num_train, "num_test": d.num_test} if d.dataset == "synthetic" else {}
-    root = d.root or os.environ.get("SEGDIFF_DATA", "")
-    if not root and d.dataset != "synthetic":
-        raise ValueError(f"dataset {d.dataset!r} needs a data folder: pass --data DIR or set SEGDIFF_DATA")
-    return build_dataset(d.dataset, root, split, cfg.model.image_size, augment=augment,
-                         val_fraction=d.val_fraction, seed=cfg.train.seed, **options)
 
 
 def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Tensor, scheduler: DDPMScheduler,
@@ -137,7 +100,7 @@ def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Ten
     # the gradient (AdamW is invariant to that up to its epsilon).
     loss = F.mse_loss(output.float(), scheduler.training_target(x0, noise))
     if dice_weight:
-        from monai.losses import DiceLoss
+        from monai.losses import DiceLoss  # MONAI is heavy; only the optional Dice term needs it
 
         probability = from_signed(scheduler.to_x0(output.float(), t, x_t))
         # One ratio over the whole batch (batch=True), so a tile without foreground is no 0/0.

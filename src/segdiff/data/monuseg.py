@@ -1,4 +1,4 @@
-"""MoNuSeg 2018 nuclei (H&E, 40x) with the paper's protocol, and its quadrant test helpers.
+"""MoNuSeg 2018 nuclei (H&E, 40x) with the paper's protocol.
 
 Layout (the challenge release, nothing preprocessed)::
 
@@ -11,12 +11,10 @@ Layout (the challenge release, nothing preprocessed)::
 
 Scale. Everything is resized to ``2 * image_size`` first (512 for the paper's 256); training
 items are random ``image_size`` crops of it, test and val items the whole ``2 * image_size``
-image, sampled as its four :func:`quadrants` and put back with :func:`stitch_quadrants`. So at
-any ``image_size`` the model sees a quarter of the tile, as in the paper, and the test protocol
-stays "four quadrants"; only the magnification changes (nuclei are half as many pixels across
+image, sampled as its four :func:`segdiff.sliding.quadrants` and put back with
+:func:`segdiff.sliding.stitch_quadrants`. So at any ``image_size`` the model sees a quarter of
+the tile, as in the paper, and the test protocol stays "four quadrants"; only the magnification changes (nuclei are half as many pixels across
 at ``image_size=128`` as at 256, and metrics are then computed at 256, not the paper's 512).
-
-These names are also importable from :mod:`segdiff.data`, where they lived first.
 """
 
 from __future__ import annotations
@@ -30,22 +28,19 @@ import torch
 from PIL import Image, ImageDraw
 
 from .augment import MONUSEG_AUGMENT, AugmentSpec, augment_pair
-from .data import (
+from .base import SegmentationDataset, Split, check_split, select_split
+from .reading import (
     DataError,
-    SegmentationDataset,
-    Split,
-    _check_file,
-    _check_split,
+    check_file,
     image_to_tensor,
     mask_to_tensor,
     read_image,
     read_mask,
     resize_image,
     resize_mask,
-    select_split,
 )
 
-__all__ = ["MoNuSeg", "quadrants", "read_monuseg_xml", "stitch_quadrants"]
+__all__ = ["MoNuSeg", "read_monuseg_xml"]
 
 
 def read_monuseg_xml(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -58,7 +53,7 @@ def read_monuseg_xml(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     image on the test set, IoU >= 0.99999), Pillow 11.1 differs more.
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
         regions = ET.parse(path).getroot().iter("Region")
         polygons = [[(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
@@ -71,28 +66,6 @@ def read_monuseg_xml(path: str | Path, size: tuple[int, int]) -> np.ndarray:
         if len(polygon) >= 3:
             draw.polygon(polygon, fill=1)
     return np.asarray(canvas) > 0
-
-
-def quadrants(x: torch.Tensor) -> torch.Tensor:
-    """Split (..., C, H, W) into its four quadrants (..., 4, C, H/2, W/2).
-
-    Order: top-left, top-right, bottom-left, bottom-right. The MoNuSeg test protocol samples
-    the four 256x256 quadrants of the 512x512 image separately.
-    """
-    h, w = x.shape[-2:]
-    if x.dim() < 3 or h % 2 or w % 2:
-        raise ValueError(f"quadrants needs (..., C, H, W) with even H and W, got {tuple(x.shape)}")
-    h2, w2 = h // 2, w // 2
-    parts = [x[..., :h2, :w2], x[..., :h2, w2:], x[..., h2:, :w2], x[..., h2:, w2:]]
-    return torch.stack(parts, dim=-4)
-
-
-def stitch_quadrants(q: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`quadrants`: (..., 4, C, h, w) -> (..., C, 2h, 2w)."""
-    if q.dim() < 4 or q.shape[-4] != 4:
-        raise ValueError(f"stitch_quadrants needs (..., 4, C, h, w), got {tuple(q.shape)}")
-    tl, tr, bl, br = q.unbind(-4)
-    return torch.cat([torch.cat([tl, tr], dim=-1), torch.cat([bl, br], dim=-1)], dim=-2)
 
 
 def _find_monuseg_split(root: Path, folder: str) -> Path:
@@ -114,7 +87,8 @@ class MoNuSeg(SegmentationDataset):
     returns a random ``image_size`` crop of it (drawn from the item generator, augmentation or
     not; ``augment`` adds flips, rotation, scale and colour jitter, applied before cropping so
     that fewer crops see the zero fill). ``test`` and ``val`` return the full 512 image and mask:
-    split them with :func:`quadrants`, sample each, and :func:`stitch_quadrants` the result;
+    split them with :func:`segdiff.sliding.quadrants`, sample each, and
+    :func:`segdiff.sliding.stitch_quadrants` the result (:func:`segdiff.sliding.predict_quadrants`);
     metrics are computed at 512. ``mask_source="xml"`` rasterises the annotation XMLs instead
     of reading the PNG masks (only the test release ships XMLs).
     """
@@ -132,7 +106,7 @@ class MoNuSeg(SegmentationDataset):
         augment_spec: AugmentSpec = MONUSEG_AUGMENT,
     ) -> None:
         super().__init__(seed=seed)
-        _check_split(split)
+        check_split(split)
         if mask_source not in ("png", "xml"):
             raise ValueError(f"mask_source must be 'png' or 'xml', got {mask_source!r}")
         self.directory = _find_monuseg_split(Path(root), "test" if split == "test" else "train")
@@ -143,7 +117,7 @@ class MoNuSeg(SegmentationDataset):
         if not stems:
             raise DataError(f"{self.directory / 'images'}: no .tif images found")
         for stem in stems:
-            _check_file(self._mask_path(stem))
+            check_file(self._mask_path(stem))
         self._set_names(stems if split == "test"
                         else select_split(stems, split, val_fraction, seed, self.directory))
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -54,18 +54,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from .augment import CITYSCAPES_AUGMENT, AugmentSpec, augment_pair
-from .data import (
-    DataError,
-    SegmentationDataset,
-    Split,
-    _check_split,
-    image_to_tensor,
-    mask_to_tensor,
-    read_image,
-    resize_image,
-    resize_mask,
-    select_split,
-)
+from .base import SegmentationDataset, Split, check_split, select_split
+from .reading import DataError, image_to_tensor, mask_to_tensor, read_image, resize_image, resize_mask
 
 __all__ = ["CITYSCAPES_CLASSES", "CityscapesInstances", "InstanceRecord", "index_annotation",
            "visible_instance_mask"]
@@ -240,7 +230,7 @@ class CityscapesInstances(SegmentationDataset):
         index_cache: str | Path | None = None,
     ) -> None:
         super().__init__(seed=seed)
-        _check_split(split)
+        check_split(split)
         if setting not in ("tight", "expansion"):
             raise ValueError(f"setting must be 'tight' or 'expansion', got {setting!r}")
         self.classes = tuple(CITYSCAPES_CLASSES if classes is None else classes)

@@ -1,0 +1,224 @@
+"""Reading image and mask files, and turning them into tensors at a given size.
+
+Conventions (every dataset module and ``segdiff predict`` rely on them):
+- Images decode to uint8 (H, W, 3); masks to bool (H, W). As tensors: image float32 (3, H, W) in
+  [0, 1], mask float32 (1, H, W) with values exactly {0., 1.}.
+- TIFFs are read with tifffile (1-bit MinIsWhite polarity applied here), everything else with
+  Pillow. Other bit depths and ambiguous masks are refused, not guessed at.
+- Resizing ("clean"): image bilinear with antialiasing; mask bilinear with antialiasing, then
+  >= 0.5, i.e. a pixel is foreground when at least half of its footprint was.
+- Bad input raises :class:`DataError` (a ``ValueError``) naming the file and the problem. No file
+  handle stays open.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["DataError", "IMAGE_SUFFIXES", "binarise_mask", "check_file", "image_to_tensor", "mask_to_tensor",
+           "read_image", "read_mask", "read_size", "resize_image", "resize_mask"]
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """A data file or folder is missing, unreadable or not what the loader expects."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading files
+
+
+def check_file(path: Path) -> None:
+    """Raise :class:`DataError` unless ``path`` is an existing file."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
+    """Decode the first page of a TIFF as (H, W) or (H, W, S) and return it with its
+    photometric interpretation (tifffile returns 1-bit data raw, without applying it)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            array = page.asarray()
+            photometric = int(page.photometric)
+            planar_separate = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+    except Exception as exc:  # tifffile/imagecodecs raise many types for broken files
+        raise DataError(f"{path}: cannot decode TIFF ({type(exc).__name__}: {exc})") from exc
+    if planar_separate and array.ndim == 3:
+        array = np.moveaxis(array, 0, -1)  # (S, H, W) -> (H, W, S)
+    return array, photometric
+
+
+def _bomb_error(path: Path, exc: Image.DecompressionBombError) -> DataError:
+    """The error for an image whose header declares more pixels than Pillow agrees to decode
+    (twice ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 million by default): a guard against files
+    that would take all memory, or a genuine but huge image that must be cut up first."""
+    declared = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) exceeds limit of ..."
+    size = f"declares {int(declared.group(1)):,} pixels, which " if declared else ""
+    return DataError(
+        f"{path}: the image {size}exceeds Pillow's decompression-bomb limit of "
+        f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels; if the file is genuine, cut it into smaller tiles or "
+        "downscale it with an image tool first (from Python, raising PIL.Image.MAX_IMAGE_PIXELS lifts the limit)"
+    )
+
+
+def _read_pil(path: Path, *, for_image: bool) -> tuple[np.ndarray, str]:
+    """Decode with Pillow. For images, palette and other colour spaces (CMYK, YCbCr, ...)
+    become RGB; for masks palette indices are kept (a two-colour palette mask is then
+    binarised by index)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            convert = for_image and mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+            array = np.array(im.convert("RGB") if convert else im)
+    except Image.DecompressionBombError as exc:
+        raise _bomb_error(path, exc) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+    return array, mode
+
+
+def read_image(path: str | Path, *, allow_gray: bool = False) -> np.ndarray:
+    """Decode an 8-bit RGB image to a uint8 array (H, W, 3).
+
+    TIFFs are read with tifffile (LZW, PackBits, deflate via imagecodecs), everything else with
+    Pillow. An alpha band is dropped. Greyscale is replicated to three channels only when
+    ``allow_gray`` (users' folders); the benchmarks must be RGB. Other bit depths are refused
+    rather than guessed at (is 16-bit data 12- or 16-bit full scale?).
+    """
+    path = Path(path)
+    check_file(path)
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        array, _ = _read_tiff(path)
+    else:
+        array, _ = _read_pil(path, for_image=True)
+    if array.dtype != np.uint8:
+        bits = "1" if array.dtype == bool else str(array.dtype.itemsize * 8)
+        raise DataError(
+            f"{path}: expected an 8-bit image, found {bits}-bit samples ({array.dtype}); "
+            "convert it to 8-bit RGB"
+        )
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return np.ascontiguousarray(array[:, :, :3])
+    if allow_gray and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 2))):
+        gray = array if array.ndim == 2 else array[:, :, 0]
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    bands = 1 if array.ndim == 2 else array.shape[2]
+    raise DataError(
+        f"{path}: expected an RGB image (3 bands, optionally alpha), found {bands} band(s) "
+        f"with shape {array.shape}"
+    )
+
+
+def binarise_mask(values: np.ndarray, path: str | Path) -> np.ndarray:
+    """Turn a single-channel mask array into bool, or raise naming ``path``.
+
+    Rule: bool arrays are taken as they are. Otherwise the distinct values decide: {0, 1} or
+    {0, 255} are background/foreground; any other pair of values means the larger one is
+    foreground; a single value is all background if it is 0 and all foreground if it is 1 or
+    255 (anything else is ambiguous); three or more values are an error (e.g. a JPEG mask, a
+    label map or a soft mask), as guessing would silently corrupt the ground truth.
+    """
+    if values.dtype == bool:
+        return values
+    distinct = np.unique(values)
+    if distinct.size == 2:
+        return values == distinct[1]
+    if distinct.size == 1:
+        v = distinct[0]
+        if v == 0:
+            return np.zeros(values.shape, dtype=bool)
+        if v in (1, 255):
+            return np.ones(values.shape, dtype=bool)
+        raise DataError(f"{path}: mask has the single value {v}; cannot tell background from foreground")
+    shown = ", ".join(str(v) for v in distinct[:6]) + (", ..." if distinct.size > 6 else "")
+    raise DataError(
+        f"{path}: expected a binary mask (two distinct values), found {distinct.size} distinct "
+        f"values ({shown})"
+    )
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Decode a binary mask to a bool array (H, W), getting TIFF polarity right.
+
+    1-bit TIFFs with photometric MinIsWhite (the Vaihingen masks) store 0 for white, and
+    tifffile returns the raw bits, so they are inverted here; Pillow applies it itself. A
+    multi-band mask must have identical bands (an alpha band, as in MoNuSeg's 'LA' PNGs, is
+    ignored); then :func:`binarise_mask` decides.
+    """
+    path = Path(path)
+    check_file(path)
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        array, photometric = _read_tiff(path)
+        if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
+            array = ~array if array.dtype == bool else np.iinfo(array.dtype).max - array
+        alpha = array.ndim == 3 and array.shape[2] in (2, 4)
+    else:
+        array, mode = _read_pil(path, for_image=False)
+        alpha = mode in ("LA", "RGBA", "PA", "La", "RGBa")
+    if array.ndim == 3:
+        bands = array[:, :, :-1] if alpha else array
+        if not all(np.array_equal(bands[:, :, 0], bands[:, :, k]) for k in range(1, bands.shape[2])):
+            raise DataError(
+                f"{path}: expected a single-channel mask, found {bands.shape[2]} channels that differ"
+            )
+        array = bands[:, :, 0]
+    return binarise_mask(array, path)
+
+
+def read_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding pixels: cheap up-front checks."""
+    path = Path(path)
+    check_file(path)
+    try:
+        if path.suffix.lower() in _TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Image.DecompressionBombError as exc:
+        raise _bomb_error(path, exc) from exc
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read image header ({type(exc).__name__}: {exc})") from exc
+
+
+def image_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
+
+
+def mask_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """bool (H, W) -> float32 (1, H, W) in {0, 1}."""
+    return torch.from_numpy(np.ascontiguousarray(array)).float().unsqueeze(0)
+
+
+def resize_image(image: torch.Tensor, size: int | tuple[int, int], *, mode: str = "bilinear") -> torch.Tensor:
+    """Resize (C, H, W); bilinear is antialiased (averages when shrinking, like PIL)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(image.shape[-2:]) == size:
+        return image
+    if mode == "nearest":
+        return F.interpolate(image[None], size=size, mode="nearest")[0]
+    out = F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out[0].clamp_(0.0, 1.0)
+
+
+def resize_mask(mask: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize a {0, 1} mask (1, H, W): antialiased bilinear, then >= 0.5 (area-faithful)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(mask.shape[-2:]) == size:
+        return mask
+    soft = F.interpolate(mask[None], size=size, mode="bilinear", antialias=True, align_corners=False)
+    return (soft[0] >= 0.5).float()
