@@ -7,8 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from segdiff import DDPMScheduler, SegDiff, predict
-from segdiff.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_model, save_checkpoint
+from segdiff.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from segdiff.config import ExperimentConfig
+from segdiff.models import DiffusionSegmenter, UNetSegmenter, load_model
 
 
 def trained_like(cfg):
@@ -24,11 +25,11 @@ def test_save_load_gives_identical_predictions(tmp_path):
     net = trained_like(cfg)
     path = save_checkpoint(tmp_path / "ck.safetensors",
                            Checkpoint(config=cfg, ema=net.state_dict(), state={"step": 12}))
-    loaded, loaded_cfg = load_model(path)
-    assert loaded_cfg == cfg
+    loaded = load_model(path)
+    assert isinstance(loaded, DiffusionSegmenter) and loaded.config == cfg
     images, s = torch.rand(2, 3, 32, 32), DDPMScheduler(25)
     a = predict(net, images, s, num_generations=2, generator=torch.Generator().manual_seed(0))
-    b = predict(loaded, images, s, num_generations=2, generator=torch.Generator().manual_seed(0))
+    b = predict(loaded.net, images, s, num_generations=2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a.prob, b.prob)
     assert load_checkpoint(path).state == {"step": 12}
 
@@ -44,8 +45,24 @@ def test_weights_from_another_preset_are_a_clear_error(tmp_path):
     small = ExperimentConfig.small()
     path = save_checkpoint(tmp_path / "mixed.safetensors",
                            Checkpoint(config=small, ema=SegDiff(tiny.model).state_dict()))
-    with pytest.raises(CheckpointError, match=r"mixed.safetensors: weights do not match its config \(preset 'small'\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"mixed.safetensors: weights do not match its config \(kind 'segdiff', preset 'small'\)"):
         load_model(path)
+
+
+def test_the_checkpoints_model_kind_picks_the_class_through_the_registry(tmp_path):
+    cfg = ExperimentConfig.tiny()
+    unet_cfg = cfg.override(["model.kind=unet", "model.unet_features=[4, 4, 8, 8, 16, 4]"])
+    unet = UNetSegmenter(unet_cfg)
+    path = save_checkpoint(tmp_path / "unet.safetensors", Checkpoint(config=unet_cfg, ema=unet.net.state_dict()))
+    loaded = load_model(path)
+    assert isinstance(loaded, UNetSegmenter) and loaded.config.model.kind == "unet"
+    image = torch.rand(1, 3, 32, 32)
+    assert torch.equal(loaded.net(image), unet.net.eval()(image))
+    # A U-Net's weights under a config naming SegDiff do not load, and the error says which kind.
+    wrong = save_checkpoint(tmp_path / "wrong.safetensors", Checkpoint(config=cfg, ema=unet.net.state_dict()))
+    with pytest.raises(CheckpointError, match=r"wrong.safetensors: weights do not match its config \(kind 'segdiff'"):
+        load_model(wrong)
 
 
 def test_non_segdiff_files_are_clear_errors(tmp_path):

@@ -15,16 +15,19 @@ from .metrics import (
 from .model import SegDiff
 from .sampling import Prediction, predict, sample_ddim, sample_ddpm, sample_dpm_solver, sample_sde_dpm_solver
 from .sliding import predict_sliding
+from .models import DiffusionSegmenter, Segmenter, UNetSegmenter, build_model, load_model
+from .protocol import Protocol, protocol_for
 from .evaluation import evaluate
-from .training import train
-from .checkpoint import load_model, load_checkpoint, save_checkpoint
+from .training import TrainingDiverged, train
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SegDiff", "DDPMScheduler", "predict", "Prediction", "predict_sliding", "evaluate", "train",
     "sample_ddpm", "sample_ddim", "sample_dpm_solver", "sample_sde_dpm_solver",
-    "load_model", "load_checkpoint", "save_checkpoint",
+    "Segmenter", "DiffusionSegmenter", "UNetSegmenter", "build_model", "load_model", "Protocol", "protocol_for",
+    "load_checkpoint", "save_checkpoint", "CheckpointError", "TrainingDiverged",
     "ExperimentConfig", "ModelConfig", "DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig",
     "iou", "f1", "boundary_f", "boundary_f_mean", "weighted_coverage", "size_ratio_coverage",
     "calibration_score", "expected_calibration_error", "reliability_diagram", "ReliabilityDiagram",

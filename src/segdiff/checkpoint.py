@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -218,29 +217,3 @@ def load_resume_checkpoint(path: str | Path, *, config_only: bool = False) -> tu
         others = [p.name for _, p in step_checkpoints(found.parent) if not p.samefile(found)]
         hint = f"; other checkpoints of this run: {', '.join(others)} (pass one to --resume)" if others else ""
         raise CheckpointError(f"{exc}{hint}") from None
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", *, allow_baseline: bool = False):
-    """The EMA network of a checkpoint, in eval mode, with the checkpoint's config.
-
-    Returns (model, config). Weights that do not fit the config raise CheckpointError. A
-    checkpoint of the U-Net baseline (`segdiff baseline`) gives a `baseline.UNetBaseline` where
-    `allow_baseline` says the caller scores it (evaluate); elsewhere it is refused by name.
-    """
-    from .baseline import baseline_from_checkpoint, is_baseline
-    from .model import SegDiff
-
-    ckpt = load_checkpoint(path, weights_only=True)
-    if is_baseline(ckpt.state):
-        if not allow_baseline:
-            raise CheckpointError(f"{path}: a U-Net baseline checkpoint (segdiff baseline); it has no sampler, "
-                                  "score it with segdiff evaluate")
-        return baseline_from_checkpoint(ckpt).to(device), ckpt.config
-    model = SegDiff(ckpt.config.model)
-    try:
-        model.load_state_dict(ckpt.ema, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
-        raise CheckpointError(f"{path}: weights do not match its config (preset {ckpt.config.preset!r}): "
-                              f"{' '.join(first)}") from None
-    return model.to(device).eval(), ckpt.config

@@ -11,113 +11,133 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import torch
+import yaml
+
+from .checkpoint import CheckpointError, load_resume_checkpoint, read_config
+from .config import CONDITIONINGS, PRESETS, SAMPLER_NAMES, SYMMETRY_NAMES, ExperimentConfig, SampleConfig
 from .data import DATASETS, IMAGE_SUFFIXES, DataError, image_to_tensor, make_dataset, read_image, resize_image
+from .demo import run_demo
 from .device import resolve_device
+from .evaluation import evaluate, format_report
+from .io import colormap, overlay, save_png
+from .models import load_model
+from .protocol import protocol_for, resize_probabilities
+from .sampling import Prediction, derive_seed, generation_seeds
+from .sliding import BLENDS, predict_sliding
+from .training import TrainingDiverged, train
 
 DESCRIPTION = "Image segmentation with diffusion probabilistic models (SegDiff, Amit et al. 2021)."
 
 
+class UserError(Exception):
+    """An error the user can fix; printed without a traceback."""
+
+
 # --- demo ---------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     run_demo(args.out, steps=args.steps, time_budget_min=args.time_budget, num_generations=args.generations,
              num_test=args.num_test, num_pictures=args.num_pictures, seed=args.seed, device=args.device)
     return 0
 
 
 # --- train --------------------------------------------------------------------------------------------
-def _train_config(args: argparse.Namespace):
-    """The ExperimentConfig that `train` and `baseline` arguments describe."""
-    import yaml
+def _train_config(args: argparse.Namespace, extra: list[str] = ()) -> ExperimentConfig:
+    """The ExperimentConfig that `train`, `baseline` and `reproduce` arguments describe."""
+    try:
+        if getattr(args, "resume", None) and not (args.config or args.preset):
+            # Continue with the run's own config; --set and the flags below may change what may change.
+            cfg = load_resume_checkpoint(args.resume, config_only=True)[1].config
+            resumed = Path(args.resume)
+            cfg = cfg.override([f"train.out_dir={resumed if resumed.is_dir() else resumed.parent}"])
+        elif args.config:
+            path = Path(args.config)
+            if not path.is_file():
+                raise UserError(f"{path}: no such config file")
+            try:
+                cfg = ExperimentConfig.from_dict(yaml.safe_load(path.read_text()) or {})
+            except (yaml.YAMLError, ValueError) as exc:
+                raise UserError(f"{path}: {exc}") from None
+        else:
+            cfg = ExperimentConfig.from_preset(args.preset or "tiny")
+        sets = [*extra, *(args.set or [])]
+        if args.dataset:
+            sets.append(f"data.dataset={args.dataset}")
+        if args.data:
+            sets.append(f"data.root={args.data}")
+        for flag, key in (("steps", "train.max_steps"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
+                          ("time_budget", "train.time_budget_min"), ("device", "train.device"),
+                          ("out", "train.out_dir"), ("seed", "train.seed"), ("conditioning", "model.conditioning"),
+                          ("workers", "data.num_workers")):
+            value = getattr(args, flag, None)
+            if value is not None:
+                sets.append(f"{key}={value}")
+        return cfg.override(sets)
+    except ValueError as exc:  # the config's own checks: a value the user gave
+        raise UserError(str(exc)) from None
 
-    from .checkpoint import load_resume_checkpoint
-    from .config import ExperimentConfig
 
-    if getattr(args, "resume", None) and not (args.config or args.preset):
-        # Continue with the run's own config; --set and the flags below may change what may change.
-        cfg = load_resume_checkpoint(args.resume, config_only=True)[1].config
-        resumed = Path(args.resume)
-        cfg = cfg.override([f"train.out_dir={resumed if resumed.is_dir() else resumed.parent}"])
-    elif args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise UserError(f"{path}: no such config file")
-        try:
-            cfg = ExperimentConfig.from_dict(yaml.safe_load(path.read_text()) or {})
-        except (yaml.YAMLError, ValueError) as exc:
-            raise UserError(f"{path}: {exc}") from None
-    else:
-        cfg = ExperimentConfig.from_preset(args.preset or "tiny")
-    sets = list(args.set or [])
-    if args.dataset:
-        sets.append(f"data.dataset={args.dataset}")
-    if args.data:
-        sets.append(f"data.root={args.data}")
-    for flag, key in (("steps", "train.max_steps"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
-                      ("time_budget", "train.time_budget_min"), ("device", "train.device"), ("out", "train.out_dir"),
-                      ("seed", "train.seed"), ("conditioning", "model.conditioning"), ("workers", "data.num_workers")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            sets.append(f"{key}={value}")
-    return cfg.override(sets)
+def _run_training(cfg: ExperimentConfig) -> Path:
+    try:
+        return train(cfg)  # prints the resolved config first
+    except TrainingDiverged as exc:
+        raise UserError(str(exc)) from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import os
-
-    from .training import TrainingDiverged, train
-
-    cfg = _train_config(args)
-    try:
-        run = train(cfg, resume=args.resume)  # prints the resolved config first
-    except TrainingDiverged as exc:
-        raise UserError(str(exc)) from None
+    run = _run_training(_train_config(args))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"run folder: {run} (last.safetensors, best.safetensors, log.jsonl, log.csv, config.json)")
     return 0
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from .baseline import train_baseline
+    features = [] if args.features is None else [f"model.unet_features={list(args.features)}"]
+    return cmd_train_kind(args, ["model.kind=unet", *features])
 
-    cfg = _train_config(args)
-    run = train_baseline(cfg, features=tuple(args.features))
-    files = ", ".join(p.name for p in sorted(run.iterdir()) if p.suffix in (".safetensors", ".jsonl", ".json"))
-    print(f"run folder: {run} ({files})")
+
+def cmd_train_kind(args: argparse.Namespace, extra: list[str]) -> int:
+    run = _run_training(_train_config(args, extra))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run folder: {run} (last.safetensors, best.safetensors, log.jsonl, log.csv, config.json)")
     return 0
 
 
+# --- sampling settings ----------------------------------------------------------------------------------
+_SAMPLE_FLAGS = {"generations": "num_generations", "sampler": "sampler", "steps": "num_sampling_steps",
+                 "eta": "eta", "max_batch": "max_batch", "clip_x0": "clip_x0", "symmetry": "symmetry",
+                 "autocast": "autocast", "channels_last": "channels_last", "compile": "compile"}
+
+
+def sample_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The SampleConfig fields the sampling flags set (those given, not None)."""
+    return {field: getattr(args, flag) for flag, field in _SAMPLE_FLAGS.items() if getattr(args, flag, None) is not None}
+
+
+def resolved_sample(saved: SampleConfig, overrides: dict[str, Any]) -> SampleConfig:
+    """The checkpoint's own sampling settings with the user's `overrides` applied."""
+    given = dict(overrides)
+    if given.get("sampler", saved.sampler) != "ddim" and "eta" not in given:
+        given["eta"] = 0.0  # the saved DDIM eta does not carry over to another sampler
+    try:
+        return replace(saved, **given)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
 # --- predict ------------------------------------------------------------------------------------------
-def cmd_predict(args: argparse.Namespace) -> int:
-    """Segment many images: listed, in folders or in list files; streamed, resumable, sharded.
-
-    Rank r of a `torchrun --nproc_per_node=N` launch (RANK / WORLD_SIZE) takes images r::N of the
-    sorted list; no process group is needed. Generation k of an image (of its window w with
-    --tile) is seeded from (seed, image name, w, k) alone, so a sharded run writes byte for byte
-    what one process writes. Outputs that already exist are skipped (each PNG is written
-    atomically), so an interrupted run continues where it stopped.
-    """
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    from .checkpoint import load_model
-    from .diffusion import DDPMScheduler
-    from .io import save_png, colormap, overlay
-    from .sampling import derive_seed, generation_seeds, predict
-    from .sliding import predict_sliding
-
-    # 1. Inputs: image files, folders (their images), text files listing one image per line
-    #    (relative paths are relative to the list file; blank lines and # comments are skipped).
-    #    All are checked before any work is done.
+def _input_paths(items: list[str]) -> list[Path]:
+    """Image files, folders (their images) and text files listing one image per line (relative paths
+    are relative to the list file; blank lines and # comments are skipped), all checked up front."""
     paths: list[Path] = []
-    for item in map(Path, args.images):
+    for item in map(Path, items):
         if item.is_dir():
             found = sorted(p for p in item.iterdir()
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
@@ -137,10 +157,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if by_stem.setdefault(path.stem, path) != path:
             raise UserError(f"{path} and {by_stem[path.stem]}: two inputs named {path.stem!r} would write the same "
                             "outputs; rename one or run them into different --out folders")
+    return paths
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Segment many images: listed, in folders or in list files; streamed, resumable, sharded.
+
+    Rank r of a `torchrun --nproc_per_node=N` launch (RANK / WORLD_SIZE) takes images r::N of the
+    sorted list; no process group is needed. Generation k of an image (of its window w with
+    --tile) is seeded from (seed, image name, w, k) alone, so a sharded run writes byte for byte
+    what one process writes. Outputs that already exist are skipped (each PNG is written
+    atomically), so an interrupted run continues where it stopped.
+    """
+    paths = _input_paths(args.images)
     if args.resize is not None and not args.tile:
         raise UserError("--resize applies with --tile (without it every image is resized to the model's input)")
 
-    # 2. This process's share, and what is left to do.
+    # This process's share, and what is left to do.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     out = Path(args.out)
     kinds = ("mask", "prob", "uncertainty", "overlay")
@@ -155,26 +188,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if world > 1 and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    model, cfg = load_model(args.checkpoint, device=device)
-    scheduler = DDPMScheduler.from_config(cfg.diffusion)
-    size = cfg.model.image_size
+    sample = resolved_sample(read_config(args.checkpoint).sample, sample_overrides(args))
+    model = load_model(args.checkpoint, device=device)
+    size = model.config.model.image_size
     overlap = size // 4 if args.overlap is None else args.overlap
-    options = dict(num_generations=args.generations, sampler=args.sampler, num_steps=args.steps,
-                   max_batch=args.max_batch, eta=args.eta, autocast=args.autocast, compile=args.compile,
-                   clip_x0=cfg.sample.clip_x0 if args.clip_x0 is None else args.clip_x0,
-                   symmetry=cfg.sample.symmetry if args.symmetry is None else args.symmetry,
-                   channels_last=args.channels_last)
+    k = model.num_generations(sample)
+    print(f"{who}{model.config.model.kind} model from {args.checkpoint}; sampling: {sample.describe()}")
 
     def load(path: Path) -> torch.Tensor:
         return image_to_tensor(read_image(path, allow_gray=True))  # (3, H, W) in [0, 1]
 
-    def back(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(1, 1, h, w) -> (H, W) at the input's size: bilinear, before the 0.5 threshold."""
-        if tuple(x.shape[-2:]) == size:
-            return x[0, 0].cpu()
-        return torch.nn.functional.interpolate(x.cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
-
-    # 3. Stream: the next image is decoded in a background thread while the current one is sampled.
+    # Stream: the next image is decoded in a background thread while the current one is sampled.
     with ThreadPoolExecutor(max_workers=1) as pool:
         upcoming = pool.submit(load, todo[0])
         for n, path in enumerate(todo, 1):
@@ -184,12 +208,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             image_seed = derive_seed(args.seed, path.stem)
             if args.tile:
                 native = resize_image(image, args.resize) if args.resize else image
-                pred = predict_sliding(model, native, scheduler, tile=size, overlap=overlap, blend=args.blend,
-                                       image_seed=image_seed, **options)
+                pred = predict_sliding(model, native, sample, tile=size, overlap=overlap, blend=args.blend,
+                                       image_seed=image_seed)
             else:
-                pred = predict(model, resize_image(image, size)[None], scheduler,
-                               seeds=generation_seeds(image_seed, args.generations), **options)
-            prob, unc = back(pred.prob, (h, w)).clamp(0, 1), back(pred.uncertainty, (h, w))
+                pred = Prediction.from_generations(model.generations(
+                    resize_image(image, size)[None], generation_seeds(image_seed, k), sample))
+            # Probabilities and uncertainty back at the input's size (bilinear) before the 0.5 threshold.
+            prob = resize_probabilities(pred.prob[0, 0].cpu(), (h, w))
+            unc = resize_probabilities(pred.uncertainty[0, 0].cpu(), (h, w))
             save_png(out / f"{path.stem}_prob.png", prob)
             save_png(out / f"{path.stem}_uncertainty.png", colormap(unc * 2))
             save_png(out / f"{path.stem}_overlay.png", overlay(image, prob > 0.5))
@@ -200,85 +226,74 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # --- evaluate -----------------------------------------------------------------------------------------
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    import os
-
-    from .checkpoint import load_model
-    from .evaluation import evaluate, format_report
-
-    # Arguments are checked before the checkpoint is read or anything is sampled.
-    if args.split not in ("val", "test"):
-        raise UserError(f"--split {args.split!r}: evaluate runs on 'val' or 'test' (train is what the model was "
+def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, out: str | Path, *,
+                   overrides: dict[str, Any], score_size: int | None = None, setting: str | None = None,
+                   seed: int = 0, device: str = "auto", max_images: int | None = None) -> dict[str, Any]:
+    """Score `checkpoint` on `dataset`'s `split` with its protocol; the checkpoint's own sampling
+    settings with `overrides` (SampleConfig fields) applied."""
+    # Arguments are checked before the checkpoint's weights are read or anything is sampled.
+    if split not in ("val", "test"):
+        raise UserError(f"--split {split!r}: evaluate runs on 'val' or 'test' (train is what the model was "
                         "fitted on)")
-    if args.dataset not in DATASETS:
-        raise UserError(f"--dataset {args.dataset!r}: unknown dataset; valid names: {', '.join(DATASETS)}")
-    root = args.data or os.environ.get("SEGDIFF_DATA", "")
-    if not root and args.dataset != "synthetic":
-        raise UserError(f"--dataset {args.dataset}: needs a data folder; pass --data DIR or set SEGDIFF_DATA")
-    if args.score_size and args.dataset in ("monuseg", "cityscapes"):
-        raise UserError(f"--score-size: {args.dataset}'s protocol fixes its own scoring resolution")
-    model, cfg = load_model(args.checkpoint, device=resolve_device(args.device), allow_baseline=True)
-    # The checkpoint's data options, seed and val_fraction (the same validation split its training
-    # used); the flags name the dataset, its folder and the Cityscapes crop setting.
-    data = replace(cfg.data, dataset=args.dataset, root=root,
-                   setting=cfg.data.setting if args.setting is None else args.setting)
-    dataset = make_dataset(replace(cfg, data=data), args.split, image_size=args.score_size or cfg.model.image_size)
-    print(f"evaluating {args.checkpoint} on {args.dataset} {args.split} ({len(dataset)} images"
-          f"{f', the first {args.max_images}' if args.max_images else ''}), K={args.generations}, "
-          f"sampler {args.sampler}, seed {args.seed}")
-    summary = evaluate(model, cfg, dataset, num_generations=args.generations, sampler=args.sampler,
-                       num_steps=args.steps, max_batch=args.max_batch, seed=args.seed, out_dir=args.out,
-                       clip_x0=args.clip_x0, symmetry=args.symmetry,
-                       max_images=args.max_images, score_size=args.score_size,
-                       metadata={"checkpoint": str(Path(args.checkpoint).resolve()), "dataset": args.dataset,
-                                 "split": args.split,
+    if dataset not in DATASETS:
+        raise UserError(f"--dataset {dataset!r}: unknown dataset; valid names: {', '.join(DATASETS)}")
+    root = root or os.environ.get("SEGDIFF_DATA", "")
+    if not root and dataset != "synthetic":
+        raise UserError(f"--dataset {dataset}: needs a data folder; pass --data DIR or set SEGDIFF_DATA")
+    saved = read_config(checkpoint)
+    sample = resolved_sample(saved.sample, overrides)
+    try:
+        protocol = protocol_for(dataset, saved.model.image_size, score_size=score_size,
+                                setting=setting or saved.data.setting)
+        # The checkpoint's seed and val_fraction carve the same validation split its training used.
+        data_cfg = replace(saved.data, dataset=dataset, root=str(root), **({"setting": setting} if setting else {}))
+    except ValueError as exc:
+        raise UserError(f"{exc}") from None
+    model = load_model(checkpoint, device=resolve_device(device))
+    data = make_dataset(replace(saved, data=data_cfg), split, image_size=protocol.dataset_size)
+    print(f"evaluating {checkpoint} ({model.config.model.kind}) on {dataset} {split} ({len(data)} images"
+          f"{f', the first {max_images}' if max_images else ''}), seed {seed}\nsampling: {sample.describe()}")
+    summary = evaluate(model, data, protocol, sample, seed=seed, out_dir=out, max_images=max_images,
+                       metadata={"checkpoint": str(Path(checkpoint).resolve()), "dataset": dataset, "split": split,
                                  "data_root": str(Path(root).resolve()) if root else None})
     print(format_report(summary))
-    print(f"wrote {args.out}/: per_image.csv, curve.csv, generations_metrics.png, generations_calibration.png, "
+    print(f"wrote {out}/: per_image.csv, curve.csv, generations_metrics.png, generations_calibration.png, "
           "reliability.png, examples.png, report.md, summary.json")
+    return summary
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    run_evaluation(args.checkpoint, args.dataset, args.data, args.split, args.out, overrides=sample_overrides(args),
+                   score_size=args.score_size, setting=args.setting, seed=args.seed, device=args.device,
+                   max_images=args.max_images)
     return 0
 
 
 # --- reproduce ----------------------------------------------------------------------------------------
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Train a preset (its schedule, time budget and sampler), then score its best checkpoint on test."""
-    from .training import TrainingDiverged, train
-
     cfg = _train_config(args)
     if cfg.data.dataset == "synthetic":
         raise UserError("reproduce runs a benchmark: pass a preset of one (vaihingen, vaihingen-cpu, monuseg, "
                         "cityscapes) or --dataset")
-    try:
-        run = train(cfg)
-    except TrainingDiverged as exc:
-        raise UserError(str(exc)) from None
+    run = _run_training(cfg)
     # Vaihingen is scored at the paper's 256 px whatever the model's input (evaluate --score-size).
     score_size = 256 if cfg.data.dataset == "vaihingen" and cfg.model.image_size != 256 else None
     out = run / "test"
-    print(f"training done; evaluating {run} on the test split, K={args.generations}, "
-          f"{cfg.sample.sampler} with {cfg.sample.num_sampling_steps or cfg.diffusion.num_steps} steps -> {out}")
-    return cmd_evaluate(argparse.Namespace(
-        checkpoint=str(run), dataset=cfg.data.dataset, data=cfg.data.root or None, split="test",
-        generations=args.generations, out=str(out), sampler=cfg.sample.sampler,
-        steps=cfg.sample.num_sampling_steps or None, max_images=None, max_batch=cfg.sample.max_batch,
-        score_size=score_size, setting=args.setting, seed=0, device=cfg.train.device, clip_x0=None,
-        symmetry=None))
+    print(f"training done; evaluating {run} on the test split -> {out}")
+    overrides = {} if args.generations is None else {"num_generations": args.generations}
+    run_evaluation(run, cfg.data.dataset, cfg.data.root, "test", out, overrides=overrides, score_size=score_size,
+                   setting=args.setting, device=cfg.train.device)
+    return 0
 
 
 # --- parser -------------------------------------------------------------------------------------------
-class UserError(Exception):
-    """An error the user can fix; printed without a traceback."""
-
-
-
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """The flags that describe a training run's config (train, baseline)."""
-    from .config import PRESETS
-
     p.add_argument("--preset", choices=sorted(PRESETS), help="starting configuration (default: tiny; with "
                    "--resume: the run's own)")
     p.add_argument("--config", help="YAML file with an ExperimentConfig (replaces --preset)")
-    p.add_argument("--dataset", help="vaihingen, monuseg, cityscapes, folder or synthetic")
+    p.add_argument("--dataset", choices=DATASETS, help="the data (default: the preset's)")
     p.add_argument("--data", help="dataset folder (default: $SEGDIFF_DATA)")
     p.add_argument("--out", help="run folder")
     p.add_argument("--steps", type=int, help="training steps")
@@ -291,23 +306,32 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config field; repeatable")
 
 
-def add_sampling_overrides(p: argparse.ArgumentParser) -> None:
-    """The sampling flags that default to the checkpoint's `sample` config (predict, evaluate)."""
-    from .config import SYMMETRY_NAMES
-
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """The sampling flags of predict, evaluate and reproduce: each defaults to the checkpoint's
+    `sample` config (the preset's recommended settings); a flag given overrides it."""
+    p.add_argument("--generations", type=int, help="K samples averaged per image (the paper: 30)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="ddpm: the paper's ancestral sampler; sde-dpm-solver++: "
+                   "SDE-DPM-Solver++(2M), the fast one (10-20 steps); ddim and dpm-solver++ (ODE) are deterministic "
+                   "given the start noise and less accurate on weak models")
+    p.add_argument("--steps", type=int, help="sampling steps, respaced over the trained T (0: all T)")
+    p.add_argument("--eta", type=float, help="DDIM's eta: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--max-batch", type=int, help="generations run at once; bounds memory")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
-                   help="clamp each sampling step's x_0 estimate to [-1, 1] (default: the checkpoint's "
-                   "sample.clip_x0; the paper's sampler does not)")
-    p.add_argument("--symmetry", default=None, choices=SYMMETRY_NAMES,
+                   help="clamp each sampling step's x_0 estimate to [-1, 1] (the paper's sampler does not)")
+    p.add_argument("--symmetry", choices=SYMMETRY_NAMES,
                    help="spread the K generations over flipped (flips) or also 90-degree rotated (dihedral, square "
                    "inputs) copies of each image, mapped back before averaging: test-time augmentation at the same "
-                   "cost (default: the checkpoint's sample.symmetry; the paper: none)")
+                   "cost (the paper: none)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC inputs to the network: faster convolutions on CPUs; results change by float rounding")
+    p.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the network in bfloat16 (float16 on GPUs without it): faster where the hardware has "
+                   "bfloat16 units, slower elsewhere; changes results slightly (docs/performance.md)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the per-step network call: compiling takes minutes; meant for GPUs")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .baseline import DEFAULT_FEATURES
-    from .config import CONDITIONINGS
-
     parser = argparse.ArgumentParser(prog="segdiff", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -351,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "both alike. Writes RUN/config.json, RUN/log.jsonl, RUN/last.safetensors and "
                                    "RUN/best.safetensors.",
                        epilog="example: segdiff baseline --preset vaihingen-cpu --data ../shared/data --out runs/unet")
-    p.add_argument("--features", type=int, nargs=6, default=list(DEFAULT_FEATURES),
-                   help="BasicUNet widths: 5 encoder levels and the last decoder (default: %(default)s)")
+    p.add_argument("--features", type=int, nargs=6, help="BasicUNet widths: 5 encoder levels and the last decoder "
+                   "(default: model.unet_features, MONAI's 32 32 64 128 256 32)")
     add_config_args(p)
     p.set_defaults(func=cmd_baseline)
 
@@ -365,9 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples: segdiff reproduce --preset vaihingen-cpu --data ../shared/data --out "
                               "runs/vcpu (60 min on a CPU, docs/results.md); segdiff reproduce --preset vaihingen "
                               "--data ../shared/data --out runs/vai (the paper's preset and schedule; a GPU)")
-    p.add_argument("--generations", type=int, default=30, help="K for the test evaluation (default: %(default)s)")
+    p.add_argument("--generations", type=int, help="K for the test evaluation (default: the preset's sample."
+                   "num_generations, 30 as in the paper)")
     p.add_argument("--setting", default=None, choices=["expansion", "tight"],
-                   help="Cityscapes crop setting for the test evaluation (default: the run's data.setting)")
+                   help="Cityscapes crop setting for the test evaluation (default: %(default)s)")
     p.add_argument("--conditioning", choices=CONDITIONINGS, help="the paper's conditioning variants (default sum)")
     add_config_args(p)
     p.set_defaults(func=cmd_reproduce)
@@ -388,32 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files, folders of images, or .txt files listing one image "
                    "per line (relative to the list file)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--generations", type=int, default=30, help="K samples averaged per image (default: %(default)s, "
-                   "as in the paper)")
-    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"],
-                   help="ddpm: the paper's ancestral sampler; sde-dpm-solver++: SDE-DPM-Solver++(2M), the fast one "
-                   "(10-20 steps); ddim and dpm-solver++ (ODE) are deterministic given the start noise and less "
-                   "accurate on weak models (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps, respaced over the trained T "
-                   "(default: all T; e.g. --sampler sde-dpm-solver++ --steps 10)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM's eta: 0 deterministic, 1 DDPM-like (default: %(default)s)")
     p.add_argument("--tile", action="store_true", help="sliding-window inference at native resolution instead of "
                    "resizing to the model's input")
     p.add_argument("--overlap", type=int, default=None, help="with --tile: minimum overlap of neighbouring windows in "
                    "pixels (default: a quarter of the window)")
-    p.add_argument("--blend", default="linear", choices=["linear", "gaussian"], help="with --tile: how overlapping "
+    p.add_argument("--blend", default="linear", choices=BLENDS, help="with --tile: how overlapping "
                    "windows are blended (default: %(default)s; linear is exact stitching at --overlap 0)")
     p.add_argument("--resize", type=int, default=None, metavar="SIZE", help="with --tile: first resize the image to "
                    "SIZE x SIZE; results are resized back to the image's size")
-    p.add_argument("--max-batch", type=int, default=32, help="generations run at once; bounds memory")
-    add_sampling_overrides(p)
-    p.add_argument("--channels-last", action="store_true", help="NHWC inputs to the network: about 1.2x faster "
-                   "convolutions on CPUs; results change by float rounding only")
-    p.add_argument("--autocast", action="store_true", help="run the network in bfloat16 (float16 on GPUs without "
-                   "it): faster where the hardware has bfloat16 units (recent GPUs, CPUs with AVX512-BF16 or AMX), "
-                   "slower elsewhere; changes results slightly (docs/performance.md)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the per-step network call: compiling "
-                   "takes minutes, so it can only pay off over many images; meant for GPUs")
+    add_sampling_flags(p)
     p.add_argument("--overwrite", action="store_true", help="recompute images whose outputs already exist")
     p.add_argument("--seed", type=int, default=0, help="with the image's name, fixes every generation")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: cuda:LOCAL_RANK)")
@@ -431,22 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: segdiff evaluate runs/vai --dataset vaihingen --data ../shared/data "
                               "--split test --generations 30 --out eval/vai")
     p.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (uses best, else last)")
-    p.add_argument("--dataset", required=True, help="vaihingen, monuseg, cityscapes, folder or synthetic")
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--data", help="dataset folder (default: $SEGDIFF_DATA; not needed for synthetic)")
     p.add_argument("--split", default="test", metavar="{val,test}", help="default: %(default)s")
-    p.add_argument("--generations", type=int, default=30, help="K samples averaged per image (default: %(default)s, "
-                   "as in the paper's tables)")
     p.add_argument("--out", default="segdiff-eval", help="output folder (default: %(default)s)")
-    p.add_argument("--sampler", default="ddpm", help="ddpm (the paper's), ddim, ... (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: all T)")
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images")
-    p.add_argument("--max-batch", type=int, default=32, help="generations run at once; bounds memory")
-    add_sampling_overrides(p)
+    add_sampling_flags(p)
     p.add_argument("--score-size", type=int, default=None, help="Vaihingen/folder: score at this side (e.g. the "
                    "paper's 256 for a 64 px model): images are sampled at the model's input and the probabilities "
                    "resized up before the threshold (default: the model's input)")
     p.add_argument("--setting", default=None, choices=["expansion", "tight"],
-                   help="Cityscapes crops (default: the checkpoint's data.setting, expansion unless trained otherwise)")
+                   help="Cityscapes crops (default: the checkpoint's data.setting)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
@@ -455,11 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-
     try:
         return args.func(args)
-    except (UserError, CheckpointError, DataError, ValueError) as exc:
+    except (UserError, CheckpointError, DataError) as exc:  # errors a user can fix; anything else is a bug
         print(f"segdiff {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

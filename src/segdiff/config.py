@@ -17,8 +17,10 @@ Conditioning = Literal["sum", "concat", "image-concat", "add-after-down-1", "add
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
 Sampler = Literal["ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"]  # the functions in sampling.py
 SAMPLER_NAMES: tuple[str, ...] = get_args(Sampler)
-Symmetry = Literal["none", "flips", "dihedral"]  # sampling.SYMMETRIES
+Symmetry = Literal["none", "flips", "dihedral"]  # the transforms are in sampling.py
 SYMMETRY_NAMES: tuple[str, ...] = get_args(Symmetry)
+ModelKind = Literal["segdiff", "unet"]  # the registry in models.py maps each to its class
+MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -64,9 +66,28 @@ class ModelConfig:
     # G also reads the previous sampling step's x_0 estimate (self-conditioning, Chen et al. 2022,
     # "Analog Bits"; trained with it on half the samples); not in the paper.
     self_condition: bool = False
+    # Which model this config builds: "segdiff" (the fields above) or "unet", the plain U-Net
+    # baseline (MONAI's BasicUNet with the widths below; it reads only in_channels and num_classes).
+    kind: ModelKind = "segdiff"
+    unet_features: tuple[int, ...] = (32, 32, 64, 128, 256, 32)  # BasicUNet's defaults, about 2 M parameters
+    # Classes of the segmentation, background included. 2 is binary: one mask channel in {-1, +1},
+    # the paper's. (The channel count is `mask_channels`; more classes are not supported yet.)
+    num_classes: int = 2
+
+    @property
+    def mask_channels(self) -> int:
+        """Channels of the mask signal the network denoises (and of every probability map): 1 for binary."""
+        return 1 if self.num_classes == 2 else self.num_classes
 
     def __post_init__(self) -> None:
         _check_choice("conditioning", self.conditioning, CONDITIONINGS)
+        _check_choice("kind", self.kind, MODEL_KINDS)
+        if self.num_classes != 2:
+            raise ValueError(f"num_classes={self.num_classes}: only binary segmentation (num_classes=2) is "
+                             "supported so far")
+        if len(self.unet_features) != 6 or any(f < 1 for f in self.unet_features):
+            raise ValueError(f"unet_features={self.unet_features}: BasicUNet takes 6 positive widths "
+                             "(5 encoder levels and the last decoder)")
         if self.base_channels % self.norm_groups:
             raise ValueError(f"base_channels={self.base_channels} must be divisible by norm_groups={self.norm_groups}")
         if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
@@ -196,12 +217,31 @@ class SampleConfig:
     # Spread the K generations over flipped ("flips") or also 90-degree rotated ("dihedral") copies
     # of the image, mapped back before averaging (sampling.predict); the paper samples "none".
     symmetry: Symmetry = "none"
+    eta: float = 0.0  # DDIM's eta (sampler "ddim" only): 0 deterministic given x_T, 1 DDPM-like
+    # Speed options; each changes results by float rounding at most (docs/performance.md).
+    autocast: bool = False  # the network in bfloat16 (float16 on GPUs without it)
+    channels_last: bool = False  # NHWC inputs to the per-step network call
+    compile: bool = False  # torch.compile the per-step network call (compiles for minutes)
 
     def __post_init__(self) -> None:
         _check_choice("sampler", self.sampler, SAMPLER_NAMES)
         _check_choice("symmetry", self.symmetry, SYMMETRY_NAMES)
         if self.num_generations < 1 or self.max_batch < 1:
-            raise ValueError("num_generations and max_batch must be >= 1")
+            raise ValueError(f"num_generations={self.num_generations} and max_batch={self.max_batch} must be >= 1")
+        if self.num_sampling_steps < 0:
+            raise ValueError(f"num_sampling_steps={self.num_sampling_steps} must be >= 0 (0: all T steps)")
+        if self.eta and self.sampler != "ddim":
+            raise ValueError(f"eta={self.eta} applies to sampler 'ddim' only, not {self.sampler!r}")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta={self.eta} must be in [0, 1]")
+
+    def describe(self) -> str:
+        """One line naming every setting, for logs and reports."""
+        steps = self.num_sampling_steps or "all T"
+        extras = [name for name in ("clip_x0", "autocast", "channels_last", "compile") if getattr(self, name)]
+        return (f"K={self.num_generations}, sampler {self.sampler} ({steps} steps), symmetry {self.symmetry}"
+                + (f", eta {self.eta}" if self.sampler == "ddim" else "") + "".join(f", {e}" for e in extras)
+                + f", max_batch {self.max_batch}")
 
 
 @dataclass(frozen=True)

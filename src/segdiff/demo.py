@@ -13,14 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model
 from .config import ExperimentConfig
 from .data import make_dataset
-from .diffusion import DDPMScheduler
+from .device import resolve_device
 from .io import atomic_write, colormap, overlay, save_prediction, save_sheet
 from .metrics import iou
-from .sampling import predict
-from .device import resolve_device
+from .models import load_model
+from .sampling import Prediction, draw_seeds
 from .training import train
 
 
@@ -39,13 +38,13 @@ def run_demo(out: str | Path = "segdiff-demo", *, steps: int | None = None, time
           f"({cfg.train.max_steps} steps at most, {cfg.train.time_budget_min} min budget)")
     run = train(cfg, progress=progress)
 
-    model, cfg = load_model(run / "last.safetensors", device=resolve_device(device))
-    test_set = make_dataset(cfg, "test")
+    model = load_model(run / "last.safetensors", device=resolve_device(device))
+    test_set = make_dataset(model.config, "test")
     images, masks = (torch.stack(x) for x in zip(*(test_set[i] for i in range(len(test_set)))))
-    print(f"sampling {len(test_set)} held-out images x {num_generations} generations "
-          f"(DDPM, T={cfg.diffusion.num_steps}) ...")
-    pred = predict(model, images, DDPMScheduler.from_config(cfg.diffusion), num_generations=num_generations,
-                   max_batch=256, generator=torch.Generator().manual_seed(seed))
+    sample = replace(model.config.sample, num_generations=num_generations, max_batch=256)
+    print(f"sampling {len(test_set)} held-out images: {sample.describe()} (T={model.config.diffusion.num_steps})")
+    seeds = draw_seeds(len(images) * num_generations, torch.Generator().manual_seed(seed))
+    pred = Prediction.from_generations(model.generations(images, seeds, sample))
     pred_mask, prob, uncertainty = pred.mask[:, 0].cpu(), pred.prob[:, 0].cpu(), pred.uncertainty[:, 0].cpu()
     scores = iou(pred_mask, masks[:, 0])
 

@@ -5,14 +5,9 @@
 mean of the first k generations (the mask for k is mean_k > 0.5): the scores at k = K are the
 run's result, and the whole curve over k (the paper's Fig. 5 and 6) costs no extra sampling.
 
-Protocols (PAPER.md, "Inference"), chosen from the dataset's type:
-- Vaihingen, folder, synthetic: image and mask at the model's input size (256 for the paper's
-  Vaihingen preset; the `small` preset works at 128).
-- MoNuSeg: the val/test items are full 2S x 2S images (512 for S = 256); the four S x S quadrants
-  are sampled separately and stitched (`sliding.predict_quadrants`); metrics at 2S.
-- Cityscapes instance crops: the running means at the model's input are resized (bilinear, no
-  antialiasing, as the reference and `segdiff predict` do) to the crop's original size, then
-  thresholded at 0.5 and compared with `CityscapesInstances.original_mask`.
+The protocol (how an item is fed to the model, at what size it is scored, how seeds are drawn)
+is `protocol.Protocol`, shared with training validation; any model kind is scored alike through
+the `models.Segmenter` interface (the U-Net baseline has K = 1).
 
 Metrics per image (`segdiff.metrics`, fractions in [0, 1]): IoU, F1, BoundF (d = 1..5), WCov
 (`weighted_coverage`, the DSAC/DarNet definition), the reference code's size-ratio "WCov"
@@ -20,12 +15,10 @@ Metrics per image (`segdiff.metrics`, fractions in [0, 1]): IoU, F1, BoundF (d =
 better for both). Aggregation as in the paper: the plain mean over images; for Cityscapes the
 mean over the instances of each class, then the mean of the classes (`mean_over_classes`).
 
-Seeds: generation k of an image named NAME (of its quadrant q for MoNuSeg, row-major) is seeded
-with `sampling.generation_seeds(derive_seed(seed, NAME), K, q)[k]`, which depends on
-(seed, NAME, q, k) only. So a result does not depend on `max_batch`, `max_images` or the order
-of the images (beyond float rounding: rows batched differently move probabilities by ~1e-7),
-any image can be re-sampled alone, and the first k generations of a K-generation run are the
-generations of a k-generation run (the curve over k is what separate runs would give).
+Seeds depend on (seed, item name, quadrant, k) only (`protocol`), so a result does not depend on
+`max_batch`, `max_images` or the order of the images, any image can be re-sampled alone, and the
+first k generations of a K-generation run are the generations of a k-generation run (the curve
+over k is what separate runs would give).
 
 Files (with `out_dir`), each written atomically (`io.atomic_write`), `summary.json` last so that
 its presence means the run finished (a stale one is deleted before anything else happens):
@@ -40,7 +33,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,17 +42,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from . import metrics
-from .config import ExperimentConfig
-from .data import CityscapesInstances, FolderDataset, MoNuSeg, SyntheticShapes, Vaihingen, resize_image
+from . import metrics, plots
+from .config import SampleConfig
 from .device import describe_machine
-from .diffusion import DDPMScheduler
 from .io import atomic_write, colormap, overlay
-from .sampling import derive_seed, generation_seeds, predict, symmetry_order
-from .sliding import predict_quadrants
+from .protocol import PAPER_CITYSCAPES_IOU, PAPER_RESULTS, Protocol, item_names, resize_probabilities
+from .sampling import derive_seed, symmetry_order
 
-__all__ = ["evaluate", "format_report", "running_means", "score_probabilities", "PAPER_RESULTS",
-           "PAPER_CITYSCAPES_IOU", "METRICS"]
+__all__ = ["evaluate", "format_report", "score_probabilities", "METRICS"]
 
 # Per-image metrics, in report order; all fractions in [0, 1].
 METRICS: tuple[str, ...] = ("f1", "iou", "wcov", "wcov_size_ratio", "boundf", "calibration", "ece")
@@ -74,86 +64,13 @@ METRIC_LABELS = {
 }
 _PERCENT_METRICS = ("f1", "iou", "wcov", "wcov_size_ratio", "boundf")  # shown x100, as the paper
 
-# The paper's reported numbers (Amit et al. 2021, arXiv 2112.00390), in percent, as quoted in
-# /work/shared/PAPER.md "Reference numbers": test splits, K = 30 generations, DDPM with all T
-# steps. The paper's WCov column is filed under `wcov_size_ratio` because the authors' code, which
-# produced it, computes min(|P|,|G|)/max(|P|,|G|) (PAPER.md, "Metrics"), not the DSAC/DarNet
-# weighted coverage it is compared with there.
-PAPER_RESULTS: dict[str, dict[str, float]] = {
-    "vaihingen": {"f1": 95.14, "iou": 91.12, "wcov_size_ratio": 93.83, "boundf": 85.09},
-    "monuseg": {"f1": 81.59, "iou": 69.00},
-    "cityscapes-expansion": {"iou": 76.44},  # mean of the eight per-class mIoUs below
-    "cityscapes-tight": {"iou": 76.19},
-}
-# Cityscapes crops, expansion setting: mIoU per class (mean over the class's instances).
-PAPER_CITYSCAPES_IOU: dict[str, float] = {
-    "bicycle": 69.80, "bus": 85.97, "person": 76.09, "train": 75.95, "truck": 80.68,
-    "motorcycle": 67.06, "car": 83.40, "rider": 72.57,
-}
-
 _NUM_EXAMPLES = 3  # best and worst images shown in examples.png (each)
 _THUMBNAIL_SIDE = 256  # example panels are kept at most this large
 _SCORE_PIXELS = 2**24  # running means scored together per chunk (bounds memory for big crops)
 
 
 # ---------------------------------------------------------------------------------------------
-# Protocol
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How a dataset is tested: its name, where metrics are computed, which paper row applies."""
-
-    name: str  # vaihingen | monuseg | cityscapes | folder | synthetic | custom
-    description: str
-    paper_key: str | None  # key of PAPER_RESULTS, or None
-
-
-def protocol_for(dataset, image_size: int, score_size: int | None = None) -> Protocol:
-    """The test protocol of `dataset` for a model taking `image_size` inputs.
-
-    `score_size`: images scored whole (Vaihingen, folder, synthetic) are scored at this side
-    instead of the model's input; MoNuSeg and Cityscapes fix their own scoring resolution.
-    """
-    if score_size is not None and isinstance(dataset, (MoNuSeg, CityscapesInstances)):
-        name = "monuseg" if isinstance(dataset, MoNuSeg) else "cityscapes"
-        raise ValueError(f"score_size applies to images scored whole at one size; the {name} "
-                         "protocol fixes its own scoring resolution")
-    side = f"{image_size}x{image_size}"
-    scored = (f"images and masks at the model input, {side}" if score_size in (None, image_size) else
-              f"sampled at the model input {side}, the probabilities resized bilinearly to "
-              f"{score_size}x{score_size} and scored against the {score_size}x{score_size} masks")
-    if isinstance(dataset, MoNuSeg):
-        full = 2 * image_size
-        return Protocol("monuseg", f"MoNuSeg: {full}x{full} images, four {side} quadrants sampled separately "
-                        f"and stitched, metrics at {full}x{full} (paper: 512 from 256 quadrants)", "monuseg")
-    if isinstance(dataset, CityscapesInstances):
-        return Protocol("cityscapes", f"Cityscapes instance crops ({dataset.setting}): sampled at {side}, the "
-                        "probability resized bilinearly to each crop's original size before the 0.5 threshold; "
-                        "mean over the instances of each class, then over classes",
-                        f"cityscapes-{dataset.setting}")
-    if isinstance(dataset, Vaihingen):
-        preprocessing = getattr(dataset, "preprocessing", "clean")
-        return Protocol("vaihingen", f"Vaihingen buildings: {scored} ({preprocessing} resizing; paper: 256x256)",
-                        "vaihingen")
-    if isinstance(dataset, FolderDataset):
-        return Protocol("folder", f"image folder: {scored}", None)
-    if isinstance(dataset, SyntheticShapes):
-        return Protocol("synthetic", f"built-in synthetic shapes: {scored}", None)
-    return Protocol("custom", f"{type(dataset).__name__}: {scored}", None)
-
-
-# ---------------------------------------------------------------------------------------------
 # Scoring
-
-
-def running_means(generations: Tensor) -> Tensor:
-    """(K, H, W) generations in [0, 1] -> (K, H, W): row k-1 is the mean of the first k.
-
-    Each row is `generations[:k].mean(dim=0)`, the same reduction `predict` applies to all K,
-    so row K-1 is the ensemble's probability and row 0 is generation 0.
-    """
-    return torch.stack([generations[:k].mean(dim=0) for k in range(1, generations.shape[0] + 1)])
 
 
 def score_probabilities(probs: Tensor, target: Tensor) -> dict[str, Tensor]:
@@ -183,46 +100,6 @@ def score_probabilities(probs: Tensor, target: Tensor) -> dict[str, Tensor]:
             "ece": metrics.expected_calibration_error(prob, tgt),
         })
     return {m: torch.cat([p[m] for p in parts]).cpu() for m in METRICS}
-
-
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of (N, H, W) maps (no antialiasing, as the reference and `predict` CLI)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    out = F.interpolate(x[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-    return out.clamp(0.0, 1.0)
-
-
-def _sample_one(model, scheduler: DDPMScheduler, image: Tensor, protocol: Protocol, size: tuple[int, int], *,
-                num_generations: int, sampler: str, num_steps: int | None, max_batch: int,
-                image_seed: int, image_size: int, clip_x0: bool = False,
-                symmetry: str = "none") -> tuple[Tensor, Tensor]:
-    """Running means (K, h, w) and uncertainty (h, w) of one image at the scoring size `size`.
-
-    The image is sampled at the model's input (resized first when the dataset gives it larger,
-    as with `score_size`); the running means are resized bilinearly to `size` before any
-    threshold. The U-Net baseline gives its probability (averaged over `symmetry`'s transforms)
-    as the one "generation".
-    """
-    from .baseline import UNetBaseline
-
-    if protocol.name == "monuseg":
-        seeds = [s for tile in range(4) for s in generation_seeds(image_seed, num_generations, tile)]
-        pred = predict_quadrants(model, image[None], scheduler, seeds=seeds, num_generations=num_generations,
-                                 sampler=sampler, num_steps=num_steps, max_batch=max_batch, keep_generations=True,
-                                 clip_x0=clip_x0, symmetry=symmetry)
-        return running_means(pred.generations[0]), pred.uncertainty[0, 0]
-    if tuple(image.shape[-2:]) != (image_size, image_size):
-        image = resize_image(image, image_size)
-    if isinstance(model, UNetBaseline):
-        prob = model.probability(image[None].to(next(model.parameters()).device), symmetry)[0].cpu()  # (1, S, S)
-        means, uncertainty = prob, torch.zeros_like(prob)
-    else:
-        pred = predict(model, image[None], scheduler, seeds=generation_seeds(image_seed, num_generations),
-                       num_generations=num_generations, sampler=sampler, num_steps=num_steps,
-                       max_batch=max_batch, keep_generations=True, clip_x0=clip_x0, symmetry=symmetry)
-        means, uncertainty = running_means(pred.generations[0]), pred.uncertainty[0]  # (K, S, S), (1, S, S)
-    return _resize(means, size), _resize(uncertainty, size)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +135,7 @@ def _panels(image: Tensor, target: Tensor, prob: Tensor, uncertainty: Tensor) ->
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     image = F.interpolate(image[None].float().cpu(), size=size, mode="bilinear", align_corners=False,
                           antialias=scale < 1)[0].clamp(0, 1)
-    prob, uncertainty = _resize(torch.stack([prob.cpu(), uncertainty.cpu()]), size)
+    prob, uncertainty = resize_probabilities(torch.stack([prob.cpu(), uncertainty.cpu()]), size)
     target = F.interpolate(target[None, None].float().cpu(), size=size, mode="nearest")[0, 0]
     grey = lambda x: x[None].expand(3, -1, -1)  # noqa: E731
     return [("image", image), ("ground truth", grey(target)), ("probability", grey(prob)),
@@ -282,69 +159,41 @@ def _aggregate(values: Tensor, classes: Sequence[str] | None) -> tuple[float, di
 # The evaluation
 
 
-def _check_item(name: str, image: Tensor, target: Tensor, protocol: Protocol, image_size: int,
-                score_size: int | None) -> None:
-    expected = 2 * image_size if protocol.name == "monuseg" else score_size or image_size
-    if image.ndim != 3 or tuple(image.shape[-2:]) != (expected, expected):
-        raise ValueError(f"{name}: the dataset gives an image of shape {tuple(image.shape)}, the evaluation needs "
-                         f"(C, {expected}, {expected}); build the dataset at image_size={expected}")
-    if target.ndim != 3 or target.shape[0] != 1:
-        raise ValueError(f"{name}: expected a mask of shape (1, H, W), found {tuple(target.shape)}")
-    if protocol.name != "cityscapes" and target.shape[-2:] != image.shape[-2:]:
-        raise ValueError(f"{name}: prediction and target must have the same shape, found image "
-                         f"{tuple(image.shape[-2:])} and mask {tuple(target.shape[-2:])}")
-
-
 @torch.no_grad()
-def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int = 30, sampler: str = "ddpm",
-             num_steps: int | None = None, max_batch: int = 32, seed: int = 0,
+def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = None, *, seed: int = 0,
              out_dir: str | Path | None = None, progress: bool = True, max_images: int | None = None,
-             metadata: dict[str, Any] | None = None, score_size: int | None = None,
-             clip_x0: bool | None = None, symmetry: str | None = None) -> dict[str, Any]:
-    """Evaluate `model` on `dataset` with its test protocol; return the summary (also summary.json).
+             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate `model` (any `models.Segmenter`) on `dataset` with `protocol`; return the summary.
 
-    Samples `num_generations` (K) generations per image once and scores the running means of
-    the first k for every k. The summary holds the metrics at k = K ("metrics", fractions in
-    [0, 1]; "per_class" for Cityscapes), the curve over k ("curve"), the pooled reliability
-    diagram, the paper's numbers ("paper", percent) where a paper row applies, the config,
-    sampler, seed and `metadata` (e.g. the checkpoint path). With `out_dir`, writes the files
-    listed in the module docstring, summary.json last. `max_images` scores only the first N;
-    `seed` fixes every generation (see the module docstring). `score_size` (Vaihingen, folder,
-    synthetic): the dataset is built at this side, images are resized to the model's input for
-    sampling and the probabilities back up to it, so a small model is scored at the paper's
-    resolution (e.g. 256 for Vaihingen) rather than at its own input. The U-Net baseline
-    (`baseline.UNetBaseline`) is scored alike with K = 1. `clip_x0` (default: the config's
-    `sample.clip_x0`) clamps each sampling step's x_0 estimate to [-1, 1]; `symmetry` (default: the
-    config's `sample.symmetry`) spreads the generations over flipped/rotated copies of each image
-    (`sampling.predict`); the baseline averages its one pass over the same transforms.
+    `sample` (default: the model's own `config.sample`) holds every sampling setting. K
+    generations per image (`model.num_generations(sample)`: 1 for the U-Net baseline) are drawn
+    once and the running means of the first k are scored for every k. The summary holds the
+    metrics at k = K ("metrics", fractions in [0, 1]; "per_class" for Cityscapes), the curve over
+    k ("curve"), the pooled reliability diagram, the paper's numbers ("paper", percent) where a
+    paper row applies, the resolved sampling settings ("sample"), the config, the seed and
+    `metadata` (e.g. the checkpoint path). With `out_dir`, writes the files listed in the module
+    docstring, summary.json last. `max_images` scores only the first N; `seed` fixes every
+    generation (see `protocol`). Build the dataset at `protocol.dataset_size`:
 
-        summary = evaluate(model, cfg, build_dataset("vaihingen", root, "test", 256),
-                           num_generations=30, seed=0)
+        protocol = protocol_for("vaihingen", 64, score_size=256)
+        summary = evaluate(model, make_dataset(cfg, "test", image_size=protocol.dataset_size), protocol)
         summary["metrics"]["iou"], summary["curve"]["iou"]  # at K, and for k = 1..K
     """
-    if num_generations < 1 or max_batch < 1:
-        raise ValueError(f"num_generations and max_batch must be >= 1, found {num_generations} and {max_batch}")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1, found {max_images}")
-    from .baseline import UNetBaseline
-
-    if isinstance(model, UNetBaseline):
-        num_generations, sampler, num_steps = 1, "none (one forward pass)", 0
-    clip_x0 = config.sample.clip_x0 if clip_x0 is None else clip_x0
-    symmetry = config.sample.symmetry if symmetry is None else symmetry
-    image_size = config.model.image_size
-    symmetry_order(symmetry, image_size, image_size)  # a bad name fails here, before any sampling
-    protocol = protocol_for(dataset, image_size, score_size)
+    config = model.config
+    sample = sample or config.sample
+    num_generations = model.num_generations(sample)
+    symmetry_order(sample.symmetry, protocol.image_size, protocol.image_size)  # a bad name fails before sampling
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     if count == 0:
         raise ValueError(f"{protocol.name}: the dataset has no images to evaluate")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and (out / "summary.json").exists():
         (out / "summary.json").unlink()  # a stale summary must not vouch for this run's files
-    scheduler = DDPMScheduler.from_config(config.diffusion)
-    names = list(getattr(dataset, "names", [f"image_{i:05d}" for i in range(len(dataset))]))
+    names = item_names(dataset)
     records = getattr(dataset, "records", None)
-    classes = [records[i].label for i in range(count)] if protocol.name == "cityscapes" else None
+    classes = [records[i].label for i in range(count)] if protocol.per_class else None
 
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
@@ -355,15 +204,11 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
     for i in bar:
         name = names[i]
         image_seed = derive_seed(seed, name)
-        image, target = dataset[i]
-        _check_item(name, image, target, protocol, image_size, score_size)
-        if protocol.name == "cityscapes":
-            target = dataset.original_mask(i)  # (1, h, w): the crop's own size
-        target = target[0]
-        means, uncertainty = _sample_one(
-            model, scheduler, image, protocol, tuple(target.shape), num_generations=num_generations,
-            sampler=sampler, num_steps=num_steps, max_batch=max_batch,
-            image_seed=image_seed, image_size=image_size, clip_x0=clip_x0, symmetry=symmetry)
+        image, mask = dataset[i]
+        protocol.check_item(name, image, mask)
+        target = protocol.target(dataset, i, mask)[0]  # (h, w): binary metrics read channel 0
+        means, uncertainty = protocol.predict_item(model, image, sample, image_seed, tuple(target.shape))
+        means, uncertainty = means[:, 0], uncertainty[0]  # (K, h, w), (h, w)
         try:
             scores = score_probabilities(means, target)
             diagram = metrics.reliability_diagram(means[-1], target, num_bins=10)
@@ -381,8 +226,7 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
                "mean_uncertainty": float(uncertainty.mean()), "seed": image_seed,
                **{m: float(scores[m][-1]) for m in METRICS}}
         rows.append(row)
-        extremes.offer(row["iou"], i, name, lambda: _panels(image if protocol.name != "cityscapes" else
-                                                          _resize(image, tuple(target.shape)),
+        extremes.offer(row["iou"], i, name, lambda: _panels(resize_probabilities(image, tuple(target.shape)),
                                                           target, prob, uncertainty))
         bar.set_postfix(iou=f"{sum(r['iou'] for r in rows) / len(rows):.4f}")
     bar.close()
@@ -416,24 +260,24 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
         "num_images": count,
         "dataset_size": len(dataset),
         "num_generations": num_generations,
-        "sampler": sampler,
-        "num_steps": num_steps if num_steps is not None else config.diffusion.num_steps,
-        "clip_x0": clip_x0,
-        "symmetry": symmetry,
-        "score_size": score_size or image_size if protocol.name not in ("monuseg", "cityscapes") else None,
-        "model": type(model).__name__,
+        **model.sampling_summary(sample),  # sampler, num_steps
+        "clip_x0": sample.clip_x0,
+        "symmetry": sample.symmetry,
+        "score_size": protocol.dataset_size if protocol.feed == "whole" and not protocol.target_from_dataset else None,
+        "model": model.kind,
+        "sample": asdict(sample),
         "seed": seed,
-        "max_batch": max_batch,
+        "max_batch": sample.max_batch,
         "metrics": summary_metrics,
         "per_class": per_class,
         "curve": curve,
         "reliability": reliability,
-        "paper": {"source": "Amit et al. 2021 (arXiv 2112.00390), via PAPER.md; test split, K=30, percent",
+        "paper": {"source": "Amit et al. 2021 (arXiv 2112.00390), docs/paper.md; test split, K=30, percent",
                   "metrics": paper,
                   "per_class_iou": dict(PAPER_CITYSCAPES_IOU) if protocol.paper_key == "cityscapes-expansion" else {}},
         "elapsed_s": round(elapsed, 2),
         "seconds_per_image": round(elapsed / count, 3),
-        "machine": describe_machine(next(model.parameters()).device),
+        "machine": describe_machine(model.device),
         **(metadata or {}),
         "config": config.to_dict(),
     }
@@ -444,8 +288,6 @@ def evaluate(model, config: ExperimentConfig, dataset, *, num_generations: int =
 
 def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], extremes: _Extremes) -> None:
     """Write every file; summary.json last, so its presence means the rest is complete."""
-    from . import plots
-
     out.mkdir(parents=True, exist_ok=True)
 
     def write_csv(path: Path, header: list[str], lines: list[list[Any]]) -> None:

@@ -189,7 +189,7 @@ class SegDiff(nn.Module):
         # Conditioning: F and G, and where F(I) joins the U-Net.
         variant = config.conditioning
         self.add_after_down = int(variant.rsplit("-", 1)[1]) if variant.startswith("add-after-down-") else 0
-        mask_in = (1 + config.self_condition) + (config.in_channels if variant == "image-concat" else 0)
+        mask_in = config.mask_channels * (1 + config.self_condition) + (config.in_channels if variant == "image-concat" else 0)
         self.mask_encoder = nn.Conv2d(mask_in, c, 3, padding=1)  # G
         self.image_encoder = None if variant == "image-concat" else ImageEncoder(
             config.in_channels, c, config.rrdb_channels, config.rrdb_growth, config.rrdb_blocks
@@ -246,7 +246,7 @@ class SegDiff(nn.Module):
                     layers.append(Upsample(ch))
                     resolution *= 2
                 self.output_blocks.append(Block(layers))
-        self.out = nn.Sequential(norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(ch, 1, 3, padding=1)))
+        self.out = nn.Sequential(norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(ch, config.mask_channels, 3, padding=1)))
 
     # --- constructors -----------------------------------------------------------------------------
     @classmethod

@@ -41,12 +41,13 @@ import contextlib
 import hashlib
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from .config import SAMPLER_NAMES, SYMMETRY_NAMES, SampleConfig
 from .diffusion import DDPMScheduler, _gather, from_signed
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
@@ -207,7 +208,8 @@ def sample_sde_dpm_solver(denoise: Denoise, scheduler: DDPMScheduler, shape: tup
 
 SAMPLER_FUNCTIONS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm-solver++": sample_dpm_solver,
                      "sde-dpm-solver++": sample_sde_dpm_solver}
-SAMPLERS = tuple(SAMPLER_FUNCTIONS)
+SAMPLERS = SAMPLER_NAMES  # the config's list of names is the one source
+assert tuple(SAMPLER_FUNCTIONS) == SAMPLERS, "every name in config.SAMPLER_NAMES has a function here"
 
 
 # --- symmetries (test-time augmentation) --------------------------------------------------------
@@ -217,6 +219,7 @@ SAMPLERS = tuple(SAMPLER_FUNCTIONS)
 _ROTATIONS = (0, 0, 2, 2, 1, 1, 3, 3)
 _FLIPS = (False, True, False, True, False, True, False, True)
 SYMMETRIES = {"none": 1, "flips": 4, "dihedral": 8}  # name -> how many group elements are used
+assert tuple(SYMMETRIES) == SYMMETRY_NAMES, "every name in config.SYMMETRY_NAMES has an order here"
 
 
 def symmetry_order(symmetry: str, height: int, width: int) -> int:
@@ -244,17 +247,27 @@ def invert_symmetry(x: Tensor, g: int) -> Tensor:
 # --- the ensemble ---------------------------------------------------------------------------------
 @dataclass
 class Prediction:
-    """The ensemble of K generations per image, all (B, 1, H, W) in [0, 1].
+    """The ensemble of K generations per image; every map carries the class axis (B, C, H, W).
 
-    prob: mean of the generations mapped to [0, 1]; mask: prob > 0.5 (the reference's soft vote);
-    uncertainty: per-pixel standard deviation across generations (0 when K = 1).
-    generations: (B, K, H, W), kept when asked for (e.g. to score every K from one run).
+    C is the mask's channel count (`ModelConfig.mask_channels`; 1 for binary, the paper's case, where
+    the channel is the foreground probability).
+    prob: the mean of the generations, in [0, 1]; mask: prob > 0.5 (the reference's soft vote);
+    uncertainty: the per-pixel standard deviation across generations (0 when K = 1).
+    generations: (B, K, C, H, W), kept when asked for (e.g. to score every K from one run).
     """
 
     prob: Tensor
     mask: Tensor
     uncertainty: Tensor
     generations: Tensor | None = None
+
+    @classmethod
+    def from_generations(cls, generations: Tensor, *, keep: bool = False) -> "Prediction":
+        """Average (B, K, C, H, W) generations in [0, 1] into a Prediction (Amit et al. sec. 3.3)."""
+        prob = generations.mean(dim=1)
+        uncertainty = generations.std(dim=1, unbiased=False)
+        return cls(prob=prob, mask=(prob > 0.5).float(), uncertainty=uncertainty,
+                   generations=generations if keep else None)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:
@@ -274,29 +287,38 @@ def compiled_denoise(model) -> Callable:
     return _COMPILED[model]
 
 
+def resolve_sample(sample: SampleConfig | None, overrides: dict) -> SampleConfig:
+    """`sample` (default: the paper's SampleConfig) with `overrides` (SampleConfig field names) applied."""
+    sample = sample or SampleConfig()
+    valid = {f.name for f in fields(SampleConfig)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise TypeError(f"unknown sampling option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    return replace(sample, **overrides) if overrides else sample
+
+
+def draw_seeds(count: int, generator: torch.Generator | None) -> list[int]:
+    """`count` generation seeds drawn from `generator` (or torch's global one when None)."""
+    return torch.randint(0, 2**62, (count,), generator=generator,
+                         device=generator.device if generator is not None else "cpu").tolist()
+
+
 @torch.no_grad()
-def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations: int = 30,
-            sampler: str = "ddpm", num_steps: int | None = None, max_batch: int = 32,
-            generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
-            eta: float = 0.0, autocast: bool = False, compile: bool = False,
-            channels_last: bool = False, keep_generations: bool = False, clip_x0: bool = False,
-            symmetry: str = "none") -> Prediction:
-    """Segment `images` (B, C, H, W) in [0, 1] with `num_generations` samples each.
+def sample_generations(model, images: Tensor, scheduler: DDPMScheduler, sample: SampleConfig,
+                       seeds: Sequence[int]) -> Tensor:
+    """The K = `sample.num_generations` generations of every image: (B, K, C, H, W) in [0, 1].
 
-    F(I) is computed once per image (and transform, with `symmetry`); the B*K generations run in
-    chunks of `max_batch`. Each generation draws its noise from its own generator, seeded from
-    `seeds` (one per row, B*K, image-major: row i*K + k is generation k of image i) or else drawn
-    from `generator`, so the result depends on the seeds alone, not on `max_batch` or on which
-    images share the call.
+    `model` is a SegDiff network (`encode_image`, `denoise`); `images` (B, C_in, H, W) in [0, 1].
+    F(I) is computed once per image (and transform, with `sample.symmetry`); the B*K generations
+    run in chunks of `sample.max_batch`. Generation k of image i draws all its noise from a
+    generator seeded with `seeds[i * K + k]`, so the result depends on the seeds alone, not on
+    `max_batch` or on which images share the call.
 
-    sampler: one of `SAMPLERS`; num_steps: respaced steps (None: all T); eta: DDIM's eta.
+    sample.sampler: one of `SAMPLERS`; num_sampling_steps: respaced steps (0: all T); eta: DDIM's.
     autocast: run the network in bfloat16 (float16 on GPUs without bf16) under `torch.autocast`;
-    the sampler's arithmetic stays float32. Off by default because it changes results; it is
-    faster only where the hardware has bfloat16 units (docs/performance.md, Sampling).
-    compile: `torch.compile` the per-step network call (compiled once per model object). It
-    compiles for minutes; meant for long runs on a GPU.
-    channels_last: feed the per-step network NHWC tensors (the weights are left as they are), which
-    makes its convolutions faster on CPUs (about 1.2x here); results change by float rounding only.
+    the sampler's arithmetic stays float32; faster only where the hardware has bfloat16 units.
+    compile: `torch.compile` the per-step network call (compiled once per model object).
+    channels_last: feed the per-step network NHWC tensors (faster convolutions on CPUs).
     clip_x0: clamp each step's x_0 estimate to [-1, 1] (`DDPMScheduler.to_epsilon`). Networks that
     predict x_0 (`diffusion.prediction="sample"`) are converted to the noise estimate here, so
     every sampler serves both.
@@ -304,39 +326,34 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
     its copy under transform k mod n (`apply_symmetry`; n = 4 or 8, identity first) and mapped back,
     so the ensemble also averages over the flips/rotations the model was trained with.
     """
-    if sampler not in SAMPLER_FUNCTIONS:
-        raise ValueError(f"sampler={sampler!r} is not valid; choose one of {', '.join(SAMPLER_FUNCTIONS)}")
-    if num_generations < 1 or max_batch < 1:
-        raise ValueError("num_generations and max_batch must be >= 1")
-    if eta and sampler != "ddim":
-        raise ValueError(f"eta={eta} applies to sampler 'ddim' only, not {sampler!r}")
-    sample = SAMPLER_FUNCTIONS[sampler]
-    options = {"eta": eta} if sampler == "ddim" else {}
+    sample_fn = SAMPLER_FUNCTIONS[sample.sampler]
+    options = {"eta": sample.eta} if sample.sampler == "ddim" else {}
+    num_steps = sample.num_sampling_steps or None
+    k = sample.num_generations
     device = next(model.parameters()).device
     images = images.to(device)
     b, _, h, w = images.shape
-    order = symmetry_order(symmetry, h, w)
-    self_condition = getattr(getattr(model, "config", None), "self_condition", False)
-    rows_total = b * num_generations
-    if seeds is None:
-        seeds = torch.randint(0, 2**62, (rows_total,), generator=generator,
-                              device=generator.device if generator is not None else "cpu").tolist()
-    elif len(seeds) != rows_total:
-        raise ValueError(f"{len(seeds)} seeds for {b} image(s) x {num_generations} generations = {rows_total} rows")
-    denoise_fn = compiled_denoise(model) if compile else model.denoise
-    precision = (torch.autocast(device.type, dtype=autocast_dtype(device)) if autocast
+    order = symmetry_order(sample.symmetry, h, w)
+    config = getattr(model, "config", None)
+    self_condition = getattr(config, "self_condition", False)
+    channels = getattr(config, "mask_channels", 1)
+    rows_total = b * k
+    if len(seeds) != rows_total:
+        raise ValueError(f"{len(seeds)} seeds for {b} image(s) x {k} generations = {rows_total} rows")
+    denoise_fn = compiled_denoise(model) if sample.compile else model.denoise
+    precision = (torch.autocast(device.type, dtype=autocast_dtype(device)) if sample.autocast
                  else contextlib.nullcontext())
-    used = min(order, num_generations)  # transforms some generation is sampled under
+    used = min(order, k)  # transforms some generation is sampled under
     with precision:  # F(I): once per image and transform; row g * b + i is image i under transform g
         cond = torch.cat([model.encode_image(apply_symmetry(images, g)) for g in range(used)])
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    layout = torch.channels_last if sample.channels_last else torch.contiguous_format
     cond = cond.contiguous(memory_format=layout)
-    owner = torch.arange(b, device=device).repeat_interleave(num_generations)  # image of each row
-    transform = torch.arange(num_generations, device=device).repeat(b) % order  # its symmetry g
-    out = torch.empty(rows_total, 1, h, w, device=device)
-    for start in range(0, rows_total, max_batch):
-        rows = owner[start:start + max_batch]
-        row_transforms = transform[start:start + max_batch]
+    owner = torch.arange(b, device=device).repeat_interleave(k)  # image of each row
+    transform = torch.arange(k, device=device).repeat(b) % order  # its symmetry g
+    out = torch.empty(rows_total, channels, h, w, device=device)
+    for start in range(0, rows_total, sample.max_batch):
+        rows = owner[start:start + sample.max_batch]
+        row_transforms = transform[start:start + sample.max_batch]
         cond_rows = cond[row_transforms * b + rows].contiguous(memory_format=layout)
         row_generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds[start:start + len(rows)]]
 
@@ -348,16 +365,29 @@ def predict(model, images: Tensor, scheduler: DDPMScheduler, *, num_generations:
                 output = denoise_fn(x.contiguous(memory_format=layout), t, cond_rows, *extra).float()
             if self_condition:
                 previous[:] = [scheduler.to_x0(output, t, x, clip_x0=True)]
-            return scheduler.to_epsilon(output, t, x, clip_x0=clip_x0)
+            return scheduler.to_epsilon(output, t, x, clip_x0=sample.clip_x0)
 
-        x0 = sample(denoise, scheduler, (len(rows), 1, h, w), generator=row_generators, device=device,
-                    num_steps=num_steps, **options)
+        x0 = sample_fn(denoise, scheduler, (len(rows), channels, h, w), generator=row_generators, device=device,
+                       num_steps=num_steps, **options)
         x0 = from_signed(x0.float())
         if order > 1:
             x0 = torch.stack([invert_symmetry(x, int(g)) for x, g in zip(x0, row_transforms)])
         out[start:start + len(rows)] = x0
-    generations = out.reshape(b, num_generations, h, w)
-    prob = generations.mean(dim=1, keepdim=True)
-    uncertainty = generations.std(dim=1, keepdim=True, unbiased=False)
-    return Prediction(prob=prob, mask=(prob > 0.5).float(), uncertainty=uncertainty,
-                      generations=generations if keep_generations else None)
+    return out.reshape(b, k, channels, h, w)
+
+
+@torch.no_grad()
+def predict(model, images: Tensor, scheduler: DDPMScheduler, sample: SampleConfig | None = None, *,
+            generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
+            keep_generations: bool = False, **overrides) -> Prediction:
+    """Segment `images` (B, C_in, H, W) in [0, 1] with a SegDiff network: K generations averaged.
+
+    `sample` holds every sampling setting (default: the paper's, `SampleConfig()`); keyword
+    `overrides` replace its fields, e.g. ``predict(net, x, s, num_generations=8, sampler="ddim")``.
+    Generation seeds come from `seeds` (B*K, image-major: row i*K + k is generation k of image i)
+    or else are drawn from `generator`; see `sample_generations` for what each setting does.
+    """
+    sample = resolve_sample(sample, overrides)
+    seeds = draw_seeds(len(images) * sample.num_generations, generator) if seeds is None else seeds
+    return Prediction.from_generations(sample_generations(model, images, scheduler, sample, seeds),
+                                       keep=keep_generations)

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .diffusion import DDPMScheduler
-from .sampling import Prediction, generation_seeds, predict
+from .config import SampleConfig
+from .sampling import Prediction, draw_seeds, generation_seeds, resolve_sample
 
 Blend = Literal["linear", "gaussian"]
 BLENDS: tuple[str, ...] = get_args(Blend)
@@ -95,58 +95,54 @@ def _pad_to(image: Tensor, tile: int) -> Tensor:
 
 
 @torch.no_grad()
-def predict_sliding(model, image: Tensor, scheduler: DDPMScheduler, *, tile: int | None = None,
-                    overlap: int = 0, blend: Blend = "linear", num_generations: int = 30,
-                    sampler: str = "ddpm", num_steps: int | None = None, max_batch: int = 32,
-                    generator: torch.Generator | None = None, image_seed: int | None = None,
-                    eta: float = 0.0, autocast: bool = False, compile: bool = False,
-                    channels_last: bool = False, clip_x0: bool = False, symmetry: str = "none") -> Prediction:
+def predict_sliding(model, image: Tensor, sample: SampleConfig | None = None, *, tile: int | None = None,
+                    overlap: int = 0, blend: Blend = "linear", generator: torch.Generator | None = None,
+                    image_seed: int | None = None, **overrides) -> Prediction:
     """Segment one image (C, H, W) or (1, C, H, W) of any size with overlapping windows.
 
-    Returns a `Prediction` of shape (1, 1, H, W). Windows are taken in row-major order; window i's
-    generation k is seeded with `generation_seeds(image_seed, K, i)[k]` when `image_seed` is given
-    (the result then depends on (image_seed, i, k) only), else from seeds drawn from `generator`
-    in that order, exactly as `predict` draws them for a batch of the windows.
-    `tile` defaults to the model's input size; the other options are `predict`'s.
+    `model` is any `models.Segmenter`; `sample` its sampling settings (keyword `overrides` replace
+    fields, as in `sampling.predict`). Returns a `Prediction` of shape (1, C, H, W). Windows are
+    taken in row-major order; window i's generation k is seeded with
+    `generation_seeds(image_seed, K, i)[k]` when `image_seed` is given (the result then depends on
+    (image_seed, i, k) only), else from seeds drawn from `generator` in that order.
+    `tile` defaults to the model's input size.
     """
+    sample = resolve_sample(sample, overrides)
     if image.ndim == 4:
         if image.shape[0] != 1:
             raise ValueError(f"predict_sliding takes one image, got a batch of {image.shape[0]}")
         image = image[0]
-    tile = tile or model.config.image_size
+    tile = tile or model.config.model.image_size
     h, w = image.shape[-2:]
     padded = _pad_to(image, tile)
     ph, pw = padded.shape[-2:]
     rows, cols = window_starts(ph, tile, overlap), window_starts(pw, tile, overlap)
     row_w, col_w = window_weights(rows, tile, blend), window_weights(cols, tile, blend)
     windows = [(i, j) for i in range(len(rows)) for j in range(len(cols))]  # row-major
-    k = num_generations
+    k = model.num_generations(sample)
     if image_seed is not None:
         seeds = [s for n in range(len(windows)) for s in generation_seeds(image_seed, k, n)]
     else:
-        seeds = torch.randint(0, 2**62, (len(windows) * k,), generator=generator,
-                              device=generator.device if generator is not None else "cpu").tolist()
+        seeds = draw_seeds(len(windows) * k, generator)
 
     # Blending happens on the CPU in float64 (exact for a single window's weight 1; MPS has no float64).
-    prob_sum = torch.zeros(ph, pw, dtype=torch.float64)
+    channels = model.config.model.mask_channels
+    prob_sum = torch.zeros(channels, ph, pw, dtype=torch.float64)
     unc_sum = torch.zeros_like(prob_sum)
-    weight_sum = torch.zeros_like(prob_sum)
-    per_call = max(1, max_batch // k)  # windows per predict call: F(I) memory stays bounded too
+    weight_sum = torch.zeros(ph, pw, dtype=torch.float64)
+    per_call = max(1, sample.max_batch // k)  # windows per call: F(I) memory stays bounded too
     for first in range(0, len(windows), per_call):
         group = windows[first:first + per_call]
         crops = torch.stack([padded[:, rows[i]:rows[i] + tile, cols[j]:cols[j] + tile] for i, j in group])
-        pred = predict(model, crops, scheduler, num_generations=k, sampler=sampler, num_steps=num_steps,
-                       max_batch=max_batch, seeds=seeds[first * k:(first + len(group)) * k], eta=eta,
-                       autocast=autocast, compile=compile, channels_last=channels_last, clip_x0=clip_x0,
-                       symmetry=symmetry)
+        pred = Prediction.from_generations(model.generations(crops, seeds[first * k:(first + len(group)) * k], sample))
         for n, (i, j) in enumerate(group):
             weight = row_w[i][:, None] * col_w[j][None, :]  # (tile, tile)
             window = (slice(rows[i], rows[i] + tile), slice(cols[j], cols[j] + tile))
-            prob_sum[window] += weight * pred.prob[n, 0].cpu()
-            unc_sum[window] += weight * pred.uncertainty[n, 0].cpu()
+            prob_sum[(slice(None), *window)] += weight * pred.prob[n].cpu()
+            unc_sum[(slice(None), *window)] += weight * pred.uncertainty[n].cpu()
             weight_sum[window] += weight
-    prob = (prob_sum / weight_sum)[:h, :w].float()[None, None]
-    uncertainty = (unc_sum / weight_sum)[:h, :w].float()[None, None]
+    prob = (prob_sum / weight_sum)[:, :h, :w].float()[None]
+    uncertainty = (unc_sum / weight_sum)[:, :h, :w].float()[None]
     return Prediction(prob=prob, mask=(prob > 0.5).float(), uncertainty=uncertainty)
 
 
@@ -172,18 +168,21 @@ def stitch_quadrants(q: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cat([tl, tr], dim=-1), torch.cat([bl, br], dim=-1)], dim=-2)
 
 
-def predict_quadrants(model, images: Tensor, scheduler: DDPMScheduler, **options) -> Prediction:
-    """MoNuSeg's test protocol on (B, C, 2S, 2S) images: each image's four S x S quadrants are
-    sampled by `predict` (with `options`) and every output is stitched back to 2S x 2S.
+@torch.no_grad()
+def predict_quadrants(model, images: Tensor, sample: SampleConfig | None = None, *,
+                      seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
+                      keep_generations: bool = False, **overrides) -> Prediction:
+    """MoNuSeg's test protocol on (B, C_in, 2S, 2S) images: each image's four S x S quadrants are
+    segmented by `model` (any `models.Segmenter`) and every output is stitched back to 2S x 2S.
 
-    The rows `predict` sees are image-major, then quadrant (`quadrants` order), then
+    The rows `model.generations` sees are image-major, then quadrant (`quadrants` order), then
     generation, so `seeds[(i * 4 + q) * K + k]` seeds generation k of quadrant q of image i.
-    The one place both validation during training and `segdiff evaluate` take the protocol from.
     """
-    pred = predict(model, quadrants(images).flatten(0, 1), scheduler, **options)
-
-    def stitch(x: Tensor) -> Tensor:  # (4B, C, S, S) -> (B, C, 2S, 2S); C is K for the generations
-        return stitch_quadrants(x.unflatten(0, (-1, 4)))
-
-    return Prediction(prob=stitch(pred.prob), mask=stitch(pred.mask), uncertainty=stitch(pred.uncertainty),
-                      generations=None if pred.generations is None else stitch(pred.generations))
+    sample = resolve_sample(sample, overrides)
+    parts = quadrants(images).flatten(0, 1)  # (4B, C_in, S, S)
+    k = model.num_generations(sample)
+    seeds = draw_seeds(len(parts) * k, generator) if seeds is None else seeds
+    generations = model.generations(parts, seeds, sample)  # (4B, K, C, S, S)
+    # (B, 4, K, C, S, S) -> (B, K, 4, C, S, S) -> (B, K, C, 2S, 2S)
+    stitched = stitch_quadrants(generations.unflatten(0, (-1, 4)).transpose(1, 2))
+    return Prediction.from_generations(stitched, keep=keep_generations)

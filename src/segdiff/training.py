@@ -34,14 +34,13 @@ import math
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import distributed
@@ -55,15 +54,14 @@ from .checkpoint import (
     save_last,
     step_checkpoints,
 )
-from .config import ExperimentConfig
+from .config import ExperimentConfig, SampleConfig
 from .data import make_dataset
 from .device import resolve_device
-from .diffusion import DDPMScheduler, from_signed, to_signed
 from .io import atomic_write
 from .metrics import iou
-from .model import SegDiff
-from .sampling import predict
-from .sliding import predict_quadrants
+from .models import build_model
+from .protocol import Protocol, item_names, protocol_for
+from .sampling import derive_seed
 
 # What a resumed run must share with the run it continues: these define the network, the data and
 # the order of the updates. Everything else may change on resume (max_steps, time budget, logging,
@@ -90,70 +88,24 @@ def learning_rate(tc, step: int) -> float:
     return 0.5 * tc.lr * (1 + math.cos(math.pi * min(step, tc.max_steps) / max(tc.max_steps, 1)))
 
 
-def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Tensor, scheduler: DDPMScheduler,
-                  dice_weight: float = 0.0) -> Tensor:
-    """Mean squared error against the scheduler's target (the paper), plus `dice_weight` times a soft
-    Dice loss of the x_0 estimate read as a probability. The MSE alone fits the posterior mean, which
-    is blind to how small the foreground is; the Dice term weighs errors by the object's size, as
-    the overlap metrics do."""
-    # Mean over pixels and batch, in float32; the reference sums over pixels, which only rescales
-    # the gradient (AdamW is invariant to that up to its epsilon).
-    loss = F.mse_loss(output.float(), scheduler.training_target(x0, noise))
-    if dice_weight:
-        from monai.losses import DiceLoss  # MONAI is heavy; only the optional Dice term needs it
+def validation_iou(model, dataset, protocol: Protocol, sample: SampleConfig, ranks: distributed.Ranks,
+                   device: torch.device, *, seed: int, max_images: int = 64) -> float:
+    """Mean foreground IoU over the first `max_images` items of `dataset`, scored with `protocol`.
 
-        probability = from_signed(scheduler.to_x0(output.float(), t, x_t))
-        # One ratio over the whole batch (batch=True), so a tile without foreground is no 0/0.
-        loss = loss + dice_weight * DiceLoss(batch=True)(probability, from_signed(x0))
-    return loss
-
-
-@torch.no_grad()
-def self_condition_input(net, scheduler: DDPMScheduler, x_t: Tensor, t: Tensor, image: Tensor,
-                         generator: torch.Generator, batch_size: int, share: slice) -> Tensor:
-    """What G reads beside x_t when self-conditioning is trained (Chen et al. 2022): for a random
-    half of the samples, the network's own x_0 estimate from a first pass without gradients (as
-    the previous sampling step gives it), for the other half zeros (as the first step)."""
-    use = (torch.rand(batch_size, generator=generator, device=generator.device) < 0.5)[share].to(x_t.device)
-    x0_prev = torch.zeros_like(x_t)
-    if use.any():
-        module = getattr(net, "module", net)  # past DDP's wrapper: ranks need not agree on this pass
-        output = module(x_t[use], t[use], image[use]).float()
-        x0_prev[use] = scheduler.to_x0(output, t[use], x_t[use], clip_x0=True).to(x0_prev.dtype)
-    return x0_prev
-
-
-@torch.no_grad()
-def evaluate_iou(model: SegDiff, dataset, scheduler: DDPMScheduler, cfg: ExperimentConfig, *,
-                 num_generations: int, max_images: int = 64, seed: int = 0) -> float:
-    """Mean foreground IoU over (up to `max_images` of) `dataset`, K generations each."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    The items are dealt out to the ranks; each item's generations are seeded from its name
+    (`protocol`), and the per-item scores are gathered by index and summed in index order, so the
+    score, and with it which checkpoint becomes best, is the same for any number of processes.
+    """
     n = min(len(dataset), max_images)
-    scores = []
-    for start in range(0, n, 16):
-        images, masks = zip(*(dataset[i] for i in range(start, min(n, start + 16))))
-        x = torch.stack(images)
-        # MoNuSeg's validation items are twice the model's input: its protocol samples the four
-        # quadrants and stitches them back, as `segdiff evaluate` does (sliding.predict_quadrants).
-        sample = predict_quadrants if x.shape[-1] == 2 * cfg.model.image_size else predict
-        pred = sample(model, x, scheduler, num_generations=num_generations,
-                      sampler=cfg.sample.sampler, num_steps=cfg.sample.num_sampling_steps or None,
-                      max_batch=cfg.sample.max_batch, generator=generator, clip_x0=cfg.sample.clip_x0,
-                      symmetry=cfg.sample.symmetry)
-        scores.append(iou(pred.mask[:, 0].cpu(), torch.stack(masks)[:, 0]))
-    return torch.cat(scores).mean().item()
-
-
-def _evaluate_iou_sharded(model: SegDiff, dataset, scheduler: DDPMScheduler, cfg: ExperimentConfig,
-                         ranks: distributed.Ranks, device: torch.device, max_images: int = 64) -> float:
-    """`evaluate_iou` with the images dealt out to the ranks and the mean reduced over all of them."""
-    shard = Subset(dataset, range(ranks.rank, min(len(dataset), max_images), ranks.world_size))
-    total = torch.zeros(2, dtype=torch.float64, device=device if ranks.enabled else "cpu")
-    if len(shard):
-        mean = evaluate_iou(model, shard, scheduler, cfg, num_generations=cfg.train.val_generations, seed=ranks.rank)
-        total += torch.tensor([mean * len(shard), len(shard)], dtype=torch.float64, device=total.device)
-    distributed.all_reduce_sum(total, ranks)
-    return (total[0] / total[1]).item()
+    names = item_names(dataset)
+    scores = torch.zeros(n, dtype=torch.float64, device=device if ranks.enabled else "cpu")
+    for i in range(ranks.rank, n, ranks.world_size):
+        image, mask = dataset[i]
+        target = protocol.target(dataset, i, mask)[0]
+        means, _ = protocol.predict_item(model, image, sample, derive_seed(seed, names[i]), tuple(target.shape))
+        scores[i] = iou(means[-1, 0].cpu() > 0.5, target).item()  # binary metrics read channel 0
+    distributed.all_reduce_sum(scores, ranks)  # each slot has one contributor: exact
+    return scores.cpu().sum().item() / n
 
 
 def _mixed_seed(*numbers: int) -> int:
@@ -270,10 +222,16 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
         atomic_write(out_dir / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2)))
 
     # --- model, EMA, optimizer, loss scale ----------------------------------------------------------------
-    model = SegDiff(cfg.model).to(device)
+    segmenter = build_model(cfg)  # the model kind the config names (models.MODEL_CLASSES)
+    model = segmenter.net.to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)  # the EMA weights are evaluated, as in the paper
+    # The weights evaluated and kept in best.safetensors: an EMA for kinds that use one (SegDiff, as in
+    # the paper), else a copy of the raw weights after each update.
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    evaluated = build_model(cfg, ema)
+    protocol = protocol_for(cfg.data.dataset, cfg.model.image_size)
+    val_sample = replace(cfg.sample, num_generations=tc.val_generations)
     try:
         optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                                       fused=True if tc.fused_adamw else None)
@@ -283,8 +241,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
         optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
-    scheduler = DDPMScheduler.from_config(cfg.diffusion)
-    # t and the noise are drawn for the whole global batch, the same on every rank.
+    # t and the noise (or any kind's random draws) are made for the whole global batch, the same on every rank.
     noise_generator = torch.Generator(device=device).manual_seed(tc.seed)
     step, best_iou, skipped, elapsed_before = 0, -1.0, 0, 0.0
     if ckpt is not None:
@@ -324,7 +281,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
         net = torch.compile(net)
     n_params = sum(p.numel() for p in model.parameters())
     if master:
-        print(f"segdiff: preset {cfg.preset}, {n_params / 1e6:.2f} M parameters, {len(train_set)} training images, "
+        print(f"segdiff: {cfg.model.kind} model, preset {cfg.preset}, {n_params / 1e6:.2f} M parameters, {len(train_set)} training images, "
               f"device {device}" + (f" x {ranks.world_size} processes" if ranks.enabled else "")
               + f", {tc.precision}, run folder {out_dir}", flush=True)
 
@@ -352,8 +309,8 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
         state = {"step": step, "best_val_iou": best_iou, "skipped_steps": skipped, "world_size": ranks.world_size,
                  "elapsed_s": elapsed(), "noise_device": device.type}
         if kind == "best":
-            save_checkpoint(out_dir / "best.safetensors", Checkpoint(
-                config=cfg, ema=ema.state_dict(), model=model.state_dict(), state={**state, "val_iou": val_iou}))
+            save_checkpoint(out_dir / "best.safetensors", Checkpoint(  # the evaluated weights alone
+                config=cfg, ema=ema.state_dict(), state={**state, "val_iou": val_iou}))
             return
         optim_tensors, optim_meta = optimizer_to_checkpoint(optimizer.state_dict())
         rng = {"noise": noise_generator.get_state()}
@@ -419,18 +376,11 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
     try:
         while step < tc.max_steps:
             image, mask = next(data)
-            image, x0 = image.to(device, non_blocking=True), to_signed(mask.to(device, non_blocking=True))
+            image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
             if tc.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
-            t = scheduler.sample_timesteps(tc.batch_size, power=tc.timestep_power, generator=noise_generator,
-                                           device=device)[share]
-            noise = torch.randn((tc.batch_size, *x0.shape[1:]), generator=noise_generator, device=device)[share]
-            x_t = scheduler.add_noise(x0, noise, t)
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                x0_prev = self_condition_input(net, scheduler, x_t, t, image, noise_generator, tc.batch_size, share) \
-                    if cfg.model.self_condition else None
-                output = net(x_t, t, image, x0_prev)  # the noise, or x_0
-            loss = training_loss(output, x0, noise, t, x_t, scheduler, tc.dice_weight)
+                loss = segmenter.loss(net, image, mask, noise_generator, tc, share)  # the part each kind defines
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
@@ -453,6 +403,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                 # dominated by the initial weights.
                 n = step + 1
                 decay = min(tc.ema_decay, (1 + n) / (10 + n)) if tc.ema_warmup else tc.ema_decay
+                decay = decay if segmenter.uses_ema else 0.0  # 0: the evaluated weights are the raw ones
                 with torch.no_grad():
                     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
                 consecutive_nonfinite = 0
@@ -491,7 +442,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
 
             paused = time.monotonic()  # validation and checkpoints do not count in samples_per_s
             if val_set is not None and not interrupted and (step % tc.val_every == 0 or last):
-                val_iou = _evaluate_iou_sharded(ema, val_set, scheduler, cfg, ranks, device)
+                val_iou = validation_iou(evaluated, val_set, protocol, val_sample, ranks, device, seed=tc.seed)
                 log({"step": step, "event": "val", "val_iou": val_iou, "time": elapsed()})
                 say(f"step {step}: validation IoU {val_iou:.4f}")
                 if val_iou > best_iou:

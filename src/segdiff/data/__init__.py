@@ -141,7 +141,7 @@ def make_dataset(cfg: ExperimentConfig, split: Split, *, augment: bool = False,
     d = cfg.data
     root = d.root or os.environ.get("SEGDIFF_DATA", "")
     if not root and d.dataset != "synthetic":
-        raise ValueError(f"dataset {d.dataset!r} needs a data folder: pass --data DIR or set SEGDIFF_DATA")
+        raise DataError(f"dataset {d.dataset!r} needs a data folder: pass --data DIR or set SEGDIFF_DATA")
     return build_dataset(d.dataset, root, split, cfg.model.image_size if image_size is None else image_size,
                          augment=augment, val_fraction=d.val_fraction, seed=cfg.train.seed,
                          **_config_options(d))

@@ -1,0 +1,207 @@
+"""Model kinds behind one interface, and the registry that builds and loads them.
+
+Every model kind implements `Segmenter`: given images and one seed per generation it returns K
+generations of per-class probabilities, (B, K, C, H, W) in [0, 1] (K = 1 for a deterministic
+model), and it defines its training loss. Evaluation, training validation, `segdiff predict` and
+the CLI call only this interface; none of them asks which kind it holds.
+
+- ``segdiff`` (`DiffusionSegmenter`): the SegDiff network and its DDPM schedule. Generations are
+  sampled (`sampling.sample_generations`); the loss is the paper's MSE against the noise (or x_0).
+- ``unet`` (`UNetSegmenter`): the plain U-Net baseline (`baseline.UNetBaseline`), one forward
+  pass, Dice + cross-entropy; its one "generation" is its probability.
+
+A checkpoint names its kind in its config (`ModelConfig.kind`); `load_model` builds the kind
+from the registry `MODEL_CLASSES`, so checkpoint.py knows neither model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss, DiceLoss
+from torch import Tensor, nn
+
+from .baseline import UNetBaseline
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import MODEL_KINDS, ExperimentConfig, SampleConfig, TrainConfig
+from .diffusion import DDPMScheduler, from_signed, to_signed
+from .model import SegDiff
+from .sampling import sample_generations, symmetry_order
+
+
+class Segmenter(Protocol):
+    """What every model kind offers the code above it."""
+
+    kind: ClassVar[str]  # the ModelConfig.kind it is registered under
+    uses_ema: ClassVar[bool]  # whether training keeps and evaluates an EMA of the weights
+    config: ExperimentConfig
+    net: nn.Module  # the trained module: what is optimised, checkpointed and wrapped by DDP
+
+    def num_generations(self, sample: SampleConfig) -> int:
+        """K: how many generations `generations` returns per image under `sample`."""
+
+    def sampling_summary(self, sample: SampleConfig) -> dict[str, Any]:
+        """The sampler and its number of steps as reports show them: {"sampler": ..., "num_steps": ...}."""
+
+    def generations(self, images: Tensor, seeds: Sequence[int], sample: SampleConfig) -> Tensor:
+        """(B, C_in, H, W) images in [0, 1] -> (B, K, C, H, W) probabilities in [0, 1].
+
+        `seeds` holds B * K seeds, image-major; generation k of image i depends on `seeds[i*K + k]`
+        alone (a deterministic model ignores them)."""
+
+    def loss(self, net: nn.Module, image: Tensor, mask: Tensor, generator: torch.Generator,
+             train: TrainConfig, share: slice) -> Tensor:
+        """The training loss of a batch: `net` is `self.net` or its DDP wrapper; `mask` (B, C, H, W)
+        in {0, 1}; random draws come from `generator`, made for the global batch of
+        `train.batch_size` of which this process holds the rows `share`."""
+
+
+def _device(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+class DiffusionSegmenter:
+    """SegDiff (Amit et al. 2021): the network and the DDPM schedule it was trained with."""
+
+    kind: ClassVar[str] = "segdiff"
+    uses_ema: ClassVar[bool] = True  # the EMA weights are the ones evaluated, as in the paper
+
+    def __init__(self, config: ExperimentConfig, net: SegDiff | None = None):
+        self.config = config
+        self.net = net if net is not None else SegDiff(config.model)
+        self.scheduler = DDPMScheduler.from_config(config.diffusion)
+
+    @property
+    def device(self) -> torch.device:
+        return _device(self.net)
+
+    def num_generations(self, sample: SampleConfig) -> int:
+        return sample.num_generations
+
+    def sampling_summary(self, sample: SampleConfig) -> dict[str, Any]:
+        return {"sampler": sample.sampler, "num_steps": sample.num_sampling_steps or self.scheduler.num_steps}
+
+    def generations(self, images: Tensor, seeds: Sequence[int], sample: SampleConfig) -> Tensor:
+        return sample_generations(self.net, images, self.scheduler, sample, seeds)
+
+    def loss(self, net: nn.Module, image: Tensor, mask: Tensor, generator: torch.Generator,
+             train: TrainConfig, share: slice) -> Tensor:
+        # t and the noise are drawn for the whole global batch, the same on every rank; each rank
+        # takes its slice, so N ranks make the single-process update.
+        x0 = to_signed(mask)
+        t = self.scheduler.sample_timesteps(train.batch_size, power=train.timestep_power, generator=generator,
+                                            device=x0.device)[share]
+        noise = torch.randn((train.batch_size, *x0.shape[1:]), generator=generator, device=x0.device)[share]
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        x0_prev = (self_condition_input(net, self.scheduler, x_t, t, image, generator, train.batch_size, share)
+                   if self.config.model.self_condition else None)
+        output = net(x_t, t, image, x0_prev)  # the noise, or x_0
+        return training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight)
+
+
+def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Tensor, scheduler: DDPMScheduler,
+                  dice_weight: float = 0.0) -> Tensor:
+    """Mean squared error against the scheduler's target (the paper), plus `dice_weight` times a soft
+    Dice loss of the x_0 estimate read as a probability. The MSE alone fits the posterior mean, which
+    is blind to how small the foreground is; the Dice term weighs errors by the object's size, as
+    the overlap metrics do."""
+    # Mean over pixels and batch, in float32; the reference sums over pixels, which only rescales
+    # the gradient (AdamW is invariant to that up to its epsilon).
+    loss = F.mse_loss(output.float(), scheduler.training_target(x0, noise))
+    if dice_weight:
+        probability = from_signed(scheduler.to_x0(output.float(), t, x_t))
+        # One ratio over the whole batch (batch=True), so a tile without foreground is no 0/0.
+        loss = loss + dice_weight * DiceLoss(batch=True)(probability, from_signed(x0))
+    return loss
+
+
+@torch.no_grad()
+def self_condition_input(net: nn.Module, scheduler: DDPMScheduler, x_t: Tensor, t: Tensor, image: Tensor,
+                         generator: torch.Generator, batch_size: int, share: slice) -> Tensor:
+    """What G reads beside x_t when self-conditioning is trained (Chen et al. 2022): for a random
+    half of the samples, the network's own x_0 estimate from a first pass without gradients (as
+    the previous sampling step gives it), for the other half zeros (as the first step)."""
+    use = (torch.rand(batch_size, generator=generator, device=generator.device) < 0.5)[share].to(x_t.device)
+    x0_prev = torch.zeros_like(x_t)
+    if use.any():
+        module = getattr(net, "module", net)  # past DDP's wrapper: ranks need not agree on this pass
+        output = module(x_t[use], t[use], image[use]).float()
+        x0_prev[use] = scheduler.to_x0(output, t[use], x_t[use], clip_x0=True).to(x0_prev.dtype)
+    return x0_prev
+
+
+class UNetSegmenter:
+    """The plain U-Net baseline: one forward pass per image, so one "generation" (K = 1).
+
+    With `sample.symmetry` its probability is averaged over the flipped/rotated copies of the
+    image, each mapped back (the test-time augmentation SegDiff's generations get).
+    """
+
+    kind: ClassVar[str] = "unet"
+    uses_ema: ClassVar[bool] = False  # trained and evaluated on its raw weights, as U-Nets usually are
+
+    def __init__(self, config: ExperimentConfig, net: UNetBaseline | None = None):
+        self.config = config
+        m = config.model
+        self.net = net if net is not None else UNetBaseline(m.in_channels, m.unet_features, m.mask_channels)
+        # Dice + binary cross-entropy on the logits, MONAI's DiceCELoss (sigmoid per channel).
+        self._loss = DiceCELoss(sigmoid=True)
+
+    @property
+    def device(self) -> torch.device:
+        return _device(self.net)
+
+    def num_generations(self, sample: SampleConfig) -> int:
+        return 1
+
+    def sampling_summary(self, sample: SampleConfig) -> dict[str, Any]:
+        return {"sampler": "none (one forward pass)", "num_steps": 0}
+
+    @torch.no_grad()
+    def generations(self, images: Tensor, seeds: Sequence[int], sample: SampleConfig) -> Tensor:
+        symmetry_order(sample.symmetry, *images.shape[-2:])
+        return self.net.probability(images.to(self.device), sample.symmetry)[:, None]  # (B, 1, C, H, W)
+
+    def loss(self, net: nn.Module, image: Tensor, mask: Tensor, generator: torch.Generator,
+             train: TrainConfig, share: slice) -> Tensor:
+        return self._loss(net(image).float(), mask)
+
+
+MODEL_CLASSES: dict[str, type] = {"segdiff": DiffusionSegmenter, "unet": UNetSegmenter}
+assert tuple(MODEL_CLASSES) == MODEL_KINDS, "every name in config.MODEL_KINDS has a class here"
+
+
+def build_model(config: ExperimentConfig, net: nn.Module | None = None) -> Segmenter:
+    """The `config.model.kind` model for `config` (new weights unless `net` is given)."""
+    return MODEL_CLASSES[config.model.kind](config, net)
+
+
+# Checkpoints of `segdiff baseline` from before model kinds lived in the config named the U-Net in
+# their state; they load as kind "unet".
+_LEGACY_BASELINE = "monai.BasicUNet"
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
+    """The model a checkpoint (file or run folder) holds, its evaluated weights loaded, in eval mode.
+
+    The kind comes from the checkpoint's config; weights that do not fit it raise CheckpointError.
+    Nothing is executed: the weights are safetensors and the config JSON.
+    """
+    ckpt = load_checkpoint(path, weights_only=True)
+    config = ckpt.config
+    if ckpt.state.get("baseline") == _LEGACY_BASELINE:
+        config = replace(config, model=replace(config.model, kind="unet",
+                                               unet_features=tuple(ckpt.state["features"])))
+    model = build_model(config)
+    try:
+        model.net.load_state_dict(ckpt.ema, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise CheckpointError(f"{path}: weights do not match its config (kind {config.model.kind!r}, preset "
+                              f"{config.preset!r}): {' '.join(first)}") from None
+    model.net.to(device).eval()
+    return model

@@ -1,0 +1,167 @@
+"""A dataset's test protocol: how one item is fed to a model, and at what size it is scored.
+
+One `Protocol` object per dataset (docs/paper.md, "Inference"), shared by training validation,
+`segdiff evaluate` and the U-Net baseline, so a change here moves every score alike:
+
+- ``vaihingen``, ``folder``, ``synthetic``: the whole image. The dataset is built at the scoring
+  side (`score_size`, default the model's input); an image larger than the input is resized to
+  it (bilinear, antialiased) for the model, and the probabilities are resized back (bilinear) to
+  the scoring size before any threshold.
+- ``monuseg``: items are the whole 2S x 2S image (512 for S = 256); its four S x S quadrants are
+  segmented separately and stitched (`sliding.predict_quadrants`); scored at 2S.
+- ``cityscapes``: instance crops sampled at the model's input, the probability resized bilinearly
+  to each crop's original size and scored against `dataset.original_mask(i)`; the mean over each
+  class's instances, then over classes.
+
+Seeds: generation k of an item named NAME (of its quadrant q for MoNuSeg) is seeded with
+`sampling.generation_seeds(derive_seed(seed, NAME), K, q)[k]`: it depends on (seed, NAME, q, k)
+alone, so a score depends neither on the order of the items, nor on how they are batched, nor on
+how many processes share them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .data import DATASETS, resize_image
+from .sampling import Prediction, generation_seeds
+from .sliding import predict_quadrants
+
+# The paper's reported numbers (Amit et al. 2021, arXiv 2112.00390, Tables 1-3; docs/paper.md), in
+# percent: test splits, K = 30 generations, DDPM with all T steps. The paper's WCov column is filed
+# under `wcov_size_ratio` because the authors' code, which produced it, computes
+# min(|P|,|G|)/max(|P|,|G|), not the DSAC/DarNet weighted coverage it is compared with there.
+PAPER_RESULTS: dict[str, dict[str, float]] = {
+    "vaihingen": {"f1": 95.14, "iou": 91.12, "wcov_size_ratio": 93.83, "boundf": 85.09},
+    "monuseg": {"f1": 81.59, "iou": 69.00},
+    "cityscapes-expansion": {"iou": 76.44},  # mean of the eight per-class mIoUs below
+    "cityscapes-tight": {"iou": 76.19},
+}
+# Cityscapes crops, expansion setting: mIoU per class (mean over the class's instances).
+PAPER_CITYSCAPES_IOU: dict[str, float] = {
+    "bicycle": 69.80, "bus": 85.97, "person": 76.09, "train": 75.95, "truck": 80.68,
+    "motorcycle": 67.06, "car": 83.40, "rider": 72.57,
+}
+
+
+def resize_probabilities(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of (..., H, W) probability maps to `size`, clamped to [0, 1].
+
+    No antialiasing, as the reference does; the one way a prediction is brought to another size
+    (scoring, `segdiff predict`) before the 0.5 threshold.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, 1, *x.shape[-2:]).float()
+    out = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *size).clamp(0.0, 1.0)
+
+
+def item_names(dataset) -> list[str]:
+    """The datasets' sample ids (`.names`), or image_00000, ... for a dataset without them."""
+    return list(getattr(dataset, "names", None) or [f"image_{i:05d}" for i in range(len(dataset))])
+
+
+def running_means(generations: Tensor) -> Tensor:
+    """(K, ...) generations in [0, 1] -> (K, ...): row k-1 is the mean of the first k.
+
+    Each row is `generations[:k].mean(dim=0)`, the same reduction `Prediction.from_generations`
+    applies to all K, so row K-1 is the ensemble's probability and row 0 is generation 0.
+    """
+    return torch.stack([generations[:k].mean(dim=0) for k in range(1, generations.shape[0] + 1)])
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a dataset is tested: how items are fed to a model and at what size they are scored."""
+
+    name: str  # one of data.DATASETS
+    image_size: int  # the model's input side S
+    feed: Literal["whole", "quadrants"]  # whole image (resized to S) or MoNuSeg's four S x S quadrants
+    score_size: int | None = None  # whole-image protocols: the side masks are scored at (None: S)
+    target_from_dataset: bool = False  # Cityscapes: score against dataset.original_mask(i)
+    per_class: bool = False  # aggregate per instance class, then over classes (Cityscapes)
+    paper_key: str | None = None  # key of PAPER_RESULTS
+    description: str = ""
+
+    @property
+    def dataset_size(self) -> int:
+        """The `image_size` to build the dataset at: items then come at the protocol's sizes."""
+        return self.score_size or self.image_size
+
+    @property
+    def item_size(self) -> int:
+        """The side of the images the dataset gives (2S for MoNuSeg)."""
+        return 2 * self.image_size if self.feed == "quadrants" else self.dataset_size
+
+    def check_item(self, name: str, image: Tensor, mask: Tensor) -> None:
+        """Raise ValueError naming the item when it does not have the protocol's shape."""
+        side = self.item_size
+        if image.ndim != 3 or tuple(image.shape[-2:]) != (side, side):
+            raise ValueError(f"{name}: the dataset gives an image of shape {tuple(image.shape)}, the {self.name} "
+                             f"protocol needs (C, {side}, {side}); build the dataset at "
+                             f"image_size={self.dataset_size}")
+        if mask.ndim != 3:
+            raise ValueError(f"{name}: expected a mask of shape (C, H, W), found {tuple(mask.shape)}")
+        if not self.target_from_dataset and mask.shape[-2:] != image.shape[-2:]:
+            raise ValueError(f"{name}: image and mask differ in size: {tuple(image.shape[-2:])} and "
+                             f"{tuple(mask.shape[-2:])}")
+
+    def target(self, dataset, index: int, mask: Tensor) -> Tensor:
+        """The mask (C, h, w) item `index` is scored against."""
+        return dataset.original_mask(index) if self.target_from_dataset else mask
+
+    def predict_item(self, model, image: Tensor, sample, image_seed: int,
+                     size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Running means (K, C, h, w) of the generations and the uncertainty (C, h, w) of one item,
+        at the scoring size `size`; `model` is any `models.Segmenter`, `sample` a SampleConfig."""
+        k = model.num_generations(sample)
+        if self.feed == "quadrants":
+            seeds = [s for tile in range(4) for s in generation_seeds(image_seed, k, tile)]
+            pred = predict_quadrants(model, image[None], sample, seeds=seeds, keep_generations=True)
+            return running_means(pred.generations[0]), pred.uncertainty[0]
+        if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
+            image = resize_image(image, self.image_size)
+        generations = model.generations(image[None], generation_seeds(image_seed, k), sample)  # (1, K, C, S, S)
+        uncertainty = Prediction.from_generations(generations).uncertainty[0]
+        means = running_means(generations[0].cpu())
+        return resize_probabilities(means, size), resize_probabilities(uncertainty.cpu(), size)
+
+
+def protocol_for(dataset: str, image_size: int, *, score_size: int | None = None,
+                 setting: str = "expansion") -> Protocol:
+    """The test protocol of dataset `dataset` (a name in data.DATASETS) for a model of input `image_size`.
+
+    `score_size` applies to the whole-image protocols; MoNuSeg and Cityscapes fix their own
+    scoring resolution. `setting` names the Cityscapes crops ("expansion" or "tight").
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
+    if score_size is not None and dataset in ("monuseg", "cityscapes"):
+        raise ValueError(f"score_size applies to images scored whole at one size; the {dataset} "
+                         "protocol fixes its own scoring resolution")
+    side = f"{image_size}x{image_size}"
+    if dataset == "monuseg":
+        full = 2 * image_size
+        return Protocol("monuseg", image_size, "quadrants", paper_key="monuseg",
+                        description=f"MoNuSeg: {full}x{full} images, four {side} quadrants sampled separately and "
+                        f"stitched, metrics at {full}x{full} (paper: 512 from 256 quadrants)")
+    if dataset == "cityscapes":
+        return Protocol("cityscapes", image_size, "whole", target_from_dataset=True, per_class=True,
+                        paper_key=f"cityscapes-{setting}",
+                        description=f"Cityscapes instance crops ({setting}): sampled at {side}, the probability "
+                        "resized bilinearly to each crop's original size before the 0.5 threshold; mean over "
+                        "the instances of each class, then over classes")
+    scored = (f"images and masks at the model input, {side}" if score_size in (None, image_size) else
+              f"sampled at the model input {side}, the probabilities resized bilinearly to "
+              f"{score_size}x{score_size} and scored against the {score_size}x{score_size} masks")
+    what = {"vaihingen": "Vaihingen buildings", "folder": "image folder", "synthetic": "built-in synthetic shapes"}
+    return Protocol(dataset, image_size, "whole", score_size=score_size,
+                    paper_key="vaihingen" if dataset == "vaihingen" else None,
+                    description=f"{what.get(dataset, dataset)}: {scored}")
