@@ -52,6 +52,7 @@ from .checkpoint import (
     load_resume_checkpoint,
     optimizer_from_checkpoint,
     optimizer_to_checkpoint,
+    remove_stale_temporaries,
     save_checkpoint,
     save_last,
     step_checkpoints,
@@ -304,6 +305,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                          "sample ids differ); resume with the run's data")
     if master:  # the first write: every check that can refuse the run has passed
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)  # a run killed mid-save left them (2.5 GB each at the paper's size)
         atomic_write(out_dir / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2)))
 
     # --- model, EMA, optimizer, loss scale ----------------------------------------------------------------
