@@ -133,3 +133,22 @@ def test_remove_stale_temporaries_deletes_the_leftovers_of_killed_saves_only(tmp
     assert all((run / name).exists() for name in keep)
     assert (run / ".dir.abcd1234.tmp.safetensors").is_dir() and (run / "sub" / ".last.abcd1234.tmp.safetensors").exists()
     assert remove_stale_temporaries(run) == []
+
+
+def test_atomic_write_never_changes_the_process_umask(tmp_path, monkeypatch):
+    # Setting the umask, even briefly, gives files another thread creates meanwhile (predict's
+    # loader) mode 0666: atomic_write must read it without calling os.umask.
+    import os
+
+    from segdiff import io
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+
+    def forbidden(mask):
+        raise AssertionError("os.umask called during atomic_write")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    io.atomic_write(tmp_path / "b.txt", lambda p: p.write_text("x"))
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert io._UMASK == umask
