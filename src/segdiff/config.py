@@ -112,7 +112,8 @@ def _check_field(where: str, value: Any, annotation: Any) -> Any:
         return _coerce(value, annotation)
     except _WrongType:
         if get_origin(annotation) is Literal and isinstance(value, str):  # the wording of _check_choice
-            raise ValueError(f"{where}={value!r} is not valid; choose one of {', '.join(get_args(annotation))}") from None
+            choices = ", ".join(get_args(annotation))
+            raise ValueError(f"{where}={value!r} is not valid; choose one of {choices}") from None
         hint = ""
         if isinstance(value, str) and annotation in (int, float):
             try:

@@ -493,7 +493,9 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                 n = step + 1
                 decay = min(tc.ema_decay, (1 + n) / (10 + n)) if tc.ema_warmup else tc.ema_decay
                 with torch.no_grad():
-                    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+                    # ema <- lerp(ema, model, 1 - decay), by torch's public EMA (one fused foreach kernel)
+                    ema_update = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
+                    ema_update(list(ema.parameters()), list(model.parameters()), None)
                 consecutive_nonfinite = 0
             else:
                 # A non-finite loss or gradient (fp16 overflow, a bad batch, divergence) skips the
