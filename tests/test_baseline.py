@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from segdiff.checkpoint import load_checkpoint
 from segdiff.cli import main
-from segdiff.config import ExperimentConfig
+from segdiff.config import ExperimentConfig, SampleConfig
 from segdiff.data import build_dataset, make_dataset
 from segdiff.evaluation import evaluate
 from segdiff.models import UNetSegmenter, load_model
@@ -132,6 +132,22 @@ def test_baseline_symmetry_averages_the_mapped_back_passes(baseline_run):
     passes = [torch.sigmoid(net(image.flip(dims))).flip(dims) if dims else torch.sigmoid(net(image))
               for dims in ((), (-1,), (-2, -1), (-2,))]  # identity, h-flip, 180 degrees, v-flip
     torch.testing.assert_close(net.probability(image, "flips"), sum(passes) / 4)
+
+
+def test_evaluate_with_dihedral_symmetry_scores_the_eight_pass_average(baseline_run):
+    model = load_model(baseline_run)
+    dataset = build_dataset("synthetic", "", "test", model.config.model.image_size, num_test=2)
+    protocol = protocol_for("synthetic", model.config.model.image_size)
+    sample = SampleConfig(symmetry="dihedral")
+    summary = evaluate(model, dataset, protocol, sample, progress=False)
+    assert summary["symmetry"] == "dihedral" and summary["num_generations"] == 1
+    # The score is that of the eight-pass average, thresholded at 0.5: IoU per image, then the mean.
+    ious = []
+    for image, mask in (dataset[i] for i in range(len(dataset))):
+        pred = model.net.probability(image[None], "dihedral")[0, 0] > 0.5
+        inter, union = (pred & (mask[0] > 0.5)).sum(), (pred | (mask[0] > 0.5)).sum()
+        ious.append(float(inter / union) if union else 1.0)
+    assert summary["metrics"]["iou"] == pytest.approx(sum(ious) / len(ious))
 
 
 def test_cli_trains_and_evaluates_the_baseline(tmp_path, capsys):

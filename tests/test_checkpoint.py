@@ -96,3 +96,76 @@ def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_wrong_typed_config_value_is_a_checkpoint_error_naming_the_file_and_key(tmp_path):
+    path = tmp_path / "typed.safetensors"
+    save_file({"ema/w": torch.zeros(2)}, str(path),
+              metadata={"format": "segdiff", "config": json.dumps({"model": {"image_size": "big"}})})
+    with pytest.raises(CheckpointError, match=r"typed.safetensors: its config cannot be read "
+                                              r"\(config.model.image_size: expected an integer, found 'big' \(str\)\)"):
+        load_checkpoint(path)
+
+
+def test_remove_stale_temporaries_deletes_the_leftovers_of_killed_saves_only(tmp_path, monkeypatch):
+    import os
+
+    from segdiff.checkpoint import remove_stale_temporaries, save_last
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = Checkpoint(config=ExperimentConfig.tiny(), ema={"w": torch.zeros(2)})
+    real_replace = os.replace
+
+    def killed(*args):
+        raise KeyboardInterrupt  # stands in for the process being killed before the rename
+
+    # 1. A save killed before its rename (the real `atomic_write` temporary; the kill skips its cleanup).
+    monkeypatch.setattr(os, "replace", killed)
+    monkeypatch.setattr(os.path, "exists", lambda p: False)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(run / "last-100.safetensors", ckpt)
+    monkeypatch.undo()
+    # 2. save_last killed between its hard link and the rename onto last.safetensors.
+    monkeypatch.setattr(os, "replace", lambda src, dst: killed() if os.path.basename(src).startswith(".last.")
+                        else real_replace(src, dst))
+    with pytest.raises(KeyboardInterrupt):
+        save_last(run, 200, ckpt, keep_last=3)
+    monkeypatch.undo()
+    leftovers = sorted(p for p in run.iterdir() if p.name.endswith(".tmp.safetensors"))
+    assert sorted(p.name.split(".")[1] for p in leftovers) == ["last", "last-100"]
+
+    # Files that merely look alike stay: not hidden, no 8-character random part, another suffix,
+    # a folder, and a temporary in a subfolder.
+    keep = ["last-200.safetensors", "config.json", "x.abcd1234.tmp.safetensors", ".last.tmp.safetensors",
+            ".last.abc.tmp.safetensors", ".config.abcd1234.tmp.json", ".last.abcd1234.tmp.safetensors.bak"]
+    for name in keep[1:]:
+        (run / name).write_text("")
+    (run / ".dir.abcd1234.tmp.safetensors").mkdir()
+    (run / "sub").mkdir()
+    (run / "sub" / ".last.abcd1234.tmp.safetensors").write_text("")
+
+    assert remove_stale_temporaries(run) == leftovers
+    assert not any(p.exists() for p in leftovers)
+    assert all((run / name).exists() for name in keep)
+    assert (run / ".dir.abcd1234.tmp.safetensors").is_dir() and (run / "sub" / ".last.abcd1234.tmp.safetensors").exists()
+    assert remove_stale_temporaries(run) == []
+
+
+def test_atomic_write_never_changes_the_process_umask(tmp_path, monkeypatch):
+    # Setting the umask, even briefly, gives files another thread creates meanwhile (predict's
+    # loader) mode 0666: atomic_write must read it without calling os.umask.
+    import os
+
+    from segdiff import io
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+
+    def forbidden(mask):
+        raise AssertionError("os.umask called during atomic_write")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    io.atomic_write(tmp_path / "b.txt", lambda p: p.write_text("x"))
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert io._UMASK == umask

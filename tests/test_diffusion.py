@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segdiff.diffusion import DDPMScheduler, from_signed, to_signed
+from segdiff.diffusion import DDPMScheduler, _gather, ancestral_step, from_signed, to_signed
 
 
 def numpy_tables(T):
@@ -130,3 +130,81 @@ def test_timestep_power_must_be_positive():
 
     with pytest.raises(ValueError, match="timestep_power=0"):
         TrainConfig(timestep_power=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gather_returns_the_float64_table_cast_to_the_dtype_of_like(dtype):
+    s = DDPMScheduler(100)
+    t = torch.tensor([0, 42, 99])
+    got = _gather(s.alphas_cumprod, t, torch.zeros(3, 1, 2, 2, dtype=dtype))
+    assert got.dtype == dtype and got.shape == (3, 1, 1, 1)
+    # abar_0 = 1 - beta_0 = 0.999; the others as numpy computes them, each rounded once to `dtype`.
+    _, abar = numpy_tables(100)
+    expected = torch.tensor(abar[[0, 42, 99]], dtype=torch.float64).to(dtype)
+    assert torch.equal(got.flatten(), expected)
+    assert got[0].item() == torch.tensor(0.999, dtype=dtype).item()
+
+
+def test_gather_casts_on_the_cpu_before_moving_the_table():
+    # Apple's MPS has no float64: the table must reach the device already cast. The meta device
+    # stands in for it here: no float64 tensor may appear on it.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(o, torch.Tensor):
+                    seen.append((o.device.type, o.dtype))
+            return out
+
+    s = DDPMScheduler(100)
+    like = torch.empty(2, 1, 4, 4, device="meta")
+    with Record():
+        out = _gather(s.betas, torch.tensor([3, 7], device="meta"), like)
+    assert out.device.type == "meta" and out.dtype == torch.float32
+    assert ("meta", torch.float64) not in seen and ("meta", torch.float32) in seen
+
+
+@pytest.mark.parametrize("t", [1, 30, 99])
+def test_step_of_an_x0_predicting_scheduler_given_the_true_x0_is_the_posterior_mean_eq7(t):
+    # A network predicting x_0 ("sample") that returns the true x_0: step must give
+    # mu~_t(x_t, x_0) = beta_t sqrt(abar_{t-1}) / (1 - abar_t) x_0
+    #                 + (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t) x_t   (Ho et al. eq. 7)
+    # plus sigma_t z with sigma_t^2 = beta_t (SegDiff's choice).
+    s = DDPMScheduler(100, prediction="sample")
+    betas, abar = numpy_tables(100)
+    g = torch.Generator().manual_seed(2)
+    x0 = to_signed(torch.randint(0, 2, (2, 1, 4, 4), generator=g).double())
+    x_t = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    z = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    b, a_bar, a_bar_prev = betas[t], abar[t], abar[t - 1]
+    mean = (b * np.sqrt(a_bar_prev) / (1 - a_bar) * x0.numpy()
+            + (1 - a_bar_prev) * np.sqrt(1 - b) / (1 - a_bar) * x_t.numpy())
+    np.testing.assert_allclose(s.step(x0, t, x_t, noise=z).numpy(), mean + np.sqrt(b) * z.numpy(), rtol=1e-10, atol=1e-12)
+    # An epsilon scheduler given the same tensor reads it as noise: a different step.
+    assert not torch.allclose(DDPMScheduler(100).step(x0, t, x_t, noise=z), s.step(x0, t, x_t, noise=z))
+
+
+def test_step_with_clip_x0_clamps_the_x0_estimate_first():
+    # x_0 output 3.0 clamped to 1.0: the step is then the posterior mean at x_0 = 1 (t = 10, no noise).
+    s = DDPMScheduler(100, prediction="sample")
+    x_t = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+    tt = torch.tensor([10])
+    got = s.step(torch.full_like(x_t, 3.0), 10, x_t, noise=torch.zeros_like(x_t), clip_x0=True)
+    torch.testing.assert_close(got, s.posterior_mean(torch.ones_like(x_t), x_t, tt))
+
+
+def test_ancestral_step_adds_noise_only_to_rows_not_at_their_last_step():
+    # beta = 0.19, alpha_bar = 0.5, x_t = 1, eps = 0, z = 1: mean = 1 / sqrt(0.81) = 1/0.9, sigma = sqrt(0.19).
+    x_t, eps, z = torch.ones(2, 1, 1, 1, dtype=torch.float64), torch.zeros(2, 1, 1, 1, dtype=torch.float64), \
+        torch.ones(2, 1, 1, 1, dtype=torch.float64)
+    beta, abar = torch.tensor([0.19, 0.19], dtype=torch.float64), torch.tensor([0.5, 0.5], dtype=torch.float64)
+    got = ancestral_step(x_t, eps, beta, abar, z, last=torch.tensor([False, True]))
+    assert got.flatten().tolist() == pytest.approx([1 / 0.9 + 0.19 ** 0.5, 1 / 0.9], rel=1e-12)
+    assert ancestral_step(x_t, eps, 0.19, 0.5, z, last=True).flatten().tolist() == pytest.approx([1 / 0.9] * 2)
+    # eps = 1: mean = (1 - 0.19 / sqrt(0.5)) / 0.9
+    got = ancestral_step(x_t, torch.ones_like(x_t), 0.19, 0.5, z, last=True)
+    assert got.flatten().tolist() == pytest.approx([(1 - 0.19 / 0.5 ** 0.5) / 0.9] * 2, rel=1e-12)

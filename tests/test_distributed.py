@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,20 +67,16 @@ def test_weights_fingerprint_sees_a_one_ulp_change():
     assert weights_fingerprint(net) != weights_fingerprint(twin)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_cpu_processes_make_the_single_process_updates(tmp_path):
     # Global batch 8: one process takes all 8, two take 4 each; same data, same t and noise.
     args = ["train", "--preset", "tiny", "--steps", "4", "--batch-size", "8", "--device", "cpu",
             "--set", "data.num_train=64", "--set", "diffusion.num_steps=25", "--set", "train.log_every=1",
             "--set", "train.val_every=4", "--set", "train.val_generations=1", "--set", "model.dropout=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={free_port()}", "-m", "segdiff.cli", *args, "--out", str(tmp_path / "ddp")],
+    # --standalone: torchrun's agent binds its store to a free port itself and keeps it open, so no
+    # other process can take the port between choosing it and using it (as one chosen here could).
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                          "--nproc_per_node=2", "-m", "segdiff.cli", *args, "--out", str(tmp_path / "ddp")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "device cpu x 2 processes" in ddp.stdout

@@ -481,3 +481,29 @@ def test_a_negative_dice_weight_is_refused():
 
     with pytest.raises(ValueError, match="dice_weight=-1"):
         TrainConfig(dice_weight=-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ema_update_matches_the_private_foreach_lerp_it_replaced_bit_for_bit(dtype):
+    # train() updates the EMA with torch.optim.swa_utils.get_ema_multi_avg_fn(decay); before, it called
+    # torch._foreach_lerp_(ema, model, 1 - decay). Same weights, bit for bit, at warm-up and final decays.
+    g = torch.Generator().manual_seed(0)
+    shapes = [(16, 3, 3, 3), (16,), (1,), (7, 5)]
+    model = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    ema = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    for decay in [(1 + n) / (10 + n) for n in range(1, 6)] + [0.999, 0.9999]:
+        old = [e.clone() for e in ema]
+        torch._foreach_lerp_(old, model, 1 - decay)
+        torch.optim.swa_utils.get_ema_multi_avg_fn(decay)(ema, model, None)
+        assert all(torch.equal(a, b) for a, b in zip(ema, old))
+        assert not torch.equal(ema[0], model[0])  # it moved towards the model, not onto it
+
+
+def test_train_removes_the_temporaries_of_a_killed_save(tmp_path):
+    leftover = tmp_path / ".last.k3j_x9q2.tmp.safetensors"  # what save_last's hard link leaves when killed
+    leftover.write_bytes(b"half a checkpoint")
+    other = tmp_path / "notes.tmp.safetensors"
+    other.write_bytes(b"not ours")
+    train(tiny(tmp_path, "train.max_steps=1", "train.log_every=1"), progress=False)
+    assert not leftover.exists() and other.exists()
+    assert (tmp_path / "last.safetensors").exists()

@@ -176,6 +176,28 @@ def save_last(run_dir: str | Path, step: int, ckpt: Checkpoint, keep_last: int) 
     return path
 
 
+# What `io.atomic_write` (mkstemp, prefix ".<stem>.", suffix ".tmp<suffix>") and `save_last` (prefix
+# ".last.") name a checkpoint while it is written: tempfile's 8 random characters in between.
+_TEMPORARY_NAME = re.compile(r"^\.[^/]+\.[a-z0-9_]{8}\.tmp\.safetensors$")
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the checkpoint temporaries a killed run left in `run_dir`; returns what was removed.
+
+    A run killed while writing a checkpoint leaves ``.NAME.XXXXXXXX.tmp.safetensors`` behind (as
+    large as a checkpoint: 2.5 GB at the paper's size), which nothing else ever removes. Only
+    regular files of exactly that pattern, directly in `run_dir`, are touched. Call it where a run
+    starts or resumes in the folder, before anything writes there.
+    """
+    run_dir = Path(run_dir)
+    removed = []
+    for path in sorted(run_dir.glob(".*.tmp.safetensors")):
+        if _TEMPORARY_NAME.match(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def find_resume_checkpoint(path: str | Path) -> Path:
     """The checkpoint to resume from: `path` itself, or a run folder's newest full checkpoint.
 

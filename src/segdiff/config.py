@@ -9,9 +9,12 @@ ones, and invalid values raise `ValueError` in `__post_init__`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 Conditioning = Literal["sum", "concat", "image-concat", "add-after-down-1", "add-after-down-3", "add-after-down-5"]
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
@@ -28,21 +31,120 @@ def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(valid)}")
 
 
+class _WrongType(Exception):
+    """`_coerce`'s signal that a value does not fit its annotation; the caller names the key."""
+
+
+def _describe(annotation: Any) -> str:
+    """What a value of `annotation` is, in words for an error message ("a list of integers")."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is bool:
+        return "true or false"
+    if annotation is int:
+        return "an integer"
+    if annotation is float:
+        return "a number"
+    if annotation is str:
+        return "a string"
+    if annotation is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (tuple, list):
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+        plural = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {plural.get(args[0], _describe(args[0]))}" if args else "a list"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """`value` checked against a field annotation, normalised (int -> float, list -> tuple).
+
+    bool fields take only true/false; int fields take integers, and a float only when it is
+    integral (1e4 is 10000, 10000.5 is refused), never a bool; float fields take integers and
+    floats; str and Literal fields take strings (a Literal one of its values). Numbers written as
+    strings are refused. Annotations other than these pass the value through unchecked.
+    """
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation is type(None):
+        if value is None:
+            return value
+    elif origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+    elif origin in (tuple, list):
+        if isinstance(value, (list, tuple)):  # JSON/YAML have no tuples
+            if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+                if len(value) != len(args):
+                    raise _WrongType
+                return tuple(_coerce(v, a) for v, a in zip(value, args))
+            items = [_coerce(v, args[0]) for v in value] if args else list(value)
+            return tuple(items) if origin is tuple else items
+    elif origin in (typing.Union, types.UnionType):
+        for member in args:
+            try:
+                return _coerce(value, member)
+            except _WrongType:
+                pass
+    else:
+        return value
+    raise _WrongType
+
+
+def _check_field(where: str, value: Any, annotation: Any) -> Any:
+    """`_coerce`, or a ValueError naming the key, the value found, its type and what was expected."""
+    try:
+        return _coerce(value, annotation)
+    except _WrongType:
+        if get_origin(annotation) is Literal and isinstance(value, str):  # the wording of _check_choice
+            choices = ", ".join(get_args(annotation))
+            raise ValueError(f"{where}={value!r} is not valid; choose one of {choices}") from None
+        hint = ""
+        if isinstance(value, str) and annotation in (int, float):
+            try:
+                float(value)
+                hint = " (YAML 1.1 reads a number such as 1e-4 without a dot as text; write 1.0e-4)"
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected {_describe(annotation)}, found {value!r} "
+                         f"({type(value).__name__}){hint}") from None
+
+
 def _from_dict(cls, data: dict[str, Any], where: str):
-    """Build dataclass `cls` from `data`, rejecting unknown keys by name."""
+    """Build dataclass `cls` from `data`, rejecting unknown keys by name and values of the wrong type.
+
+    Each value is checked against its field's annotation (`_coerce` says what is accepted); the
+    error names `where.key`, the value, its type and the type expected, e.g.
+    "config.train.max_steps: expected an integer, found 10000.5 (float)".
+    """
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, found {type(data).__name__}")
     valid = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - valid)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+    hints = get_type_hints(cls)
     kwargs = {}
     for f in fields(cls):
         if f.name in data:
-            value = data[f.name]
-            if isinstance(value, list):  # JSON/YAML have no tuples
-                value = tuple(value)
-            kwargs[f.name] = value
+            kwargs[f.name] = _check_field(f"{where}.{f.name}", data[f.name], hints[f.name])
     return cls(**kwargs)
 
 
@@ -104,8 +206,10 @@ class ModelConfig:
                 raise ValueError(f"conditioning={self.conditioning} needs at least {n + 1} levels, found {levels}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.rrdb_blocks < 0 or self.num_res_blocks < 1:
-            raise ValueError("rrdb_blocks must be >= 0 and num_res_blocks >= 1")
+        if self.rrdb_blocks < 0:
+            raise ValueError(f"rrdb_blocks={self.rrdb_blocks} must be >= 0")
+        if self.num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks={self.num_res_blocks} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -191,16 +295,22 @@ class TrainConfig:
     dice_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_steps < 0 or self.lr <= 0:
-            raise ValueError("batch_size must be >= 1, max_steps >= 0, lr > 0")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps={self.max_steps} must be >= 0")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
         _check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         _check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
-        if self.keep_last < 1 or self.max_nonfinite < 1 or self.save_every < 1 or self.log_every < 1:
-            raise ValueError("keep_last, max_nonfinite, save_every and log_every must be >= 1")
-        if self.grad_clip < 0 or self.val_every < 0:
-            raise ValueError(f"grad_clip={self.grad_clip} and val_every={self.val_every} must be >= 0")
+        for name in ("keep_last", "max_nonfinite", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("grad_clip", "val_every"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if not self.timestep_power > 0:
             raise ValueError(f"timestep_power={self.timestep_power} must be > 0 (1: uniform steps)")
         if not self.dice_weight >= 0:
@@ -367,7 +477,13 @@ class ExperimentConfig:
         return cls(**kwargs, preset=str(data.get("preset", "custom")))
 
     def override(self, assignments: list[str]) -> "ExperimentConfig":
-        """Apply `section.key=value` strings (the CLI's --set), parsed as YAML scalars."""
+        """Apply `section.key=value` strings (the CLI's --set), parsed as YAML scalars.
+
+        Values are then checked as `from_dict` checks them. Two readings help the command line:
+        text that YAML 1.1 leaves a string but Python reads as a number ("1e-4", "1e4") is taken as
+        that number for a numeric key (an integer key takes it when it is integral), and a string key
+        takes the text as written when YAML would read something else (a path named 2024).
+        """
         import yaml
 
         data = self.to_dict()
@@ -380,13 +496,21 @@ class ExperimentConfig:
                 raise ValueError(f"--set {item!r}: unknown section {section!r}; valid: model, diffusion, data, train, sample")
             if key not in data[section]:
                 raise ValueError(f"--set {item!r}: unknown key {key!r}; valid: {', '.join(sorted(data[section]))}")
-            value = yaml.safe_load(raw)
             current = data[section][key]
-            if isinstance(current, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                if not isinstance(current, str):
+                    problem = f" ({exc.problem})" if getattr(exc, "problem", None) else ""
+                    raise ValueError(f"--set {item!r}: {raw!r} is not a valid YAML value{problem}") from None
+                value = raw
+            if isinstance(current, str) and not isinstance(value, str):
+                value = raw
+            elif isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, str):
                 try:
                     value = float(value)  # YAML 1.1 reads "1e-4" as a string
                 except ValueError:
-                    raise ValueError(f"--set {item!r}: expected a number") from None
+                    pass  # left as text: from_dict names the key, the value and the type expected
             data[section][key] = value
         return ExperimentConfig.from_dict(data)
 

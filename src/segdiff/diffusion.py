@@ -5,7 +5,9 @@ Notation (paper symbol -> name here):
     alpha_t         alphas = 1 - betas
     alpha_bar_t     alphas_cumprod = prod_{s<=t} alpha_s
     x_t             the noisy mask at step t; x_0 the clean mask in diffusion space
-    eps_theta       eps_pred, the network's output
+    eps_theta       eps_pred, the noise estimate every sampler steps with: the network's output
+                    when it predicts the noise (diffusion.prediction="epsilon", the paper), else
+                    derived from its x_0 output by `DDPMScheduler.to_epsilon` ("sample")
     x_hat_0         x0_pred
     sigma_t^2       the ancestral sampler's variance; SegDiff uses beta_t
 
@@ -39,9 +41,40 @@ def linear_betas(num_steps: int) -> Tensor:
 
 
 def _gather(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """table[t] shaped to broadcast over `like` (B, 1, H, W), in its dtype and device."""
-    out = table.to(like.device)[t.to(like.device).long()].to(like.dtype)
+    """table[t] shaped to broadcast over `like` (B, 1, H, W), in its dtype and device.
+
+    The float64 table is cast where it lives (the CPU) before it moves: Apple's MPS has no float64.
+    """
+    out = table.to(like.dtype).to(like.device)[t.to(like.device).long()]
     return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _per_row(values: Tensor | float, like: Tensor) -> Tensor:
+    """Float64 `values` (one per row, or one for all) cast, then moved, to broadcast over `like`."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    return values.to(like.dtype).to(like.device).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def ancestral_step(x_t: Tensor, eps_pred: Tensor, beta: Tensor | float, alpha_bar: Tensor | float,
+                   noise: Tensor, last: bool | Tensor) -> Tensor:
+    """x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t z, sigma_t^2 = beta_t.
+
+    Ho et al. 2020, eq. 11 and Alg. 2 (SegDiff's sampler), with alpha_t = 1 - beta_t. `beta` and
+    `alpha_bar` are float64 values at this step, one per row of `x_t` or one for all: the trained
+    tables at t, or a respaced chain's beta'_i with alpha_bar at the kept step. They are cast to
+    `x_t`'s dtype before any arithmetic. `last` (a bool, or one per row) marks the final step,
+    which adds no noise; `noise` (z, shaped as `x_t`) is then unused.
+    """
+    beta64 = torch.as_tensor(beta, dtype=torch.float64)
+    beta_x, abar_x = _per_row(beta64, x_t), _per_row(alpha_bar, x_t)
+    alpha_x = _per_row(1 - beta64, x_t)  # 1 - beta in float64, as the scheduler's `alphas` table
+    # 1. mean (eq. 11)
+    mean = (x_t - beta_x / (1 - abar_x).sqrt() * eps_pred) / alpha_x.sqrt()
+    # 2. x_{t-1} = mean + sigma_t z, sigma_t = sqrt(beta_t); no noise at the last step
+    if isinstance(last, bool):
+        return mean if last else mean + beta_x.sqrt() * noise
+    nonzero = (~torch.as_tensor(last, dtype=torch.bool)).to(x_t.device).to(x_t.dtype)
+    return mean + nonzero.reshape(-1, *([1] * (x_t.ndim - 1))) * beta_x.sqrt() * noise
 
 
 class DDPMScheduler:
@@ -49,7 +82,7 @@ class DDPMScheduler:
 
     >>> s = DDPMScheduler(100)
     >>> x_t = s.add_noise(x0, noise, t)            # q(x_t | x_0), eq. 4
-    >>> x_prev = s.step(eps_pred, t, x_t, generator=g)   # one ancestral step, eq. 11
+    >>> x_prev = s.step(output, t, x_t, generator=g)   # one ancestral step, eq. 11
     """
 
     def __init__(self, num_steps: int = 100, beta_schedule: str = "linear", prediction: str = "epsilon"):
@@ -125,19 +158,19 @@ class DDPMScheduler:
         """Mean of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)."""
         return _gather(self.posterior_mean_coef_x0, t, x_t) * x0 + _gather(self.posterior_mean_coef_xt, t, x_t) * x_t
 
-    def step(self, eps_pred: Tensor, t: int | Tensor, x_t: Tensor, *, generator: torch.Generator | None = None,
-             noise: Tensor | None = None) -> Tensor:
+    def step(self, model_output: Tensor, t: int | Tensor, x_t: Tensor, *, generator: torch.Generator | None = None,
+             noise: Tensor | None = None, clip_x0: bool = False) -> Tensor:
         """One ancestral step x_t -> x_{t-1} with sigma_t^2 = beta_t (Ho et al. Alg. 2, SegDiff).
 
-        `noise` may be passed instead of a generator to replay a fixed draw. No clipping of x_0.
+        `model_output` is what the network returns, read as this scheduler's `prediction` says: the
+        noise (epsilon) or x_0 (sample); it is converted to the noise estimate by `to_epsilon`, with
+        the x_0 estimate clamped to [-1, 1] when `clip_x0` (off by default, as in the paper). The
+        step itself is `ancestral_step`. `noise` may be passed instead of a generator to replay a
+        fixed draw.
         """
         t = torch.as_tensor(t).reshape(-1).expand(x_t.shape[0])
-        # 1. mean: (x_t - beta_t / sqrt(1 - abar_t) * eps) / sqrt(alpha_t)  (eq. 11)
-        beta = _gather(self.betas, t, x_t)
-        mean = (x_t - beta / (1 - _gather(self.alphas_cumprod, t, x_t)).sqrt() * eps_pred) / _gather(self.alphas, t, x_t).sqrt()
-        # 2. no noise at the last step (t = 0)
+        eps_pred = self.to_epsilon(model_output, t, x_t, clip_x0=clip_x0)
         if noise is None:
             noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-        nonzero = (t > 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
-        # 3. x_{t-1} = mean + sigma_t z, sigma_t^2 = beta_t
-        return mean + nonzero * beta.sqrt() * noise
+        t_cpu = t.cpu().long()  # the float64 tables stay on the CPU (MPS has no float64)
+        return ancestral_step(x_t, eps_pred, self.betas[t_cpu], self.alphas_cumprod[t_cpu], noise, t_cpu == 0)

@@ -17,17 +17,41 @@ from PIL import Image
 from torch import Tensor
 
 
+def _process_umask() -> int:
+    """The process's umask, from /proc/self/status where Linux gives it.
+
+    Elsewhere the only way to read it is to set it and set it back, which changes the mode of any
+    file another thread creates meanwhile; that is done once, at import, before this package starts
+    a thread, never per write.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()  # read once; a umask the process sets later is not seen by atomic_write
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
-    """Call `write(tmp_path)`, fsync, then rename onto `path`: all or nothing."""
+    """Call `write(tmp_path)`, fsync, then rename onto `path`: all or nothing.
+
+    The file gets mode 0o666 & ~_UMASK, as `open` would give it (mkstemp makes 0600), without
+    touching the process umask, so a thread creating files meanwhile is unaffected.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,7 +1,9 @@
 """The SegDiff network: eps_theta(x_t, I, t) = D(E'(F(I) + G(x_t), t), t).
 
-Amit et al. 2021, sec. 3 and ../shared/PAPER.md "Architecture". The network only predicts noise; the
-schedule and the sampling loop live in `diffusion.py` and `sampling.py`.
+Amit et al. 2021, sec. 3 and ../shared/PAPER.md "Architecture". The network only predicts: the
+noise eps (diffusion.prediction="epsilon", the paper) or the clean mask x_0 ("sample"), as the
+config says; `DDPMScheduler.to_epsilon` reads its output either way. The schedule and the
+sampling loop live in `diffusion.py` and `sampling.py`.
 
 What depends on t is split from what does not: `cond = net.encode_image(image)` runs the image
 encoder F once per image, `net.denoise(x_t, t, cond)` runs at every step. Calling `net(x_t, t,
@@ -172,11 +174,11 @@ class Block(nn.ModuleList):
 
 # --- the network ------------------------------------------------------------------------------------
 class SegDiff(nn.Module):
-    """The SegDiff noise predictor.
+    """The SegDiff predictor of the noise (or of x_0, with diffusion.prediction="sample").
 
     >>> net = SegDiff.from_preset("tiny")
     >>> cond = net.encode_image(torch.rand(2, 3, 32, 32))      # F(I), once per image
-    >>> eps = net.denoise(torch.randn(2, 1, 32, 32), torch.tensor([5, 9]), cond)
+    >>> output = net.denoise(torch.randn(2, 1, 32, 32), torch.tensor([5, 9]), cond)  # eps or x_0
     """
 
     def __init__(self, config: ModelConfig | None = None):
@@ -275,8 +277,11 @@ class SegDiff(nn.Module):
         return self.cond_down(features) if self.cond_down is not None else features
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor, x0_prev: Tensor | None = None) -> Tensor:
-        """Predicted noise eps_theta (B, 1, H, W) from x_t (B, 1, H, W), steps t (B,), cond.
+        """The prediction (B, 1, H, W) from x_t (B, 1, H, W), steps t (B,), cond.
 
+        It is the noise eps_theta when the network is trained with diffusion.prediction="epsilon"
+        (the paper) and the x_0 estimate with "sample"; `DDPMScheduler.to_epsilon` converts either
+        to the noise estimate the samplers step with.
         `cond` may have batch 1 (one image, many generations): it is broadcast. With
         `config.self_condition`, G reads `x0_prev` (the previous x_0 estimate, (B, 1, H, W);
         None: zeros, as at the first sampling step) beside x_t.

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from .config import SAMPLER_NAMES, SYMMETRY_NAMES, SampleConfig
-from .diffusion import DDPMScheduler, _gather, from_signed
+from .diffusion import DDPMScheduler, _gather, ancestral_step, from_signed
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
 
@@ -109,21 +109,16 @@ def sample_ddpm(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ..
     """
     device = torch.device(device)
     x = _randn(shape, generator, device)
-    if num_steps in (None, scheduler.num_steps):
-        for t in scheduler.timesteps():
-            t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-            x = scheduler.step(denoise(x, t_batch), t_batch, x, noise=_randn(shape, generator, device))
-        return x
     steps = scheduler.timesteps(num_steps)
-    betas = respaced_betas(scheduler, steps)
+    # All T steps: the trained betas. Fewer: the respaced chain's beta'_i (equal to them at n = T).
+    full = num_steps in (None, scheduler.num_steps)
+    betas = scheduler.betas[steps] if full else respaced_betas(scheduler, steps)
     for i, t in enumerate(steps):
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-        eps = denoise(x, t_batch)
+        eps = denoise(x, t_batch)  # `denoise` returns the noise estimate already: no `to_epsilon` here
         noise = _randn(shape, generator, device)
-        beta, abar = float(betas[i]), float(scheduler.alphas_cumprod[t])
-        # Ho et al. eq. 11 with the respaced beta'_i; no noise after the last kept step.
-        mean = (x - beta / (1 - abar) ** 0.5 * eps) / (1 - beta) ** 0.5
-        x = mean + beta ** 0.5 * noise if i + 1 < len(steps) else mean
+        # Ho et al. eq. 11; no noise after the last step.
+        x = ancestral_step(x, eps, betas[i], scheduler.alphas_cumprod[t], noise, last=i + 1 == len(steps))
     return x
 
 

@@ -50,6 +50,7 @@ from .checkpoint import (
     load_resume_checkpoint,
     optimizer_from_checkpoint,
     optimizer_to_checkpoint,
+    remove_stale_temporaries,
     save_checkpoint,
     save_last,
     step_checkpoints,
@@ -219,6 +220,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                          "sample ids differ); resume with the run's data")
     if master:  # the first write: every check that can refuse the run has passed
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)  # a run killed mid-save left them (2.5 GB each at the paper's size)
         atomic_write(out_dir / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2)))
 
     # --- model, EMA, optimizer, loss scale ----------------------------------------------------------------
@@ -405,7 +407,9 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                 decay = min(tc.ema_decay, (1 + n) / (10 + n)) if tc.ema_warmup else tc.ema_decay
                 decay = decay if segmenter.uses_ema else 0.0  # 0: the evaluated weights are the raw ones
                 with torch.no_grad():
-                    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+                    # ema <- lerp(ema, model, 1 - decay), by torch's public EMA (one fused foreach kernel)
+                    ema_update = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
+                    ema_update(list(ema.parameters()), list(model.parameters()), None)
                 consecutive_nonfinite = 0
             else:
                 # A non-finite loss or gradient (fp16 overflow, a bad batch, divergence) skips the
