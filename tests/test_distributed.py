@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from segdiff.checkpoint import load_checkpoint
+
 from segdiff.cli import main
 from segdiff.distributed import GlobalBatchSampler, weights_fingerprint
 from segdiff.model import SegDiff
@@ -71,7 +73,7 @@ def test_two_cpu_processes_make_the_single_process_updates(tmp_path):
     # Global batch 8: one process takes all 8, two take 4 each; same data, same t and noise.
     args = ["train", "--preset", "tiny", "--steps", "4", "--batch-size", "8", "--device", "cpu",
             "--set", "data.num_train=64", "--set", "diffusion.num_steps=25", "--set", "train.log_every=1",
-            "--set", "train.val_every=4", "--set", "train.val_generations=1", "--set", "model.dropout=0"]
+            "--set", "train.val_every=2", "--set", "train.val_generations=2", "--set", "model.dropout=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # --standalone: torchrun's agent binds its store to a free port itself and keeps it open, so no
     # other process can take the port between choosing it and using it (as one chosen here could).
@@ -96,5 +98,12 @@ def test_two_cpu_processes_make_the_single_process_updates(tmp_path):
     ddp_losses, single_losses = ([r["loss"] for r in records(tmp_path / run) if r["event"] == "train"]
                                  for run in ("ddp", "single"))
     assert len(ddp_losses) == 4 and ddp_losses == pytest.approx(single_losses, rel=1e-5)
-    (val,) = [r["val_iou"] for r in records(tmp_path / "ddp") if r["event"] == "val"]
-    assert 0 <= val <= 1
+    # Validation: the same scores (each image's generations are seeded from its name, not from the
+    # rank), so the same step becomes best.
+    ddp_vals, single_vals = ([r["val_iou"] for r in records(tmp_path / run) if r["event"] == "val"]
+                             for run in ("ddp", "single"))
+    assert len(ddp_vals) == 2 and all(0 <= v <= 1 for v in ddp_vals)
+    assert ddp_vals == pytest.approx(single_vals, abs=1e-6)
+    best = [load_checkpoint(tmp_path / run / "best.safetensors", config_only=True).state["step"]
+            for run in ("ddp", "single")]
+    assert best[0] == best[1]

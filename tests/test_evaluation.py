@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +15,17 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from segdiff import metrics
-from segdiff.checkpoint import load_model
-from segdiff.cli import main
+from segdiff.cli import UserError, main, resolved_sample
+from segdiff.config import SampleConfig
 from segdiff.data import build_dataset, resize_image
-from segdiff.diffusion import DDPMScheduler
-from segdiff.evaluation import (
-    METRICS, PAPER_CITYSCAPES_IOU, PAPER_RESULTS, _Extremes, evaluate, format_report, running_means,
-)
+from segdiff.evaluation import METRICS, _Extremes, evaluate, format_report
+from segdiff.models import load_model
+from segdiff.protocol import PAPER_CITYSCAPES_IOU, PAPER_RESULTS, protocol_for, running_means
 from segdiff.sampling import derive_seed, generation_seeds, predict
 from segdiff.sliding import quadrants, stitch_quadrants
 from segdiff.data.synthetic import make_sample
 
-SAMPLING = {"sampler": "ddim", "num_steps": 4}  # cheap; the protocol code is the same for ddpm
+SAMPLING = {"sampler": "ddim", "num_sampling_steps": 4}  # cheap; the protocol code is the same for ddpm
 
 
 @pytest.fixture(scope="module")
@@ -38,26 +38,35 @@ def run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_and_config(run):
+def model(run):
+    """The run's SegDiff model (a `models.DiffusionSegmenter`: `.net`, `.scheduler`, `.config`)."""
     return load_model(run)
 
 
-def _synthetic_test(config, n: int = 4):
-    return build_dataset("synthetic", "", "test", config.model.image_size, num_test=n)
+def _sample(model, **fields) -> SampleConfig:
+    """The checkpoint's own sampling settings with the cheap SAMPLING and `fields` applied."""
+    return replace(model.config.sample, **SAMPLING, **fields)
 
 
-def _independent_prefix_scores(model, config, dataset, num_generations: int, seed: int = 0, symmetry="none"):
+def _whole_image_protocol(model, **options):
+    return protocol_for("synthetic", model.config.model.image_size, **options)
+
+
+def _synthetic_test(model, n: int = 4):
+    return build_dataset("synthetic", "", "test", _whole_image_protocol(model).dataset_size, num_test=n)
+
+
+def _independent_prefix_scores(model, dataset, num_generations: int, seed: int = 0, symmetry="none"):
     """Per image and k, IoU / F1 / calibration of a separate predict run's first k generations."""
-    scheduler = DDPMScheduler.from_config(config.diffusion)
     table = []  # [image][k-1] -> dict
     for i in range(len(dataset)):
         image, mask = dataset[i]
-        pred = predict(model, image[None], scheduler, num_generations=num_generations, keep_generations=True,
-                       seeds=generation_seeds(derive_seed(seed, dataset.names[i]), num_generations),
-                       symmetry=symmetry, **SAMPLING)
+        seeds = generation_seeds(derive_seed(seed, dataset.names[i]), num_generations)
+        pred = predict(model.net, image[None], model.scheduler, model.config.sample, num_generations=num_generations,
+                       keep_generations=True, seeds=seeds, symmetry=symmetry, **SAMPLING)
         rows = []
         for k in range(1, num_generations + 1):
-            prob = pred.generations[0, :k].mean(dim=0)
+            prob = pred.generations[0, :k, 0].mean(dim=0)  # (H, W): binary, one channel
             rows.append({"iou": float(metrics.iou(prob > 0.5, mask[0])[0]),
                          "f1": float(metrics.f1(prob > 0.5, mask[0])[0]),
                          "calibration": float(metrics.calibration_score(prob, mask[0])[0])})
@@ -74,20 +83,19 @@ def test_running_means_row_k_is_the_mean_of_the_first_k_generations():
 
 
 @pytest.mark.parametrize("symmetry", ["none", "dihedral"])
-def test_curve_equals_separate_predict_runs_of_the_first_k_generations(model_and_config, symmetry):
-    model, config = model_and_config
-    dataset = _synthetic_test(config)
+def test_curve_equals_separate_predict_runs_of_the_first_k_generations(model, symmetry):
+    dataset = _synthetic_test(model)
     k_max = 3
-    summary = evaluate(model, config, dataset, num_generations=k_max, seed=7, progress=False, symmetry=symmetry,
-                       **SAMPLING)
-    independent = _independent_prefix_scores(model, config, dataset, k_max, seed=7, symmetry=symmetry)
+    summary = evaluate(model, dataset, _whole_image_protocol(model), _sample(model, num_generations=k_max,
+                       symmetry=symmetry), seed=7, progress=False)
+    independent = _independent_prefix_scores(model, dataset, k_max, seed=7, symmetry=symmetry)
     assert summary["curve"]["num_generations"] == [1, 2, 3] and summary["symmetry"] == symmetry
     for k in range(1, k_max + 1):
         for m in ("iou", "f1", "calibration"):
             expected = np.mean([rows[k - 1][m] for _, rows in independent])
             assert summary["curve"][m][k - 1] == pytest.approx(expected, abs=1e-12), (m, k)
     # k = 1 is generation 0 thresholded; k = K is predict's own mask and the final summary.
-    first = np.mean([float(metrics.iou(pred.generations[0, 0] > 0.5, dataset[i][1][0])[0])
+    first = np.mean([float(metrics.iou(pred.generations[0, 0, 0] > 0.5, dataset[i][1][0])[0])
                      for i, (pred, _) in enumerate(independent)])
     assert summary["curve"]["iou"][0] == pytest.approx(first, abs=1e-12)
     final = np.mean([float(metrics.iou(pred.mask[0, 0], dataset[i][1][0])[0])
@@ -97,12 +105,11 @@ def test_curve_equals_separate_predict_runs_of_the_first_k_generations(model_and
         assert summary["curve"][m][-1] == summary["metrics"][m]
 
 
-def test_a_k_generation_run_reproduces_the_k_point_of_a_longer_run(model_and_config):
+def test_a_k_generation_run_reproduces_the_k_point_of_a_longer_run(model):
     # Generation k's seed depends on (seed, image, k) only, so a K=2 run is the K=3 run's prefix.
-    model, config = model_and_config
-    dataset = _synthetic_test(config, 3)
-    long = evaluate(model, config, dataset, num_generations=3, progress=False, **SAMPLING)
-    short = evaluate(model, config, dataset, num_generations=2, progress=False, max_batch=1, **SAMPLING)
+    dataset, protocol = _synthetic_test(model, 3), _whole_image_protocol(model)
+    long = evaluate(model, dataset, protocol, _sample(model, num_generations=3), progress=False)
+    short = evaluate(model, dataset, protocol, _sample(model, num_generations=2, max_batch=1), progress=False)
     for m in METRICS:
         # Probabilities differ by float rounding when rows are batched differently (max_batch);
         # the masks, and so the mask metrics, do not.
@@ -112,7 +119,7 @@ def test_a_k_generation_run_reproduces_the_k_point_of_a_longer_run(model_and_con
 
 
 # --- files ---------------------------------------------------------------------------------------
-def test_cli_writes_csv_figures_and_a_complete_summary(run, tmp_path, capsys):
+def test_cli_writes_csv_figures_and_a_complete_summary(run, model, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["evaluate", str(run), "--dataset", "synthetic", "--split", "test", "--generations", "2",
                  "--sampler", "ddim", "--steps", "3", "--max-images", "3", "--seed", "5", "--out", str(out)]) == 0
@@ -121,6 +128,10 @@ def test_cli_writes_csv_figures_and_a_complete_summary(run, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_generations"] == 2 and summary["sampler"] == "ddim" and summary["seed"] == 5
     assert summary["symmetry"] == "none"  # the checkpoint's sample.symmetry
+    # the checkpoint's own sampling settings, with the flags given applied
+    assert summary["sample"] == asdict(replace(model.config.sample, num_generations=2, sampler="ddim",
+                                               num_sampling_steps=3))
+    assert summary["model"] == "segdiff"
     assert summary["num_images"] == 3 and summary["split"] == "test" and summary["dataset"] == "synthetic"
     assert summary["checkpoint"] == str(run.resolve())
     assert summary["config"]["model"]["image_size"] == 32
@@ -137,15 +148,14 @@ def test_cli_writes_csv_figures_and_a_complete_summary(run, tmp_path, capsys):
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
 
 
-def test_a_failure_while_writing_leaves_no_summary(model_and_config, tmp_path):
-    model, config = model_and_config
+def test_a_failure_while_writing_leaves_no_summary(model, tmp_path):
     out = tmp_path / "eval"
     out.mkdir()
     (out / "summary.json").write_text('{"stale": true}')  # from an earlier run into the same folder
     (out / "reliability.png").mkdir()  # a folder where a figure goes: renaming onto it fails
     with pytest.raises(OSError):
-        evaluate(model, config, _synthetic_test(config, 2), num_generations=1, out_dir=out, progress=False,
-                 **SAMPLING)
+        evaluate(model, _synthetic_test(model, 2), _whole_image_protocol(model), _sample(model, num_generations=1),
+                 out_dir=out, progress=False)
     assert (out / "per_image.csv").exists()  # written before the failure...
     assert not (out / "summary.json").exists()  # ...but nothing claims the run completed
 
@@ -174,21 +184,21 @@ def _write_cityscapes(root: Path) -> None:
     Image.fromarray(pixels).save(root / "leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png")
 
 
-def test_cityscapes_scores_at_the_crop_size_and_averages_classes(model_and_config, tmp_path):
-    model, config = model_and_config
+def test_cityscapes_scores_at_the_crop_size_and_averages_classes(model, tmp_path):
     _write_cityscapes(tmp_path)
-    dataset = build_dataset("cityscapes", tmp_path, "test", 32, setting="tight")
-    summary = evaluate(model, config, dataset, num_generations=2, out_dir=tmp_path / "out", progress=False, **SAMPLING)
+    protocol = protocol_for("cityscapes", 32, setting="tight")
+    dataset = build_dataset("cityscapes", tmp_path, "test", protocol.dataset_size, setting="tight")
+    summary = evaluate(model, dataset, protocol, _sample(model, num_generations=2), out_dir=tmp_path / "out",
+                       progress=False)
     with open(tmp_path / "out" / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["class"], int(r["height"]), int(r["width"])) for r in rows] == [
         ("car", 40, 40), ("car", 40, 30), ("bus", 50, 60)]  # the crops' own sizes, not 32x32
     # Independently: predict at 32, bilinear to the crop's size, then 0.5.
-    scheduler = DDPMScheduler.from_config(config.diffusion)
     for i, row in enumerate(rows):
         image, _ = dataset[i]
         target = dataset.original_mask(i)[0]
-        pred = predict(model, image[None], scheduler, num_generations=2,
+        pred = predict(model.net, image[None], model.scheduler, model.config.sample, num_generations=2,
                        seeds=generation_seeds(derive_seed(0, dataset.names[i]), 2), **SAMPLING)
         prob = F.interpolate(pred.prob, size=tuple(target.shape), mode="bilinear", align_corners=False)[0, 0]
         assert float(row["iou"]) == pytest.approx(float(metrics.iou(prob > 0.5, target)[0]), abs=1e-12)
@@ -223,25 +233,25 @@ def _shared_folder(data_root: Path, *parts: str) -> Path:
     return folder
 
 
-def test_monuseg_samples_four_quadrants_and_scores_at_twice_the_input(data_root, model_and_config):
+def test_monuseg_samples_four_quadrants_and_scores_at_twice_the_input(data_root, model):
     _shared_folder(data_root, "monuseg", "test")
-    model, config = model_and_config
-    dataset = build_dataset("monuseg", data_root, "test", 32)
-    summary = evaluate(model, config, dataset, num_generations=2, max_images=1, progress=False, **SAMPLING)
+    protocol = protocol_for("monuseg", 32)
+    dataset = build_dataset("monuseg", data_root, "test", protocol.dataset_size)
+    summary = evaluate(model, dataset, protocol, _sample(model, num_generations=2), max_images=1, progress=False)
     image, mask = dataset[0]  # (3, 64, 64): the full image at twice the model input
     seeds = [s for tile in range(4) for s in generation_seeds(derive_seed(0, dataset.names[0]), 2, tile)]
-    pred = predict(model, quadrants(image), DDPMScheduler.from_config(config.diffusion), num_generations=2,
-                   seeds=seeds, **SAMPLING)
+    pred = predict(model.net, quadrants(image), model.scheduler, model.config.sample, num_generations=2, seeds=seeds,
+                   **SAMPLING)
     prob = stitch_quadrants(pred.prob)[0]  # (64, 64)
     assert summary["metrics"]["iou"] == pytest.approx(float(metrics.iou(prob > 0.5, mask[0])[0]), abs=1e-12)
     assert summary["paper"]["metrics"] == {"f1": 81.59, "iou": 69.00}
 
 
-def test_vaihingen_report_sets_the_paper_numbers_beside_the_run(data_root, model_and_config):
+def test_vaihingen_report_sets_the_paper_numbers_beside_the_run(data_root, model):
     _shared_folder(data_root, "vaihingen", "buildings")
-    model, config = model_and_config
-    dataset = build_dataset("vaihingen", data_root, "test", 32)
-    summary = evaluate(model, config, dataset, num_generations=1, max_images=2, progress=False, **SAMPLING)
+    protocol = protocol_for("vaihingen", 32)
+    dataset = build_dataset("vaihingen", data_root, "test", protocol.dataset_size)
+    summary = evaluate(model, dataset, protocol, _sample(model, num_generations=1), max_images=2, progress=False)
     report = format_report(summary)
     assert f"| mIoU | {100 * summary['metrics']['iou']:.2f} | 91.12 |" in report
     assert "| F1 |" in report and "95.14" in report and "85.09" in report and "93.83" in report
@@ -302,59 +312,69 @@ class _Pairs(torch.utils.data.Dataset):
         return self.pairs[i]
 
 
-def test_non_binary_target_or_other_shape_is_a_value_error_naming_the_item(model_and_config):
-    model, config = model_and_config
+def test_non_binary_target_or_other_shape_is_a_value_error_naming_the_item(model):
+    protocol, sample = protocol_for("folder", 32), _sample(model, num_generations=1)
     image = torch.rand(3, 32, 32)
     soft = _Pairs([(image, torch.full((1, 32, 32), 0.5))])
     with pytest.raises(ValueError, match=r"pair0: target: expected a binary mask"):
-        evaluate(model, config, soft, num_generations=1, progress=False, **SAMPLING)
+        evaluate(model, soft, protocol, sample, progress=False)
     wrong = _Pairs([(image, torch.zeros(1, 16, 16))])
-    with pytest.raises(ValueError, match=r"pair0: prediction and target must have the same shape"):
-        evaluate(model, config, wrong, num_generations=1, progress=False, **SAMPLING)
+    with pytest.raises(ValueError, match=r"pair0: image and mask differ in size: \(32, 32\) and \(16, 16\)"):
+        evaluate(model, wrong, protocol, sample, progress=False)
     small = _Pairs([(torch.rand(3, 16, 16), torch.zeros(1, 16, 16))])
-    with pytest.raises(ValueError, match=r"image_size=32"):
-        evaluate(model, config, small, num_generations=1, progress=False, **SAMPLING)
+    with pytest.raises(ValueError, match=r"pair0: .*image_size=32"):
+        evaluate(model, small, protocol, sample, progress=False)
 
 
 def test_unknown_sampler_is_exit_2(run, tmp_path, capsys):
-    assert main(["evaluate", str(run), "--dataset", "synthetic", "--sampler", "euler", "--out", str(tmp_path)]) == 2
-    assert "sampler='euler' is not valid" in capsys.readouterr().err
+    # --sampler lists the library's samplers as its choices: argparse refuses the name itself.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(run), "--dataset", "synthetic", "--sampler", "euler", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "invalid choice: 'euler'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="sampler='euler' is not valid"):
+        resolved_sample(SampleConfig(), {"sampler": "euler"})
+    assert not (tmp_path / "o").exists()
 
 
-def test_unknown_symmetry_is_refused_before_sampling(run, model_and_config, tmp_path, capsys):
+def test_an_invalid_sampling_value_is_exit_2_before_sampling(run, tmp_path, capsys):
+    # The run samples with ddpm; eta belongs to ddim alone (SampleConfig's check, turned into a UserError).
+    assert main(["evaluate", str(run), "--dataset", "synthetic", "--eta", "0.5", "--out", str(tmp_path / "o")]) == 2
+    assert "eta=0.5 applies to sampler 'ddim' only, not 'ddpm'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_symmetry_is_refused_before_sampling(run, model, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", str(run), "--dataset", "synthetic", "--symmetry", "rot", "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "invalid choice: 'rot'" in capsys.readouterr().err
-    model, config = model_and_config
+    # evaluate's settings come as a SampleConfig, which cannot hold an unknown symmetry.
     with pytest.raises(ValueError, match="symmetry='rot' is not valid"):
-        evaluate(model, config, _synthetic_test(config, 1), symmetry="rot", progress=False)
+        _sample(model, symmetry="rot")
 
 
-def test_score_size_samples_at_the_input_and_scores_the_upsampled_probability(model_and_config):
-    model, config = model_and_config
-    size = 2 * config.model.image_size
-    dataset = build_dataset("synthetic", "", "test", size, num_test=2)
-    summary = evaluate(model, config, dataset, num_generations=2, score_size=size, progress=False, seed=3,
-                       **SAMPLING)
+def test_score_size_samples_at_the_input_and_scores_the_upsampled_probability(model):
+    size = 2 * model.config.model.image_size
+    protocol, sample = _whole_image_protocol(model, score_size=size), _sample(model, num_generations=2)
+    assert protocol.dataset_size == size
+    dataset = build_dataset("synthetic", "", "test", protocol.dataset_size, num_test=2)
+    summary = evaluate(model, dataset, protocol, sample, progress=False, seed=3)
     assert summary["score_size"] == size and "scored against the" in summary["protocol_description"]
     # By hand: sample the downsized image with the same seeds, upsample the running mean, threshold.
     image, mask = dataset[0]
-    small = resize_image(image, config.model.image_size)
-    pred = predict(model, small[None], DDPMScheduler.from_config(config.diffusion), num_generations=2,
+    small = resize_image(image, model.config.model.image_size)
+    pred = predict(model.net, small[None], model.scheduler, model.config.sample, num_generations=2,
                    seeds=generation_seeds(derive_seed(3, dataset.names[0]), 2), keep_generations=True, **SAMPLING)
     prob = torch.nn.functional.interpolate(pred.prob, size=(size, size), mode="bilinear", align_corners=False)
     expected = metrics.iou(prob[0, 0].clamp(0, 1) > 0.5, mask[0])[0]
-    first = evaluate(model, config, dataset, num_generations=2, score_size=size, progress=False, seed=3,
-                     max_images=1, **SAMPLING)
+    first = evaluate(model, dataset, protocol, sample, progress=False, seed=3, max_images=1)
     assert first["metrics"]["iou"] == pytest.approx(float(expected), abs=1e-9)
 
 
-def test_score_size_is_refused_for_protocols_with_their_own_resolution(data_root, model_and_config):
-    _shared_folder(data_root, "monuseg", "test")
-    model, config = model_and_config
-    dataset = build_dataset("monuseg", data_root, "test", config.model.image_size)
-    with pytest.raises(ValueError, match="monuseg protocol fixes its own"):
-        evaluate(model, config, dataset, num_generations=1, score_size=256, progress=False, **SAMPLING)
+@pytest.mark.parametrize("dataset", ["monuseg", "cityscapes"])
+def test_score_size_is_refused_for_protocols_with_their_own_resolution(dataset):
+    # The protocol takes score_size now (evaluate did): refused when it is built, no data needed.
+    with pytest.raises(ValueError, match=f"the {dataset} protocol fixes its own scoring resolution"):
+        protocol_for(dataset, 32, score_size=256)
 
 
 def test_reproduce_trains_then_writes_a_test_evaluation(tmp_path):

@@ -1,9 +1,10 @@
 """`segdiff predict` on many images: folders and list files, resuming, sharding, sliding windows."""
 
+import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,8 @@ from PIL import Image
 from segdiff import ExperimentConfig, SegDiff, load_model, predict
 from segdiff.checkpoint import Checkpoint, save_checkpoint
 from segdiff.cli import main
-from segdiff.config import DiffusionConfig
+from segdiff.config import DataConfig, DiffusionConfig, SampleConfig
 from segdiff.data import image_to_tensor, read_image, resize_image
-from segdiff.diffusion import DDPMScheduler
 from segdiff.sampling import derive_seed, generation_seeds
 from segdiff.sliding import quadrants, stitch_quadrants
 from segdiff.data.synthetic import make_sample
@@ -25,17 +25,35 @@ KINDS = ("mask", "prob", "uncertainty", "overlay")
 FAST = ["--generations", "2", "--sampler", "ddim", "--steps", "4"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A real checkpoint of the tiny preset (T=25) with random, non-zero weights: no training needed."""
+def _random_checkpoint(folder: Path, cfg: ExperimentConfig) -> Path:
+    """A real checkpoint of `cfg` with random, non-zero weights: no training needed."""
     torch.manual_seed(0)
-    cfg = replace(ExperimentConfig.tiny(), diffusion=DiffusionConfig(num_steps=25))
     net = SegDiff(cfg.model)
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.03)
-    path = tmp_path_factory.mktemp("ckpt") / "random.safetensors"
+    path = folder / "random.safetensors"
     save_checkpoint(path, Checkpoint(config=cfg, ema=net.state_dict()))
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """The tiny preset (T=25; its sampling settings are the paper's K=30, ddpm over all T)."""
+    cfg = replace(ExperimentConfig.tiny(), diffusion=DiffusionConfig(num_steps=25))
+    return _random_checkpoint(tmp_path_factory.mktemp("ckpt"), cfg)
+
+
+# Sampling settings saved in a checkpoint, none of them SampleConfig's default.
+TUNED = SampleConfig(num_generations=2, sampler="ddim", num_sampling_steps=3, eta=0.5, symmetry="flips",
+                     clip_x0=True, max_batch=3)
+
+
+@pytest.fixture(scope="module")
+def tuned_checkpoint(tmp_path_factory):
+    """The tiny preset (T=25) whose config carries the sampling settings TUNED, and 2 synthetic test images."""
+    cfg = replace(ExperimentConfig.tiny(), diffusion=DiffusionConfig(num_steps=25), sample=TUNED,
+                  data=DataConfig(num_test=2))
+    return _random_checkpoint(tmp_path_factory.mktemp("tuned"), cfg)
 
 
 def write_image(path: Path, index: int, size=(40, 33)) -> Path:
@@ -124,11 +142,11 @@ def test_predict_seeds_each_generation_from_seed_and_name(checkpoint, images, tm
     flags = ["--symmetry", symmetry] if symmetry != "none" else []
     assert main(["predict", str(checkpoint), str(images / "a.png"), "--out", str(out), *FAST, "--seed", "4",
                  *flags]) == 0
-    model, cfg = load_model(checkpoint)
+    model = load_model(checkpoint)
     image = image_to_tensor(read_image(images / "a.png"))
-    pred = predict(model, resize_image(image, 32)[None], DDPMScheduler.from_config(cfg.diffusion),
-                   num_generations=2, sampler="ddim", num_steps=4, seeds=generation_seeds(derive_seed(4, "a"), 2),
-                   symmetry=symmetry)
+    pred = predict(model.net, resize_image(image, 32)[None], model.scheduler, model.config.sample,
+                   num_generations=2, sampler="ddim", num_sampling_steps=4,
+                   seeds=generation_seeds(derive_seed(4, "a"), 2), symmetry=symmetry)
     prob = torch.nn.functional.interpolate(pred.prob, size=(33, 40), mode="bilinear", align_corners=False)[0, 0]
     written = np.asarray(Image.open(out / "a_prob.png")).astype(np.int16)
     expected = (prob.clamp(0, 1).numpy() * 255 + 0.5).astype(np.int16)
@@ -140,11 +158,11 @@ def test_tile_at_overlap_0_reproduces_the_quadrant_protocol(checkpoint, tmp_path
     out = tmp_path / "out"
     assert main(["predict", str(checkpoint), str(tmp_path / "scan.png"), "--out", str(out), *FAST,
                  "--tile", "--resize", "64", "--overlap", "0", "--max-batch", "64"]) == 0
-    model, cfg = load_model(checkpoint)
+    model = load_model(checkpoint)
     image = resize_image(image_to_tensor(read_image(tmp_path / "scan.png")), 64)
     seeds = [s for q in range(4) for s in generation_seeds(derive_seed(0, "scan"), 2, q)]
-    parts = predict(model, quadrants(image), DDPMScheduler.from_config(cfg.diffusion), num_generations=2,
-                    sampler="ddim", num_steps=4, seeds=seeds, max_batch=64)
+    parts = predict(model.net, quadrants(image), model.scheduler, model.config.sample, num_generations=2,
+                    sampler="ddim", num_sampling_steps=4, seeds=seeds, max_batch=64)
     prob = torch.nn.functional.interpolate(stitch_quadrants(parts.prob)[None], size=(50, 50), mode="bilinear",
                                            align_corners=False)[0, 0]
     written = np.asarray(Image.open(out / "scan_prob.png"))
@@ -159,6 +177,39 @@ def test_tile_segments_at_native_resolution(checkpoint, tmp_path):
     for kind in KINDS:
         with Image.open(out / f"wide_{kind}.png") as im:
             assert im.size == (90, 41)
+
+
+def test_predict_without_sampling_flags_samples_with_the_checkpoints_settings(tuned_checkpoint, images, tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", str(tuned_checkpoint), str(images / "a.png"), "--out", str(out), "--seed", "4"]) == 0
+    model = load_model(tuned_checkpoint)
+    assert model.config.sample == TUNED
+    image = image_to_tensor(read_image(images / "a.png"))
+    pred = predict(model.net, resize_image(image, 32)[None], model.scheduler, TUNED,
+                   seeds=generation_seeds(derive_seed(4, "a"), TUNED.num_generations))
+    prob = torch.nn.functional.interpolate(pred.prob, size=(33, 40), mode="bilinear", align_corners=False)[0, 0]
+    written = np.asarray(Image.open(out / "a_prob.png")).astype(np.int16)
+    expected = (prob.clamp(0, 1).numpy() * 255 + 0.5).astype(np.int16)
+    assert np.abs(written - expected).max() <= 1
+
+
+def test_evaluate_samples_with_the_checkpoints_settings_unless_a_flag_overrides_them(tuned_checkpoint, tmp_path):
+    common = ["evaluate", str(tuned_checkpoint), "--dataset", "synthetic", "--max-images", "1"]
+    assert main([*common, "--out", str(tmp_path / "saved")]) == 0
+    summary = json.loads((tmp_path / "saved" / "summary.json").read_text())
+    assert summary["sample"] == asdict(TUNED)
+    assert summary["num_generations"] == 2 and summary["curve"]["num_generations"] == [1, 2]
+    assert (summary["sampler"], summary["num_steps"], summary["symmetry"]) == ("ddim", 3, "flips")
+    assert summary["clip_x0"] is True and summary["max_batch"] == 3
+
+    flags = ["--generations", "1", "--sampler", "sde-dpm-solver++", "--no-clip-x0"]
+    assert main([*common, *flags, "--out", str(tmp_path / "flags")]) == 0
+    summary = json.loads((tmp_path / "flags" / "summary.json").read_text())
+    # The flags replace their fields; the saved DDIM eta does not carry over to another sampler.
+    assert summary["sample"] == asdict(replace(TUNED, num_generations=1, sampler="sde-dpm-solver++", eta=0.0,
+                                               clip_x0=False))
+    assert summary["num_generations"] == 1 and summary["curve"]["num_generations"] == [1]
+    assert summary["sampler"] == "sde-dpm-solver++" and summary["clip_x0"] is False
 
 
 def test_input_errors_are_clear(checkpoint, images, tmp_path, capsys):

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from segdiff import DDPMScheduler, SegDiff, predict, sample_ddim, sample_ddpm
+from segdiff import DDPMScheduler, DiffusionSegmenter, SegDiff, predict, sample_ddim, sample_ddpm
 from segdiff.diffusion import _gather, from_signed, to_signed
-from segdiff.config import SYMMETRY_NAMES
+from segdiff.config import SYMMETRY_NAMES, DiffusionConfig, ExperimentConfig, SampleConfig
 from segdiff.sampling import (
     SAMPLER_FUNCTIONS, SYMMETRIES, apply_symmetry, derive_seed, dpm_solver_scheduler, generation_seeds,
-    invert_symmetry, respaced_betas, sample_dpm_solver,
+    invert_symmetry, respaced_betas, sample_dpm_solver, sample_generations,
 )
 from segdiff.sliding import predict_sliding, quadrants, stitch_quadrants, window_starts, window_weights
 
@@ -62,6 +62,12 @@ def net():
     return net
 
 
+@pytest.fixture(scope="module")
+def segmenter(net):
+    """`net` with the T = 25 schedule the tests sample it with, as the sliding-window code takes it."""
+    return DiffusionSegmenter(ExperimentConfig(model=net.config, diffusion=DiffusionConfig(25)), net)
+
+
 def test_predict_is_deterministic_under_generator_and_varies_with_seed(net):
     images, s = torch.rand(2, 3, 32, 32), DDPMScheduler(25)
     run = lambda seed: predict(net, images, s, num_generations=3, generator=torch.Generator().manual_seed(seed))  # noqa
@@ -75,9 +81,9 @@ def test_predict_shapes_and_ensemble_statistics(net):
     p = predict(net, torch.rand(2, 3, 32, 32), s, num_generations=4, generator=torch.Generator().manual_seed(0),
                 keep_generations=True)
     assert p.prob.shape == p.mask.shape == p.uncertainty.shape == (2, 1, 32, 32)
-    assert p.generations.shape == (2, 4, 32, 32)
-    torch.testing.assert_close(p.prob[:, 0], p.generations.mean(1))
-    torch.testing.assert_close(p.uncertainty[:, 0], p.generations.std(1, unbiased=False))
+    assert p.generations.shape == (2, 4, 1, 32, 32)  # (B, K, C, H, W)
+    torch.testing.assert_close(p.prob, p.generations.mean(1))
+    torch.testing.assert_close(p.uncertainty, p.generations.std(1, unbiased=False))
     assert torch.equal(p.mask, (p.prob > 0.5).float())
     assert p.prob.min() >= 0 and p.prob.max() <= 1
 
@@ -103,6 +109,23 @@ def test_image_encoder_runs_once_per_predict_call(net):
 def test_predict_rejects_unknown_sampler(net):
     with pytest.raises(ValueError, match="sampler='euler' is not valid"):
         predict(net, torch.rand(1, 3, 32, 32), DDPMScheduler(25), sampler="euler")
+
+
+def test_predict_rejects_an_override_that_is_not_a_sample_config_field(net):
+    with pytest.raises(TypeError, match="unknown sampling option.* num_steps; valid: .*num_sampling_steps"):
+        predict(net, torch.rand(1, 3, 32, 32), DDPMScheduler(25), num_steps=4)
+
+
+def test_predict_takes_its_settings_from_a_sample_config_and_overrides_replace_fields(net):
+    s, images, seeds = DDPMScheduler(25), torch.rand(1, 3, 32, 32), [5, 6]
+    sample = SampleConfig(num_generations=2, sampler="ddim", num_sampling_steps=3)
+    from_config = predict(net, images, s, sample, seeds=seeds, keep_generations=True)
+    from_keywords = predict(net, images, s, num_generations=2, sampler="ddim", num_sampling_steps=3, seeds=seeds,
+                            keep_generations=True)
+    assert torch.equal(from_config.generations, from_keywords.generations)
+    overridden = predict(net, images, s, sample, num_generations=1, seeds=seeds[:1], keep_generations=True)
+    assert torch.equal(overridden.generations, from_config.generations[:, :1])
+    assert torch.equal(sample_generations(net, images, s, sample, seeds), from_config.generations)
 
 
 # --- respacing, DPM-Solver++ ------------------------------------------------------------------------
@@ -180,28 +203,30 @@ def test_dpm_solver_is_second_order_where_ddim_is_first_order():
     assert error["dpm", 100] < error["ddim", 100] / 4
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddpm", 10), ("ddim", 10), ("dpm-solver++", 5),
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 0), ("ddpm", 10), ("ddim", 10), ("dpm-solver++", 5),
                                            ("sde-dpm-solver++", 5)])
 def test_batched_generations_with_cached_features_match_the_reference_pattern(net, sampler, steps):
     """predict (F(I) once, K rows batched) == the full network at every step, one generation at a time."""
     s, images, k = DDPMScheduler(25), torch.rand(2, 3, 32, 32), 3
     seeds = [derive_seed(7, i) for i in range(2 * k)]
-    fast = predict(net, images, s, num_generations=k, sampler=sampler, num_steps=steps, max_batch=64, seeds=seeds,
-                   keep_generations=True)
+    fast = predict(net, images, s, num_generations=k, sampler=sampler, num_sampling_steps=steps, max_batch=64,
+                   seeds=seeds, keep_generations=True)
     for row, seed in enumerate(seeds):
         image = images[row // k][None]
         x0 = SAMPLER_FUNCTIONS[sampler](lambda x, t: net(x, t, image), s, (1, 1, 32, 32),
-                                        generator=[torch.Generator().manual_seed(seed)], num_steps=steps)
-        torch.testing.assert_close(fast.generations[row // k, row % k], from_signed(x0)[0, 0], atol=1e-4, rtol=0)
+                                        generator=[torch.Generator().manual_seed(seed)],
+                                        num_steps=steps or None)  # all T: 0 in SampleConfig, None here
+        torch.testing.assert_close(fast.generations[row // k, row % k], from_signed(x0)[0], atol=1e-4, rtol=0)
 
 
 def test_predict_with_seeds_does_not_depend_on_the_other_images(net):
     s, images = DDPMScheduler(25), torch.rand(2, 3, 32, 32)
     seeds_a, seeds_b = generation_seeds(derive_seed(0, "a"), 3), generation_seeds(derive_seed(0, "b"), 3)
-    together = predict(net, images, s, num_generations=3, sampler="ddim", num_steps=5, seeds=seeds_a + seeds_b)
-    alone = predict(net, images[1:], s, num_generations=3, sampler="ddim", num_steps=5, seeds=seeds_b, max_batch=2)
+    together = predict(net, images, s, num_generations=3, sampler="ddim", num_sampling_steps=5, seeds=seeds_a + seeds_b)
+    alone = predict(net, images[1:], s, num_generations=3, sampler="ddim", num_sampling_steps=5, seeds=seeds_b,
+                    max_batch=2)
     torch.testing.assert_close(together.prob[1:], alone.prob, atol=1e-5, rtol=0)
-    other = predict(net, images[1:], s, num_generations=3, sampler="ddim", num_steps=5, seeds=seeds_a)
+    other = predict(net, images[1:], s, num_generations=3, sampler="ddim", num_sampling_steps=5, seeds=seeds_a)
     assert not torch.allclose(other.prob, alone.prob, atol=1e-3)
 
 
@@ -224,7 +249,7 @@ def test_autocast_runs_the_network_in_bfloat16_and_stays_close(net):
     handle = net.out.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
     try:
         s, images, seeds = DDPMScheduler(25), torch.rand(1, 3, 32, 32), [3, 4]
-        kwargs = dict(num_generations=2, sampler="ddim", num_steps=3, seeds=seeds, keep_generations=True)
+        kwargs = dict(num_generations=2, sampler="ddim", num_sampling_steps=3, seeds=seeds, keep_generations=True)
         ref = predict(net, images, s, **kwargs)
         low = predict(net, images, s, autocast=True, **kwargs)
     finally:
@@ -238,8 +263,9 @@ def test_autocast_runs_the_network_in_bfloat16_and_stays_close(net):
 @pytest.mark.slow
 def test_compiled_denoise_gives_the_eager_result(net):
     s, images, seeds = DDPMScheduler(25), torch.rand(1, 3, 32, 32), [3, 4]
-    eager = predict(net, images, s, num_generations=2, sampler="ddim", num_steps=3, seeds=seeds)
-    compiled = predict(net, images, s, num_generations=2, sampler="ddim", num_steps=3, seeds=seeds, compile=True)
+    eager = predict(net, images, s, num_generations=2, sampler="ddim", num_sampling_steps=3, seeds=seeds)
+    compiled = predict(net, images, s, num_generations=2, sampler="ddim", num_sampling_steps=3, seeds=seeds,
+                       compile=True)
     torch.testing.assert_close(compiled.prob, eager.prob, atol=1e-4, rtol=0)
 
 
@@ -266,21 +292,21 @@ def test_linear_weights_cross_fade_to_one(length, overlap):
     torch.testing.assert_close(total, torch.ones(length, dtype=torch.float64))
 
 
-def test_sliding_at_overlap_0_is_exactly_the_quadrant_protocol(net):
+def test_sliding_at_overlap_0_is_exactly_the_quadrant_protocol(net, segmenter):
     """MoNuSeg: an image twice the input, four quadrants sampled separately and stitched."""
     s, image = DDPMScheduler(25), torch.rand(3, 64, 64)
-    kwargs = dict(num_generations=3, sampler="ddpm", num_steps=8, max_batch=64)
-    tiled = predict_sliding(net, image, s, overlap=0, generator=torch.Generator().manual_seed(0), **kwargs)
+    kwargs = dict(num_generations=3, sampler="ddpm", num_sampling_steps=8, max_batch=64)
+    tiled = predict_sliding(segmenter, image, overlap=0, generator=torch.Generator().manual_seed(0), **kwargs)
     parts = predict(net, quadrants(image), s, generator=torch.Generator().manual_seed(0), **kwargs)
     assert torch.equal(tiled.prob[0], stitch_quadrants(parts.prob))
     assert torch.equal(tiled.uncertainty[0], stitch_quadrants(parts.uncertainty))
     assert torch.equal(tiled.mask, (tiled.prob > 0.5).float())
 
 
-def test_sliding_blends_overlapping_windows_linearly(net):
+def test_sliding_blends_overlapping_windows_linearly(net, segmenter):
     s, image = DDPMScheduler(25), torch.rand(3, 32, 50)
-    kwargs = dict(num_generations=2, sampler="ddim", num_steps=4, max_batch=64)
-    tiled = predict_sliding(net, image, s, overlap=8, image_seed=11, **kwargs)
+    kwargs = dict(num_generations=2, sampler="ddim", num_sampling_steps=4, max_batch=64)
+    tiled = predict_sliding(segmenter, image, overlap=8, image_seed=11, **kwargs)
     assert window_starts(50, 32, 8) == [0, 18]  # columns 18..31 are shared
     seeds = generation_seeds(11, 2, 0) + generation_seeds(11, 2, 1)
     windows = predict(net, torch.stack([image[:, :, :32], image[:, :, 18:]]), s, seeds=seeds, **kwargs).prob[:, 0]
@@ -292,11 +318,10 @@ def test_sliding_blends_overlapping_windows_linearly(net):
     torch.testing.assert_close(tiled.prob[0, 0], expected.float(), atol=1e-6, rtol=0)
 
 
-def test_sliding_pads_small_images_and_keeps_any_size(net):
-    s = DDPMScheduler(25)
+def test_sliding_pads_small_images_and_keeps_any_size(segmenter):
     for h, w in ((20, 45), (7, 3)):
-        pred = predict_sliding(net, torch.rand(3, h, w), s, overlap=4, num_generations=1, sampler="ddim", num_steps=2,
-                               image_seed=0)
+        pred = predict_sliding(segmenter, torch.rand(3, h, w), overlap=4, num_generations=1, sampler="ddim",
+                               num_sampling_steps=2, image_seed=0)
         assert pred.prob.shape == pred.uncertainty.shape == pred.mask.shape == (1, 1, h, w)
         assert 0 <= pred.prob.min() and pred.prob.max() <= 1
 
@@ -324,12 +349,12 @@ class _X0Oracle(torch.nn.Module):
         return self.scale * self.x0[: x_t.shape[0]] + 0 * self.w
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddpm", 10), ("ddim", 25), ("dpm-solver++", 10),
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 0), ("ddpm", 10), ("ddim", 25), ("dpm-solver++", 10),
                                            ("sde-dpm-solver++", 10)])
 def test_every_sampler_recovers_x0_from_an_x0_predicting_network(x0, sampler, steps):
-    s = DDPMScheduler(100, prediction="sample")
-    pred = predict(_X0Oracle(x0), torch.zeros(3, 1, 8, 8), s, num_generations=1, sampler=sampler, num_steps=steps,
-                   seeds=[0, 1, 2])
+    s = DDPMScheduler(100, prediction="sample")  # steps 0: all T
+    pred = predict(_X0Oracle(x0), torch.zeros(3, 1, 8, 8), s, num_generations=1, sampler=sampler,
+                   num_sampling_steps=steps, seeds=[0, 1, 2])
     torch.testing.assert_close(pred.prob, from_signed(x0), atol=1e-4, rtol=0)
 
 
@@ -351,7 +376,7 @@ def test_clip_x0_clamps_the_estimate_to_the_mask_range(x0):
     """x_0 estimates 3x too large: clipped, the sampler still lands on x_0; unclipped it overshoots."""
     s = DDPMScheduler(100, prediction="sample")
     images = torch.zeros(3, 1, 8, 8)
-    clipped = predict(_X0Oracle(x0, scale=3.0), images, s, num_generations=1, sampler="ddim", num_steps=10,
+    clipped = predict(_X0Oracle(x0, scale=3.0), images, s, num_generations=1, sampler="ddim", num_sampling_steps=10,
                       seeds=[0, 1, 2], clip_x0=True)
     torch.testing.assert_close(clipped.prob, from_signed(x0), atol=1e-4, rtol=0)
     x_t, t = torch.randn(3, 1, 8, 8), torch.tensor([90, 90, 90])
@@ -396,21 +421,22 @@ def test_symmetric_generations_are_mapped_back_to_the_image(symmetry):
     images = torch.zeros(2, 3, 8, 8)
     images[0, 0, :3, :5] = 1  # an asymmetric mask: a wrong inverse moves it
     images[1, 0, 5:, 6:] = 1
-    plain = predict(_PixelOracle(), images, s, num_generations=8, sampler="ddim", num_steps=10, seeds=range(16))
-    sym = predict(_PixelOracle(), images, s, num_generations=8, sampler="ddim", num_steps=10, seeds=range(16),
+    plain = predict(_PixelOracle(), images, s, num_generations=8, sampler="ddim", num_sampling_steps=10,
+                    seeds=range(16))
+    sym = predict(_PixelOracle(), images, s, num_generations=8, sampler="ddim", num_sampling_steps=10, seeds=range(16),
                   symmetry=symmetry, keep_generations=True)
     torch.testing.assert_close(plain.prob, images[:, :1], atol=1e-4, rtol=0)
-    torch.testing.assert_close(sym.generations, images[:, :1].expand(2, 8, 8, 8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(sym.generations, images[:, None, :1].expand(2, 8, 1, 8, 8), atol=1e-4, rtol=0)
 
 
 def test_generation_k_is_sampled_on_the_image_under_transform_k_mod_n(net):
     s, image = DDPMScheduler(25), torch.rand(1, 3, 32, 32)
     seeds = generation_seeds(derive_seed(0, "img"), 10)
-    sym = predict(net, image, s, num_generations=10, sampler="ddim", num_steps=5, seeds=seeds, max_batch=3,
+    sym = predict(net, image, s, num_generations=10, sampler="ddim", num_sampling_steps=5, seeds=seeds, max_batch=3,
                   symmetry="dihedral", keep_generations=True)
     for k in (0, 3, 6, 9):  # k = 9 wraps round to transform 1
         g = k % 8
-        alone = predict(net, apply_symmetry(image, g), s, num_generations=1, sampler="ddim", num_steps=5,
+        alone = predict(net, apply_symmetry(image, g), s, num_generations=1, sampler="ddim", num_sampling_steps=5,
                         seeds=[seeds[k]], keep_generations=True)
         torch.testing.assert_close(sym.generations[:, k], invert_symmetry(alone.generations[:, 0], g),
                                    atol=1e-5, rtol=0)
@@ -440,8 +466,8 @@ class _SelfConditionedOracle(_X0Oracle):
 def test_self_conditioning_feeds_each_step_the_previous_clamped_estimate(x0):
     s = DDPMScheduler(100, prediction="sample")
     net = _SelfConditionedOracle(x0)
-    pred = predict(net, torch.zeros(3, 1, 8, 8), s, num_generations=1, sampler="sde-dpm-solver++", num_steps=5,
-                   seeds=[0, 1, 2], clip_x0=True)
+    pred = predict(net, torch.zeros(3, 1, 8, 8), s, num_generations=1, sampler="sde-dpm-solver++",
+                   num_sampling_steps=5, seeds=[0, 1, 2], clip_x0=True)
     assert len(net.seen) == 5 and net.seen[0] is None  # the first step has no estimate yet
     for seen in net.seen[1:]:  # then the previous step's x_0 estimate, 1.5 x0 clamped to [-1, 1]
         torch.testing.assert_close(seen, x0)

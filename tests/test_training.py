@@ -370,40 +370,39 @@ def test_torch_compile_gives_the_plain_results_within_float_tolerance(tmp_path):
 
 
 def test_an_x0_predicting_network_trains_on_x0_and_samples_through_predict(tmp_path):
-    from segdiff.checkpoint import load_model
-    from segdiff.diffusion import DDPMScheduler
-    from segdiff.sampling import predict
     from segdiff.data.synthetic import make_sample
+    from segdiff.models import load_model
+    from segdiff.sampling import predict
 
     cfg = ExperimentConfig.tiny().override([
         f"train.out_dir={tmp_path}", "train.max_steps=3", "train.batch_size=4", "data.num_train=8",
         "diffusion.prediction=sample", "sample.clip_x0=true", "train.log_every=1"])
     train(cfg, progress=False)
-    model, saved = load_model(tmp_path / "last.safetensors")
+    loaded = load_model(tmp_path / "last.safetensors")
+    model, saved = loaded.net, loaded.config
     assert saved.diffusion.prediction == "sample" and saved.sample.clip_x0
     # The first logged loss is the MSE against x_0: with the zero-initialised output layer the
     # network outputs 0, and x_0 is +-1 everywhere, so the loss of step 1 is exactly 1.
     first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
     assert first["step"] == 1 and first["loss"] == pytest.approx(1.0, abs=1e-6)
     image, _ = make_sample(0, 0, 32)
-    pred = predict(model, image[None], DDPMScheduler.from_config(saved.diffusion), num_generations=2,
-                   sampler="ddim", num_steps=4, seeds=[0, 1], clip_x0=True)
+    pred = predict(model, image[None], loaded.scheduler, num_generations=2, sampler="ddim", num_sampling_steps=4,
+                   seeds=[0, 1], clip_x0=True)
     assert pred.prob.shape == (1, 1, 32, 32) and 0 <= pred.prob.min() <= pred.prob.max() <= 1
 
 
 def test_self_conditioning_trains_half_the_samples_on_their_own_estimate(tmp_path, monkeypatch):
-    from segdiff import training
-    from segdiff.checkpoint import load_model
+    from segdiff import models
 
     calls = []
-    original = training.self_condition_input
+    original = models.self_condition_input
 
     def spy(net, scheduler, x_t, t, image, generator, batch_size, share):
         out = original(net, scheduler, x_t, t, image, generator, batch_size, share)
         calls.append(out)
         return out
 
-    monkeypatch.setattr(training, "self_condition_input", spy)
+    monkeypatch.setattr(models, "self_condition_input", spy)
     cfg = tiny(tmp_path, "model.self_condition=true", "diffusion.prediction=sample", "train.max_steps=6",
                "train.lr=1e-2")
     train(cfg, progress=False)
@@ -411,8 +410,8 @@ def test_self_conditioning_trains_half_the_samples_on_their_own_estimate(tmp_pat
     estimated = torch.stack([(c != 0).flatten(1).any(1) for c in calls])  # (steps, batch): rows given an estimate
     assert 0 < estimated.float().mean() < 1  # some rows get their estimate, the others zeros
     assert all(c.abs().max() <= 1 for c in calls)  # clamped, as sampling clamps it
-    model, saved = load_model(tmp_path / "last.safetensors")
-    assert saved.model.self_condition and model.mask_encoder.in_channels == 2
+    model = models.load_model(tmp_path / "last.safetensors")
+    assert model.config.model.self_condition and model.net.mask_encoder.in_channels == 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,7 +420,7 @@ def test_self_conditioning_trains_half_the_samples_on_their_own_estimate(tmp_pat
 
 def test_dice_term_matches_a_hand_computed_batch_dice():
     from segdiff.diffusion import DDPMScheduler
-    from segdiff.training import training_loss
+    from segdiff.models import training_loss
 
     scheduler = DDPMScheduler(25, prediction="sample")
     # Two 2x2 tiles: the first has one foreground pixel, the second none (a lone tile would be 0/0).
@@ -439,7 +438,7 @@ def test_dice_term_matches_a_hand_computed_batch_dice():
 
 def test_dice_term_reads_an_epsilon_networks_output_as_its_x0_estimate():
     from segdiff.diffusion import DDPMScheduler
-    from segdiff.training import training_loss
+    from segdiff.models import training_loss
 
     scheduler = DDPMScheduler(25)
     g = torch.Generator().manual_seed(0)
@@ -456,16 +455,16 @@ def test_dice_term_reads_an_epsilon_networks_output_as_its_x0_estimate():
 
 
 def test_training_with_a_dice_weight_logs_mse_plus_the_weighted_dice(tmp_path, monkeypatch):
-    from segdiff import training
+    from segdiff import models
 
     masks = []
-    original = training.training_loss
+    original = models.training_loss
 
     def spy(output, x0, noise, t, x_t, scheduler, dice_weight=0.0):
         masks.append(((x0 + 1) / 2).detach())
         return original(output, x0, noise, t, x_t, scheduler, dice_weight)
 
-    monkeypatch.setattr(training, "training_loss", spy)
+    monkeypatch.setattr(models, "training_loss", spy)
     train(tiny(tmp_path, "diffusion.prediction=sample", "train.max_steps=1", "train.log_every=1",
                "train.dice_weight=0.5"), progress=False)
     # The zero-initialised output layer gives x_0 = 0 at step 1: MSE exactly 1 (x_0 is +-1), and

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_resume_checkpoint, read_config
-from .config import CONDITIONINGS, PRESETS, SAMPLER_NAMES, SYMMETRY_NAMES, ExperimentConfig, SampleConfig
+from .config import CONDITIONINGS, PRESETS, SAMPLER_NAMES, SYMMETRY_NAMES, ConfigError, ExperimentConfig, SampleConfig
 from .data import DATASETS, IMAGE_SUFFIXES, DataError, image_to_tensor, make_dataset, read_image, resize_image
 from .demo import run_demo
 from .device import resolve_device
@@ -80,34 +80,28 @@ def _train_config(args: argparse.Namespace, extra: list[str] = ()) -> Experiment
             if value is not None:
                 sets.append(f"{key}={value}")
         return cfg.override(sets)
-    except ValueError as exc:  # the config's own checks: a value the user gave
+    except ConfigError as exc:  # the config's own checks: a value the user gave
         raise UserError(str(exc)) from None
 
 
-def _run_training(cfg: ExperimentConfig) -> Path:
+def _run_training(cfg: ExperimentConfig, resume: str | None = None) -> Path:
     try:
-        return train(cfg)  # prints the resolved config first
+        return train(cfg, resume=resume)  # prints the resolved config first
     except TrainingDiverged as exc:
         raise UserError(str(exc)) from None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    run = _run_training(_train_config(args))
+def cmd_train(args: argparse.Namespace, extra: list[str] = ()) -> int:
+    run = _run_training(_train_config(args, extra), resume=getattr(args, "resume", None))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"run folder: {run} (last.safetensors, best.safetensors, log.jsonl, log.csv, config.json)")
     return 0
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
+    """`segdiff train` with model kind "unet": the same loop, data, budget and checkpoints."""
     features = [] if args.features is None else [f"model.unet_features={list(args.features)}"]
-    return cmd_train_kind(args, ["model.kind=unet", *features])
-
-
-def cmd_train_kind(args: argparse.Namespace, extra: list[str]) -> int:
-    run = _run_training(_train_config(args, extra))
-    if os.environ.get("RANK", "0") == "0":
-        print(f"run folder: {run} (last.safetensors, best.safetensors, log.jsonl, log.csv, config.json)")
-    return 0
+    return cmd_train(args, ["model.kind=unet", *features])
 
 
 # --- sampling settings ----------------------------------------------------------------------------------
@@ -128,7 +122,7 @@ def resolved_sample(saved: SampleConfig, overrides: dict[str, Any]) -> SampleCon
         given["eta"] = 0.0  # the saved DDIM eta does not carry over to another sampler
     try:
         return replace(saved, **given)
-    except ValueError as exc:
+    except ConfigError as exc:
         raise UserError(str(exc)) from None
 
 
@@ -375,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "both alike. Writes RUN/config.json, RUN/log.jsonl, RUN/last.safetensors and "
                                    "RUN/best.safetensors.",
                        epilog="example: segdiff baseline --preset vaihingen-cpu --data ../shared/data --out runs/unet")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN or from a checkpoint file "
+                   "(segdiff train --resume does the same)")
     p.add_argument("--features", type=int, nargs=6, help="BasicUNet widths: 5 encoder levels and the last decoder "
                    "(default: model.unet_features, MONAI's 32 32 64 128 256 32)")
     add_config_args(p)
@@ -460,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, CheckpointError, DataError) as exc:  # errors a user can fix; anything else is a bug
+    except (UserError, ConfigError, CheckpointError, DataError) as exc:  # a user can fix these; others are bugs
         print(f"segdiff {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,7 +3,7 @@
 Defaults are the paper's (T=100, linear betas, epsilon prediction, K=30). Dataset presets are
 named constructors whose values cite their source (../shared/PAPER.md, "Per dataset"). Every
 config round-trips through plain dicts (and so JSON/YAML); unknown keys raise naming the valid
-ones, and invalid values raise `ValueError` in `__post_init__`.
+ones, and invalid values raise `ConfigError` (a `ValueError`) naming the key and the value.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+import yaml
+
 Conditioning = Literal["sum", "concat", "image-concat", "add-after-down-1", "add-after-down-3", "add-after-down-5"]
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
 Sampler = Literal["ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"]  # the functions in sampling.py
@@ -26,9 +28,14 @@ ModelKind = Literal["segdiff", "unet"]  # the registry in models.py maps each to
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 
 
+class ConfigError(ValueError):
+    """A config value, or a combination of values, that cannot run; the message names each one."""
+
+
+
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(valid)}")
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(valid)}")
 
 
 class _WrongType(Exception):
@@ -115,7 +122,7 @@ def _check_field(where: str, value: Any, annotation: Any) -> Any:
     except _WrongType:
         if get_origin(annotation) is Literal and isinstance(value, str):  # the wording of _check_choice
             choices = ", ".join(get_args(annotation))
-            raise ValueError(f"{where}={value!r} is not valid; choose one of {choices}") from None
+            raise ConfigError(f"{where}={value!r} is not valid; choose one of {choices}") from None
         hint = ""
         if isinstance(value, str) and annotation in (int, float):
             try:
@@ -123,7 +130,7 @@ def _check_field(where: str, value: Any, annotation: Any) -> Any:
                 hint = " (YAML 1.1 reads a number such as 1e-4 without a dot as text; write 1.0e-4)"
             except ValueError:
                 pass
-        raise ValueError(f"{where}: expected {_describe(annotation)}, found {value!r} "
+        raise ConfigError(f"{where}: expected {_describe(annotation)}, found {value!r} "
                          f"({type(value).__name__}){hint}") from None
 
 
@@ -135,11 +142,11 @@ def _from_dict(cls, data: dict[str, Any], where: str):
     "config.train.max_steps: expected an integer, found 10000.5 (float)".
     """
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, found {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, found {type(data).__name__}")
     valid = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - valid)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
     hints = get_type_hints(cls)
     kwargs = {}
     for f in fields(cls):
@@ -185,31 +192,31 @@ class ModelConfig:
         _check_choice("conditioning", self.conditioning, CONDITIONINGS)
         _check_choice("kind", self.kind, MODEL_KINDS)
         if self.num_classes != 2:
-            raise ValueError(f"num_classes={self.num_classes}: only binary segmentation (num_classes=2) is "
+            raise ConfigError(f"num_classes={self.num_classes}: only binary segmentation (num_classes=2) is "
                              "supported so far")
         if len(self.unet_features) != 6 or any(f < 1 for f in self.unet_features):
-            raise ValueError(f"unet_features={self.unet_features}: BasicUNet takes 6 positive widths "
+            raise ConfigError(f"unet_features={self.unet_features}: BasicUNet takes 6 positive widths "
                              "(5 encoder levels and the last decoder)")
         if self.base_channels % self.norm_groups:
-            raise ValueError(f"base_channels={self.base_channels} must be divisible by norm_groups={self.norm_groups}")
+            raise ConfigError(f"base_channels={self.base_channels} must be divisible by norm_groups={self.norm_groups}")
         if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
-            raise ValueError(f"channel_mult={self.channel_mult} must be a non-empty tuple of positive ints")
+            raise ConfigError(f"channel_mult={self.channel_mult} must be a non-empty tuple of positive ints")
         levels = len(self.channel_mult)
         if self.image_size % 2 ** (levels - 1):
-            raise ValueError(
+            raise ConfigError(
                 f"image_size={self.image_size} must be divisible by 2**(levels-1)={2 ** (levels - 1)} "
                 f"for channel_mult with {levels} levels"
             )
         if self.conditioning.startswith("add-after-down-"):
             n = int(self.conditioning.rsplit("-", 1)[1])
             if n > levels - 1:
-                raise ValueError(f"conditioning={self.conditioning} needs at least {n + 1} levels, found {levels}")
+                raise ConfigError(f"conditioning={self.conditioning} needs at least {n + 1} levels, found {levels}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
         if self.rrdb_blocks < 0:
-            raise ValueError(f"rrdb_blocks={self.rrdb_blocks} must be >= 0")
+            raise ConfigError(f"rrdb_blocks={self.rrdb_blocks} must be >= 0")
         if self.num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks={self.num_res_blocks} must be >= 1")
+            raise ConfigError(f"num_res_blocks={self.num_res_blocks} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -227,7 +234,7 @@ class DiffusionConfig:
         _check_choice("prediction", self.prediction, ("epsilon", "sample"))
         if not 21 <= self.num_steps <= 1000:
             # The linear schedule ends at beta_T = 0.02 * 1000 / T, which must stay below 1.
-            raise ValueError(f"num_steps={self.num_steps} must be in [21, 1000] (beta_T = 20/T must be < 1)")
+            raise ConfigError(f"num_steps={self.num_steps} must be in [21, 1000] (beta_T = 20/T must be < 1)")
 
 
 @dataclass(frozen=True)
@@ -254,7 +261,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction={self.val_fraction} must be in (0, 1)")
+            raise ConfigError(f"val_fraction={self.val_fraction} must be in (0, 1)")
         _check_choice("setting", self.setting, ("expansion", "tight"))
         _check_choice("preprocessing", self.preprocessing, ("clean", "reference"))
         _check_choice("mask_source", self.mask_source, ("png", "xml"))
@@ -296,25 +303,25 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+            raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
         if self.max_steps < 0:
-            raise ValueError(f"max_steps={self.max_steps} must be >= 0")
+            raise ConfigError(f"max_steps={self.max_steps} must be >= 0")
         if not self.lr > 0:
-            raise ValueError(f"lr={self.lr} must be > 0")
+            raise ConfigError(f"lr={self.lr} must be > 0")
         if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
+            raise ConfigError(f"ema_decay={self.ema_decay} must be in [0, 1)")
         _check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         _check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         for name in ("keep_last", "max_nonfinite", "save_every", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("grad_clip", "val_every"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if not self.timestep_power > 0:
-            raise ValueError(f"timestep_power={self.timestep_power} must be > 0 (1: uniform steps)")
+            raise ConfigError(f"timestep_power={self.timestep_power} must be > 0 (1: uniform steps)")
         if not self.dice_weight >= 0:
-            raise ValueError(f"dice_weight={self.dice_weight} must be >= 0 (0: MSE alone, as in the paper)")
+            raise ConfigError(f"dice_weight={self.dice_weight} must be >= 0 (0: MSE alone, as in the paper)")
 
 
 @dataclass(frozen=True)
@@ -337,13 +344,13 @@ class SampleConfig:
         _check_choice("sampler", self.sampler, SAMPLER_NAMES)
         _check_choice("symmetry", self.symmetry, SYMMETRY_NAMES)
         if self.num_generations < 1 or self.max_batch < 1:
-            raise ValueError(f"num_generations={self.num_generations} and max_batch={self.max_batch} must be >= 1")
+            raise ConfigError(f"num_generations={self.num_generations} and max_batch={self.max_batch} must be >= 1")
         if self.num_sampling_steps < 0:
-            raise ValueError(f"num_sampling_steps={self.num_sampling_steps} must be >= 0 (0: all T steps)")
+            raise ConfigError(f"num_sampling_steps={self.num_sampling_steps} must be >= 0 (0: all T steps)")
         if self.eta and self.sampler != "ddim":
-            raise ValueError(f"eta={self.eta} applies to sampler 'ddim' only, not {self.sampler!r}")
+            raise ConfigError(f"eta={self.eta} applies to sampler 'ddim' only, not {self.sampler!r}")
         if not 0 <= self.eta <= 1:
-            raise ValueError(f"eta={self.eta} must be in [0, 1]")
+            raise ConfigError(f"eta={self.eta} must be in [0, 1]")
 
     def describe(self) -> str:
         """One line naming every setting, for logs and reports."""
@@ -367,7 +374,7 @@ class ExperimentConfig:
     @classmethod
     def from_preset(cls, name: str) -> "ExperimentConfig":
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return PRESETS[name]()
 
     @classmethod
@@ -468,10 +475,10 @@ class ExperimentConfig:
         sections = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig,
                     "train": TrainConfig, "sample": SampleConfig}
         if not isinstance(data, dict):
-            raise ValueError(f"config: expected a mapping, found {type(data).__name__}")
+            raise ConfigError(f"config: expected a mapping, found {type(data).__name__}")
         unknown = sorted(set(data) - set(sections) - {"preset"})
         if unknown:
-            raise ValueError(f"config: unknown key(s) {', '.join(unknown)}; valid keys: "
+            raise ConfigError(f"config: unknown key(s) {', '.join(unknown)}; valid keys: "
                              f"{', '.join(sorted([*sections, 'preset']))}")
         kwargs: dict[str, Any] = {k: _from_dict(c, data.get(k, {}), f"config.{k}") for k, c in sections.items()}
         return cls(**kwargs, preset=str(data.get("preset", "custom")))
@@ -484,25 +491,23 @@ class ExperimentConfig:
         that number for a numeric key (an integer key takes it when it is integral), and a string key
         takes the text as written when YAML would read something else (a path named 2024).
         """
-        import yaml
-
         data = self.to_dict()
         for item in assignments:
             m = re.fullmatch(r"(\w+)\.(\w+)=(.*)", item)
             if not m:
-                raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=2e-4")
+                raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=2e-4")
             section, key, raw = m.groups()
             if section not in data or not isinstance(data[section], dict):
-                raise ValueError(f"--set {item!r}: unknown section {section!r}; valid: model, diffusion, data, train, sample")
+                raise ConfigError(f"--set {item!r}: unknown section {section!r}; valid: model, diffusion, data, train, sample")
             if key not in data[section]:
-                raise ValueError(f"--set {item!r}: unknown key {key!r}; valid: {', '.join(sorted(data[section]))}")
+                raise ConfigError(f"--set {item!r}: unknown key {key!r}; valid: {', '.join(sorted(data[section]))}")
             current = data[section][key]
             try:
                 value = yaml.safe_load(raw)
             except yaml.YAMLError as exc:
                 if not isinstance(current, str):
                     problem = f" ({exc.problem})" if getattr(exc, "problem", None) else ""
-                    raise ValueError(f"--set {item!r}: {raw!r} is not a valid YAML value{problem}") from None
+                    raise ConfigError(f"--set {item!r}: {raw!r} is not a valid YAML value{problem}") from None
                 value = raw
             if isinstance(current, str) and not isinstance(value, str):
                 value = raw

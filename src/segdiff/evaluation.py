@@ -1,7 +1,7 @@
 """Evaluation: a dataset's test protocol, the paper's metrics, calibration, and a report.
 
-`evaluate(model, config, dataset, ...)` samples K generations per image once
-(`sampling.predict(..., keep_generations=True)`) and scores, for every k = 1..K, the running
+`evaluate(model, dataset, protocol, sample)` draws K generations per image once (through the
+model's `generations`, any `models.Segmenter`) and scores, for every k = 1..K, the running
 mean of the first k generations (the mask for k is mean_k > 0.5): the scores at k = K are the
 run's result, and the whole curve over k (the paper's Fig. 5 and 6) costs no extra sampling.
 
@@ -185,6 +185,7 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
     sample = sample or config.sample
     num_generations = model.num_generations(sample)
     symmetry_order(sample.symmetry, protocol.image_size, protocol.image_size)  # a bad name fails before sampling
+    protocol.check_dataset(dataset)
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     if count == 0:
         raise ValueError(f"{protocol.name}: the dataset has no images to evaluate")

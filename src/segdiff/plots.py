@@ -24,6 +24,7 @@ __all__ = ["plot_metrics_vs_generations", "plot_calibration_vs_generations", "pl
 
 
 def _figure(width: float, height: float):
+    # matplotlib is imported when a figure is drawn, not with segdiff: it takes a second to import.
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=110, layout="constrained")

@@ -87,6 +87,7 @@ class Protocol:
     score_size: int | None = None  # whole-image protocols: the side masks are scored at (None: S)
     target_from_dataset: bool = False  # Cityscapes: score against dataset.original_mask(i)
     per_class: bool = False  # aggregate per instance class, then over classes (Cityscapes)
+    setting: str | None = None  # the Cityscapes crops ("expansion" or "tight") the paper row is for
     paper_key: str | None = None  # key of PAPER_RESULTS
     description: str = ""
 
@@ -99,6 +100,13 @@ class Protocol:
     def item_size(self) -> int:
         """The side of the images the dataset gives (2S for MoNuSeg)."""
         return 2 * self.image_size if self.feed == "quadrants" else self.dataset_size
+
+    def check_dataset(self, dataset) -> None:
+        """Raise ValueError when `dataset` was built for another setting than this protocol's."""
+        built = getattr(dataset, "setting", None)
+        if self.setting is not None and built is not None and built != self.setting:
+            raise ValueError(f"the {self.name} protocol is for {self.setting!r} crops but the dataset gives "
+                             f"{built!r} crops; build both with the same setting")
 
     def check_item(self, name: str, image: Tensor, mask: Tensor) -> None:
         """Raise ValueError naming the item when it does not have the protocol's shape."""
@@ -117,21 +125,28 @@ class Protocol:
         """The mask (C, h, w) item `index` is scored against."""
         return dataset.original_mask(index) if self.target_from_dataset else mask
 
-    def predict_item(self, model, image: Tensor, sample, image_seed: int,
-                     size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Running means (K, C, h, w) of the generations and the uncertainty (C, h, w) of one item,
-        at the scoring size `size`; `model` is any `models.Segmenter`, `sample` a SampleConfig."""
+    def predict_items(self, model, images: list[Tensor], sample, image_seeds: list[int],
+                      sizes: list[tuple[int, int]]) -> list[tuple[Tensor, Tensor]]:
+        """For each item: the running means (K, C, h, w) of its generations and the uncertainty
+        (C, h, w), at its scoring size in `sizes`; `model` is any `models.Segmenter`, `sample` a
+        SampleConfig. The items are sampled in one batch; each generation's noise comes from its
+        own seed, so an item's result does not depend on its batch beyond float rounding."""
         k = model.num_generations(sample)
         if self.feed == "quadrants":
-            seeds = [s for tile in range(4) for s in generation_seeds(image_seed, k, tile)]
-            pred = predict_quadrants(model, image[None], sample, seeds=seeds, keep_generations=True)
-            return running_means(pred.generations[0]), pred.uncertainty[0]
-        if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
-            image = resize_image(image, self.image_size)
-        generations = model.generations(image[None], generation_seeds(image_seed, k), sample)  # (1, K, C, S, S)
-        uncertainty = Prediction.from_generations(generations).uncertainty[0]
-        means = running_means(generations[0].cpu())
-        return resize_probabilities(means, size), resize_probabilities(uncertainty.cpu(), size)
+            seeds = [s for seed in image_seeds for tile in range(4) for s in generation_seeds(seed, k, tile)]
+            pred = predict_quadrants(model, torch.stack(images), sample, seeds=seeds, keep_generations=True)
+            return [(running_means(g.cpu()), u.cpu()) for g, u in zip(pred.generations, pred.uncertainty)]
+        batch = torch.stack([resize_image(image, self.image_size) for image in images])
+        seeds = [s for seed in image_seeds for s in generation_seeds(seed, k)]
+        generations = model.generations(batch, seeds, sample).cpu()  # (B, K, C, S, S)
+        uncertainty = Prediction.from_generations(generations).uncertainty
+        return [(resize_probabilities(running_means(g), size), resize_probabilities(u, size))
+                for g, u, size in zip(generations, uncertainty, sizes)]
+
+    def predict_item(self, model, image: Tensor, sample, image_seed: int,
+                     size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """`predict_items` for one item."""
+        return self.predict_items(model, [image], sample, [image_seed], [size])[0]
 
 
 def protocol_for(dataset: str, image_size: int, *, score_size: int | None = None,
@@ -154,7 +169,7 @@ def protocol_for(dataset: str, image_size: int, *, score_size: int | None = None
                         f"stitched, metrics at {full}x{full} (paper: 512 from 256 quadrants)")
     if dataset == "cityscapes":
         return Protocol("cityscapes", image_size, "whole", target_from_dataset=True, per_class=True,
-                        paper_key=f"cityscapes-{setting}",
+                        setting=setting, paper_key=f"cityscapes-{setting}",
                         description=f"Cityscapes instance crops ({setting}): sampled at {side}, the probability "
                         "resized bilinearly to each crop's original size before the 0.5 threshold; mean over "
                         "the instances of each class, then over classes")

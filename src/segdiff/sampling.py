@@ -156,10 +156,9 @@ def dpm_solver_scheduler(scheduler: DDPMScheduler, num_steps: int | None = None,
     index), which is why ours stays immutable and builds this one. The last step goes to
     sigma = 0 (x_0 itself) and is first order, as diffusers does for short schedules.
     """
-    try:
-        from diffusers import DPMSolverMultistepScheduler
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the dpm-solver++ samplers need the diffusers package: pip install diffusers") from exc
+    # diffusers is imported here, not at the module's top: it takes seconds to import, and only
+    # these two samplers need it.
+    from diffusers import DPMSolverMultistepScheduler
 
     solver = DPMSolverMultistepScheduler(
         num_train_timesteps=scheduler.num_steps,

@@ -26,6 +26,7 @@ so N ranks make the single-process run's updates. Rank 0 alone prints, logs and 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -55,8 +56,8 @@ from .checkpoint import (
     save_last,
     step_checkpoints,
 )
-from .config import ExperimentConfig, SampleConfig
-from .data import make_dataset
+from .config import ConfigError, ExperimentConfig, SampleConfig
+from .data import DataError, make_dataset
 from .device import resolve_device
 from .io import atomic_write
 from .metrics import iou
@@ -93,18 +94,25 @@ def validation_iou(model, dataset, protocol: Protocol, sample: SampleConfig, ran
                    device: torch.device, *, seed: int, max_images: int = 64) -> float:
     """Mean foreground IoU over the first `max_images` items of `dataset`, scored with `protocol`.
 
-    The items are dealt out to the ranks; each item's generations are seeded from its name
-    (`protocol`), and the per-item scores are gathered by index and summed in index order, so the
-    score, and with it which checkpoint becomes best, is the same for any number of processes.
+    Each item's generations are seeded from its name (`protocol`). The items are sampled in fixed
+    chunks of consecutive items (as many as `sample.max_batch` rows hold), and the chunks are dealt
+    out to the ranks; the per-item scores are gathered by index and summed in index order. So every
+    item is computed in the same batch whatever the number of processes, and the score, and with
+    it which checkpoint becomes best, does not depend on it.
     """
     n = min(len(dataset), max_images)
     names = item_names(dataset)
+    chunk = max(1, sample.max_batch // model.num_generations(sample))
     scores = torch.zeros(n, dtype=torch.float64, device=device if ranks.enabled else "cpu")
-    for i in range(ranks.rank, n, ranks.world_size):
-        image, mask = dataset[i]
-        target = protocol.target(dataset, i, mask)[0]
-        means, _ = protocol.predict_item(model, image, sample, derive_seed(seed, names[i]), tuple(target.shape))
-        scores[i] = iou(means[-1, 0].cpu() > 0.5, target).item()  # binary metrics read channel 0
+    for first in range(ranks.rank * chunk, n, ranks.world_size * chunk):
+        indices = range(first, min(n, first + chunk))
+        items = [dataset[i] for i in indices]
+        targets = [protocol.target(dataset, i, mask)[0] for i, (_, mask) in zip(indices, items)]
+        results = protocol.predict_items(model, [image for image, _ in items], sample,
+                                         [derive_seed(seed, names[i]) for i in indices],
+                                         [tuple(t.shape) for t in targets])
+        for i, (means, _), target in zip(indices, results, targets):
+            scores[i] = iou(means[-1, 0] > 0.5, target).item()  # binary metrics read channel 0
     distributed.all_reduce_sum(scores, ranks)  # each slot has one contributor: exact
     return scores.cpu().sum().item() / n
 
@@ -130,7 +138,7 @@ def _check_resumable(saved: ExperimentConfig, requested: ExperimentConfig, path:
     differ = [f"{k} (run: {old[k]!r}, requested: {new[k]!r})" for k in old
               if k.startswith(RESUME_MUST_MATCH) and k not in RESUME_MAY_CHANGE and old[k] != new[k]]
     if differ:
-        raise ValueError(f"{path}: cannot resume: the requested config differs from the run's in {'; '.join(differ)}. "
+        raise ConfigError(f"{path}: cannot resume: the requested config differs from the run's in {'; '.join(differ)}. "
                          "These define the network, the data and the order of updates; resume without changing "
                          "them, or start a new run in another folder")
 
@@ -179,17 +187,17 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
         _check_resumable(ckpt.config, cfg, resume_path)
         newer = [p.name for s, p in step_checkpoints(out_dir) if s > ckpt.state["step"]]
         if newer:
-            raise ValueError(f"{out_dir}: holds checkpoints newer than step {ckpt.state['step']} of {resume_path} "
+            raise ConfigError(f"{out_dir}: holds checkpoints newer than step {ckpt.state['step']} of {resume_path} "
                              f"({', '.join(newer)}); resuming there would mix two runs: pass --out NEW_FOLDER "
                              f"to branch from step {ckpt.state['step']}")
 
     # --- seed, device, processes ------------------------------------------------------------------------
     device = resolve_device(tc.device)
     if tc.precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"train.precision=fp16 needs a CUDA device (its dynamic loss scale is CUDA only); "
+        raise ConfigError(f"train.precision=fp16 needs a CUDA device (its dynamic loss scale is CUDA only); "
                          f"on {device.type} use train.precision=bf16 or fp32")
     if tc.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("train.precision=bf16: this GPU has no bfloat16; use fp16 or fp32")
+        raise ConfigError("train.precision=bf16: this GPU has no bfloat16; use fp16 or fp32")
     ranks, device = distributed.setup(device)
     master = ranks.is_main
     torch.manual_seed(tc.seed)  # the initial weights: the same on every rank
@@ -215,7 +223,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                         generator=torch.Generator().manual_seed(tc.seed), worker_init_fn=_ignore_sigint)
     fingerprint = _dataset_fingerprint(train_set)
     if ckpt is not None and ckpt.state["data"]["fingerprint"] != fingerprint:
-        raise ValueError(f"{resume_path}: cannot resume: the training set changed (the run had "
+        raise DataError(f"{resume_path}: cannot resume: the training set changed (the run had "
                          f"{ckpt.state['data']['num_items']} items, the data now gives {len(train_set)}, and the "
                          "sample ids differ); resume with the run's data")
     if master:  # the first write: every check that can refuse the run has passed
@@ -328,13 +336,19 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             config=cfg, ema=ema.state_dict(), model=model.state_dict(), optim=optim_tensors, state=state, rng=rng),
             tc.keep_last))
 
-    # Logs (rank 0): JSON lines and the same records as CSV.
-    new_csv = not (out_dir / "log.csv").exists()
-    log_jsonl = open(out_dir / "log.jsonl", "a") if master else None
-    log_csv = open(out_dir / "log.csv", "a", newline="") if master else None
-    csv_writer = csv.DictWriter(log_csv, LOG_COLUMNS) if master else None
-    if master and new_csv:
-        csv_writer.writeheader()
+    # Logs (rank 0): JSON lines and the same records as CSV, opened inside the loop's try so that
+    # its finally closes them however the run ends.
+    log_files = contextlib.ExitStack()
+    log_jsonl = log_csv = csv_writer = None
+
+    def open_logs() -> None:
+        nonlocal log_jsonl, log_csv, csv_writer
+        new_csv = not (out_dir / "log.csv").exists()
+        log_jsonl = log_files.enter_context(open(out_dir / "log.jsonl", "a"))
+        log_csv = log_files.enter_context(open(out_dir / "log.csv", "a", newline=""))
+        csv_writer = csv.DictWriter(log_csv, LOG_COLUMNS)
+        if new_csv:
+            csv_writer.writeheader()
 
     def log(record: dict) -> None:
         if master:
@@ -376,6 +390,8 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             bar.write(message)
 
     try:
+        if master:
+            open_logs()
         while step < tc.max_steps:
             image, mask = next(data)
             image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
@@ -465,9 +481,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                 raise KeyboardInterrupt
     finally:
         bar.close()
-        if master:
-            log_jsonl.close()
-            log_csv.close()
+        log_files.close()
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
         distributed.teardown(ranks)
