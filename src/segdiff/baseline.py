@@ -8,8 +8,8 @@ the same AdamW, time budget and validation schedule. Its checkpoints are segdiff
 (safetensors, JSON config) whose state names the baseline, so `segdiff evaluate` scores both
 with the same protocol and metrics. A deterministic network has one "generation": K = 1.
 
-    segdiff baseline --preset vaihingen-cpu --data ../shared/data --out runs/unet --time-budget 60
-    segdiff evaluate runs/unet --dataset vaihingen --data ../shared/data --split test
+    segdiff baseline --preset vaihingen-cpu --data DATA --out runs/unet --time-budget 60
+    segdiff evaluate runs/unet --dataset vaihingen --data DATA --split test
 """
 
 from __future__ import annotations

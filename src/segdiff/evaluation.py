@@ -5,7 +5,7 @@
 mean of the first k generations (the mask for k is mean_k > 0.5): the scores at k = K are the
 run's result, and the whole curve over k (the paper's Fig. 5 and 6) costs no extra sampling.
 
-Protocols (PAPER.md, "Inference"), chosen from the dataset's type:
+Protocols (docs/paper.md, "Inference"), chosen from the dataset's type:
 - Vaihingen, folder, synthetic: image and mask at the model's input size (256 for the paper's
   Vaihingen preset; the `small` preset works at 128).
 - MoNuSeg: the val/test items are full 2S x 2S images (512 for S = 256); the four S x S quadrants
@@ -74,9 +74,9 @@ METRIC_LABELS = {
 _PERCENT_METRICS = ("f1", "iou", "wcov", "wcov_size_ratio", "boundf")  # shown x100, as the paper
 
 # The paper's reported numbers (Amit et al. 2021, arXiv 2112.00390), in percent, as quoted in
-# /work/shared/PAPER.md "Reference numbers": test splits, K = 30 generations, DDPM with all T
+# docs/paper.md "Reference numbers": test splits, K = 30 generations, DDPM with all T
 # steps. The paper's WCov column is filed under `wcov_size_ratio` because the authors' code, which
-# produced it, computes min(|P|,|G|)/max(|P|,|G|) (PAPER.md, "Metrics"), not the DSAC/DarNet
+# produced it, computes min(|P|,|G|)/max(|P|,|G|) (docs/paper.md, "Metrics"), not the DSAC/DarNet
 # weighted coverage it is compared with there.
 PAPER_RESULTS: dict[str, dict[str, float]] = {
     "vaihingen": {"f1": 95.14, "iou": 91.12, "wcov_size_ratio": 93.83, "boundf": 85.09},

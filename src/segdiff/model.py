@@ -1,6 +1,6 @@
 """The SegDiff network: eps_theta(x_t, I, t) = D(E'(F(I) + G(x_t), t), t).
 
-Amit et al. 2021, sec. 3 and ../shared/PAPER.md "Architecture". The network only predicts noise; the
+Amit et al. 2021, sec. 3 and docs/paper.md "Architecture". The network only predicts noise; the
 schedule and the sampling loop live in `diffusion.py` and `sampling.py`.
 
 What depends on t is split from what does not: `cond = net.encode_image(image)` runs the image
