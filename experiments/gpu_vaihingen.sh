@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU lease, prepared ahead: the paper-preset Vaihingen run (docs/results.md) and the GPU
+# One GPU lease, prepared ahead: the paper-preset Vaihingen run (experiments/README.md) and the GPU
 # sampling benchmark (docs/performance.md). From the repo root, on a CUDA machine, with the 256 px
 # copy of the data that experiments/vaihingen_256.py writes:
 #
@@ -20,7 +20,7 @@ PRESET=${PRESET:-vaihingen}; BUDGET=${BUDGET:-3.5}; DEVICE=${DEVICE:-cuda}; PREC
 SAVE_EVERY=${SAVE_EVERY:-300}; CURVE_K=${CURVE_K:-4}; WORKERS=${WORKERS:-6}; SECONDS_TOTAL=${SECONDS_TOTAL:-540}
 EXTRA=${EXTRA:-}
 # The paper's sampler is 100-step DDPM; on the CPU model the 10-step SDE solver scored as well
-# (docs/results.md, steps study) at a tenth of the cost, which is what lets K=30 fit the lease.
+# (experiments/README.md, "Sampling steps") at a tenth of the cost, which is what lets K=30 fit the lease.
 SAMPLER="--set sample.sampler=sde-dpm-solver++ --set sample.num_sampling_steps=10"
 RUN=$RUNS/$PRESET
 mkdir -p "$RUNS" "$OUT_DIR"

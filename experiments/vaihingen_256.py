@@ -1,6 +1,6 @@
 """Write a 256 px copy of Vaihingen buildings in the original layout, for moving it to a GPU machine.
 
-    python experiments/vaihingen_256.py ../shared/data .gpudata
+    python experiments/vaihingen_256.py DATA .gpudata    # DATA: the folder holding vaihingen/
 
 The 168 tiles are 512 px uncompressed TIFFs (126 MB); the paper's protocol trains and scores at
 256 px, so the copy is what the loader would compute anyway, a quarter of the size (33 MB):

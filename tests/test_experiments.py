@@ -1,7 +1,10 @@
-"""The experiment scripts that move data: what they write must score as the original does."""
+"""The experiment scripts: the data copy must score as the original does, and the results page must show
+what its runs wrote."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,46 +49,81 @@ def test_vaihingen_256_copy_gives_the_loaders_masks_exactly_and_images_within_ro
         p.stat().st_size for p in source.iterdir()) / 3
 
 
-def test_every_training_stage_of_the_vaihingen_page_builds_its_config(tmp_path, monkeypatch):
-    # A mistyped flag would otherwise surface only when `run` reaches its stage, hours in.
-    import importlib.util
+def _summary(f1: float, iou: float, generations: int, seconds: float) -> dict:
+    """A test evaluation's summary.json as `segdiff evaluate` writes it (the fields the page reads)."""
+    metrics = {"f1": f1, "iou": iou, "wcov": iou - 0.01, "wcov_size_ratio": iou + 0.01, "boundf": iou - 0.2,
+               "calibration": 0.0312, "ece": 0.0123}
+    # The curve over K: metric of the mean of the first k generations, k = 1..K; here K = 1 scores
+    # 0.5, rising by 0.01 per extra generation.
+    curve = {name: [0.5 + 0.01 * k for k in range(generations)] for name in ("f1", "iou", "boundf")}
+    curve |= {"calibration": [0.04] * generations, "ece": [0.02] * generations}
+    return {"num_images": 3, "num_generations": generations, "sampler": "sde-dpm-solver++", "num_steps": 10,
+            "seconds_per_image": seconds, "machine": "a test machine", "metrics": metrics, "curve": curve,
+            "paper": {"metrics": {"f1": 95.14, "iou": 91.12, "wcov_size_ratio": 93.83, "boundf": 85.09}}}
+
+
+def write_runs(runs: Path) -> None:
+    """The two test evaluations the page reads, with hand-chosen scores."""
+    for name, summary in (("segdiff", _summary(0.9, 0.8, 30, 5.0)), ("unet", _summary(0.95, 0.875, 1, 0.04))):
+        folder = runs / name / "test"
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(summary))
+        (folder / "per_image.csv").write_text("name,iou,f1\nbuilding_101,0.8,0.9\nbuilding_102,0.7,0.8\n")
+
+
+def _page(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "vaihingen_cpu.py"), *args],
+                          capture_output=True, text=True)
+
+
+def test_results_page_shows_the_scores_its_runs_wrote(tmp_path):
+    write_runs(tmp_path / "runs")
+    out = tmp_path / "docs" / "results.md"
+    result = _page("report", "--runs", str(tmp_path / "runs"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    # Fractions shown in percent: F1 0.9 -> 90.00, IoU 0.8 -> 80.00, WCov 0.79, size ratio 0.81, BoundF 0.6.
+    assert "| SegDiff `vaihingen-cpu` | 90.00 | 80.00 | 79.00 | 81.00 | 60.00 | 0.0312 | 0.0123 | 30 | 5.00 |" in page
+    assert "| U-Net baseline | 95.00 | 87.50 | 86.50 | 88.50 | 67.50 | 0.0312 | 0.0123 | 1 | 0.04 |" in page
+    assert "| paper (SegDiff `vaihingen`, 256 px, GPU) | 95.14 | 91.12 | - | 93.83 | 85.09 |" in page
+    # K = k reads curve entry k - 1: 0.5 + 0.01 * (k - 1).
+    for k, iou in ((1, "50.00"), (3, "52.00"), (9, "58.00"), (30, "79.00")):
+        assert f"| {k} | {iou} | {iou} | {iou} | 0.0400 | 0.0200 |" in page
+    assert "Test split (3 images)" in page and "a test machine" in page
+    # The commands that made the numbers, with the data folder as a placeholder.
+    assert page.count("segdiff evaluate runs/vaihingen-cpu/") == 2
+    assert "--data DATA --split test --generations 30 --sampler sde-dpm-solver++ --steps 10 --score-size 256" in page
+    assert "../" not in page.replace("../experiments/README.md", "")
+
+
+def test_results_page_without_the_runs_says_what_to_run(tmp_path):
+    result = _page("report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results.md"))
+    assert result.returncode != 0
+    assert "segdiff/test/summary.json is missing" in result.stderr and "vaihingen_cpu.py run" in result.stderr
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
+    # A mistyped flag would otherwise surface only when `run` reaches its stage, an hour in.
     import shlex
 
-    from segdiff.cli import _train_config, build_parser
+    from segdiff.cli import build_parser
 
     spec = importlib.util.spec_from_file_location("vaihingen_cpu", ROOT / "experiments" / "vaihingen_cpu.py")
     page = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, page)  # its dataclasses look their module up there
     spec.loader.exec_module(page)
-    names = [s.name for s in page.STAGES]
-    assert len(names) == len(set(names))
-    assert all(dep in names for s in page.STAGES for dep in s.after)
     parser = build_parser()
-    built = {}
-    for stage in page.STAGES:
-        words = shlex.split(stage.command.format(data=tmp_path, runs=tmp_path))
-        assert words[0].startswith("OMP_NUM_THREADS=") and words[1] == "segdiff"
-        args = parser.parse_args(words[2:])
-        if words[2] == "train":
-            built[stage.name] = _train_config(args)
-    for name, *_ in page.VARIANTS:
-        assert f"test-{name}" in names and built[f"train-{name}"].train.out_dir == str(tmp_path / name)
-    # The page's main run is the preset as it stands; the flags of the older runs rebuild the
-    # preset's second version (what `--preset vaihingen-cpu` gave when they ran) field for field.
-    from segdiff.config import ExperimentConfig, ModelConfig
+    for _, template in page.STAGES:
+        words = shlex.split(template.format(data=tmp_path / "data", runs=tmp_path / "runs"))
+        assert words[0] == "OMP_NUM_THREADS=2" and words[1] == "segdiff"
+        parser.parse_args(words[2:])
 
-    preset = ExperimentConfig.from_preset("vaihingen-cpu")
-    assert built["train-segdiff"].model == preset.model and built["train-segdiff"].train.timestep_power == 2
-    second = built["train-segdiff-v2"]
-    assert second.model == ModelConfig(image_size=64, base_channels=32, channel_mult=(1, 2, 2, 4), num_res_blocks=1,
-                                       attention_resolutions=(16, 8), norm_groups=8, dropout=0.0, rrdb_blocks=1,
-                                       rrdb_channels=16, rrdb_growth=8, conditioning="sum")
-    assert (second.train.timestep_power, second.train.max_steps, second.train.lr_schedule) == (1, 5400, "cosine")
-    assert built["train-segdiff-tpow2"].train.timestep_power == 2
-    assert built["train-segdiff-tpow2-concat"].model.conditioning == "concat"
-    dice = built["train-segdiff-dice"]
-    assert dice.train.dice_weight == 1 and dice.model == preset.model and dice.diffusion == preset.diffusion
-    assert built["train-segdiff-5level"].model.channel_mult == (1, 2, 4, 8, 8)
-    assert built["train-segdiff-constant-lr"].train.lr_schedule == "constant"
-    assert built["train-segdiff-constant-lr"].model == second.model
-    assert [built[f"train-ablation-{c}"].model.conditioning for c in page.CONDITIONINGS] == list(page.CONDITIONINGS)
+
+def test_runner_skips_stages_marked_done(tmp_path):
+    logs = tmp_path / "runs" / "logs"
+    logs.mkdir(parents=True)
+    for name in ("train-segdiff", "test-segdiff", "train-unet", "test-unet"):
+        (logs / f"{name}.done").write_text("")
+    result = _page("run", "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("skip ") == 4

@@ -6,7 +6,7 @@ import torch
 from segdiff import SegDiff
 from segdiff.config import CONDITIONINGS, ModelConfig
 
-# The reference code's own model builder (PAPER.md, "Details of the reference code").
+# The reference code's own model builder (docs/paper.md, "Architecture").
 REFERENCE_PARAMETERS = {"vaihingen": 159_838_209, "monuseg": 164_154_753, "cityscapes": 162_766_017}
 REFERENCE_F_PARAMETERS = {"vaihingen": 4.47e6, "monuseg": 8.78e6, "cityscapes": 10.94e6}
 

@@ -1,6 +1,6 @@
 """Training on each real dataset through the command line, and the data errors a user meets there.
 
-Vaihingen uses the shared real data (skipped when absent); MoNuSeg, Cityscapes and folder
+Vaihingen uses the real data of the `data_root` fixture (skipped when absent); MoNuSeg, Cityscapes and folder
 datasets use small files written here in each dataset's exact layout.
 """
 

@@ -1,7 +1,7 @@
 """Configuration: one frozen dataclass per concern, grouped in `ExperimentConfig`.
 
 Defaults are the paper's (T=100, linear betas, epsilon prediction, K=30). Dataset presets are
-named constructors whose values cite their source (../shared/PAPER.md, "Per dataset"). Every
+named constructors whose values cite their source (docs/paper.md, "Architecture"). Every
 config round-trips through plain dicts (and so JSON/YAML); unknown keys raise naming the valid
 ones, and invalid values raise `ConfigError` (a `ValueError`) naming the key and the value.
 """
@@ -157,7 +157,7 @@ def _from_dict(cls, data: dict[str, Any], where: str):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The SegDiff network (PAPER.md, Architecture). Defaults: the Vaihingen preset."""
+    """The SegDiff network (docs/paper.md, "Architecture"). Defaults: the Vaihingen preset."""
 
     image_size: int = 256  # training input side; attention resolutions are relative to it
     in_channels: int = 3  # image channels (RGB / IR-R-G)
@@ -221,7 +221,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The DDPM of PAPER.md, Diffusion."""
+    """The DDPM of docs/paper.md, "Method"."""
 
     num_steps: int = 100  # T
     beta_schedule: Literal["linear"] = "linear"  # 1e-4*(1000/T) .. 0.02*(1000/T)
@@ -269,7 +269,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The optimisation of PAPER.md, Training."""
+    """The optimisation of docs/paper.md, "Training"."""
 
     batch_size: int = 8  # global batch (Vaihingen, MoNuSeg: 8; Cityscapes: 30)
     max_steps: int = 300_000  # the reference runs 300k iterations
@@ -379,7 +379,7 @@ class ExperimentConfig:
 
     @classmethod
     def vaihingen(cls) -> "ExperimentConfig":
-        # PAPER.md "Per dataset": 256 input, 7 levels 1,1,1,2,2,4,4, 6 RRDB, dropout 0.1, batch 8.
+        # docs/paper.md "Architecture": 256 input, 7 levels 1,1,1,2,2,4,4, 6 RRDB, dropout 0.1, batch 8.
         return cls(
             model=ModelConfig(image_size=256, channel_mult=(1, 1, 1, 2, 2, 4, 4), rrdb_blocks=6, dropout=0.1),
             data=DataConfig(dataset="vaihingen"),

@@ -1,6 +1,6 @@
 """The SegDiff network: eps_theta(x_t, I, t) = D(E'(F(I) + G(x_t), t), t).
 
-Amit et al. 2021, sec. 3 and ../shared/PAPER.md "Architecture". The network only predicts: the
+Amit et al. 2021, sec. 3 and docs/paper.md "Architecture". The network only predicts: the
 noise eps (diffusion.prediction="epsilon", the paper) or the clean mask x_0 ("sample"), as the
 config says; `DDPMScheduler.to_epsilon` reads its output either way. The schedule and the
 sampling loop live in `diffusion.py` and `sampling.py`.

@@ -10,7 +10,7 @@ batched) and the windows' probability and uncertainty maps are blended with per-
   with overlaps beyond half a window three windows can meet, and dividing by the summed weights
   still gives a weighted mean). A pixel that only one window covers takes that window's value
   unchanged, so with ``overlap=0`` the windows are simply stitched, bit for bit. With an image
-  twice the window side that is the MoNuSeg test protocol (Amit et al.; ../shared/PAPER.md
+  twice the window side that is the MoNuSeg test protocol (Amit et al.; docs/paper.md
   "Inference": resize to 512, sample the four 256x256 quadrants, stitch):
   ``predict_sliding(model, resize_image(image, 512), ..., overlap=0)`` gives exactly what
   `quadrants` + `predict` + `stitch_quadrants` give with the same seeds (bit for bit

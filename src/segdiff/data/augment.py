@@ -1,6 +1,6 @@
 """Joint image/mask augmentation in plain torch, reproducible under an explicit generator.
 
-The paper trains with rotation, scaling, flips and colour jitter (PAPER.md, "Training"); the
+The paper trains with rotation, scaling, flips and colour jitter (docs/paper.md, "Training"); the
 reference code gets them from torchvision on PIL images and the global RNG. Here:
 
 - Geometry (rotation about the centre, isotropic scale, flips) is one affine map applied to the
@@ -86,7 +86,7 @@ class AugmentSpec:
             raise ValueError(f"mask_mode must be 'bilinear' or 'nearest', got {self.mask_mode!r}")
 
 
-# The paper's per-dataset augmentations (PAPER.md, "Training"; reference code datasets/*.py).
+# The paper's per-dataset augmentations (docs/paper.md, "Training"; reference code datasets/*.py).
 VAIHINGEN_AUGMENT = AugmentSpec(
     rotation=(0.0, 360.0), scale=(0.75, 1.5), hflip=0.5, vflip=0.5,
     brightness=0.6, contrast=0.5, saturation=0.4, hue=0.025,
