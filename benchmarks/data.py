@@ -19,7 +19,7 @@ The ratio loader/model says how many times faster the pipeline delivers samples 
 consumes them; above 1 loading is not the bottleneck. Example (the figures in
 docs/performance.md)::
 
-    python benchmarks/data.py --data ../shared/data
+    python benchmarks/data.py --data DATA
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ def fed_rates(model, optimizer, scheduler, loader: DataLoader, batch, steps: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", "../shared/data"),
-                        help="data root holding vaihingen/buildings (default: $SEGDIFF_DATA or %(default)s)")
+    parser.add_argument("--data", default=os.environ.get("SEGDIFF_DATA"), required="SEGDIFF_DATA" not in os.environ,
+                        help="data root holding vaihingen/buildings (default: $SEGDIFF_DATA)")
     parser.add_argument("--presets", nargs="+", default=["small", "vaihingen"])
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--warm-epochs", type=int, default=2, help="timed epochs for the warm loader rate")

@@ -61,7 +61,8 @@ from segdiff.data import make_dataset
 from segdiff.diffusion import DDPMScheduler, from_signed
 from segdiff.metrics import iou
 from segdiff.model import SegDiff
-from segdiff.sampling import derive_seed, generation_seeds, predict, sample_ddpm
+from segdiff.sampling import generation_seeds, predict, sample_ddpm
+from segdiff.seeding import derive_seed
 from segdiff.data.synthetic import make_sample
 from segdiff.device import describe_machine
 

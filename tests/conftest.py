@@ -9,8 +9,10 @@ torch.set_flush_denormal(True)
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The shared real data (SEGDIFF_DATA or ../shared/data beside the repo); skips when absent."""
-    root = Path(os.environ.get("SEGDIFF_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    """The real data, the folder $SEGDIFF_DATA names (vaihingen/, monuseg/, ...); skips when it is not set."""
+    if not os.environ.get("SEGDIFF_DATA"):
+        pytest.skip("real data: set SEGDIFF_DATA to the folder holding vaihingen/, monuseg/, ...")
+    root = Path(os.environ["SEGDIFF_DATA"])
     if not root.is_dir():
         pytest.skip(f"real data not found at {root} (set SEGDIFF_DATA)")
     return root.resolve()

@@ -34,7 +34,7 @@ from segdiff.sliding import quadrants, stitch_quadrants
 
 
 def _data_root() -> Path:
-    return Path(os.environ.get("SEGDIFF_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    return Path(os.environ.get("SEGDIFF_DATA", "")) if os.environ.get("SEGDIFF_DATA") else Path("/nonexistent")
 
 
 DATA = _data_root().resolve()

@@ -21,7 +21,8 @@ from segdiff.data import build_dataset, resize_image
 from segdiff.evaluation import METRICS, _Extremes, evaluate, format_report
 from segdiff.models import load_model
 from segdiff.protocol import PAPER_CITYSCAPES_IOU, PAPER_RESULTS, protocol_for, running_means
-from segdiff.sampling import derive_seed, generation_seeds, predict
+from segdiff.sampling import generation_seeds, predict
+from segdiff.seeding import derive_seed
 from segdiff.sliding import quadrants, stitch_quadrants
 from segdiff.data.synthetic import make_sample
 

@@ -6,7 +6,7 @@ or inside a function. An edge A -> B means A imports B; `from .data import x` is
 `segdiff.data`, and `from . import plots` to `segdiff.plots`. Importing a submodule is not counted
 as importing its parent packages (every module would otherwise import `segdiff`).
 
-Rules (../shared/STYLE.md, "Layout"): no import cycles, counting imports inside functions too
+Rules (README, "Layout"): no import cycles, counting imports inside functions too
 (a function-local import that closes a cycle is a cycle deferred, not removed); no function-local
 import of a segdiff module; no PEP 562 module `__getattr__` re-exporting names.
 """

@@ -17,7 +17,8 @@ from segdiff.checkpoint import Checkpoint, save_checkpoint
 from segdiff.cli import main
 from segdiff.config import DataConfig, DiffusionConfig, SampleConfig
 from segdiff.data import image_to_tensor, read_image, resize_image
-from segdiff.sampling import derive_seed, generation_seeds
+from segdiff.sampling import generation_seeds
+from segdiff.seeding import derive_seed
 from segdiff.sliding import quadrants, stitch_quadrants
 from segdiff.data.synthetic import make_sample
 

@@ -7,9 +7,10 @@ from segdiff import DDPMScheduler, DiffusionSegmenter, SegDiff, predict, sample_
 from segdiff.diffusion import _gather, from_signed, to_signed
 from segdiff.config import SYMMETRY_NAMES, DiffusionConfig, ExperimentConfig, SampleConfig
 from segdiff.sampling import (
-    SAMPLER_FUNCTIONS, SYMMETRIES, apply_symmetry, derive_seed, dpm_solver_scheduler, generation_seeds,
+    SAMPLER_FUNCTIONS, SYMMETRIES, apply_symmetry, dpm_solver_scheduler, generation_seeds,
     invert_symmetry, respaced_betas, sample_dpm_solver, sample_generations,
 )
+from segdiff.seeding import derive_seed
 from segdiff.sliding import predict_sliding, quadrants, stitch_quadrants, window_starts, window_weights
 
 

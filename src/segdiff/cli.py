@@ -30,7 +30,8 @@ from .evaluation import evaluate, format_report
 from .io import colormap, overlay, save_png
 from .models import load_model
 from .protocol import protocol_for, resize_probabilities
-from .sampling import Prediction, derive_seed, generation_seeds
+from .sampling import Prediction, generation_seeds
+from .seeding import derive_seed
 from .sliding import BLENDS, predict_sliding
 from .training import TrainingDiverged, train
 
@@ -354,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "continues a run where it stopped; Ctrl-C saves a checkpoint first. "
                                    "Several processes: torchrun --nproc_per_node=N -m segdiff.cli train ... "
                                    "(docs/training.md).",
-                       epilog="example: segdiff train --preset vaihingen --data ../shared/data --out runs/vai "
+                       epilog="example: segdiff train --preset vaihingen --data DATA --out runs/vai "
                               "--set train.val_every=2000")
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN (its last.safetensors) or from a "
                    "checkpoint file; writes into RUN unless --out is given")
@@ -368,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "budget as `segdiff train` with the same preset, so `segdiff evaluate` can score "
                                    "both alike. Writes RUN/config.json, RUN/log.jsonl, RUN/last.safetensors and "
                                    "RUN/best.safetensors.",
-                       epilog="example: segdiff baseline --preset vaihingen-cpu --data ../shared/data --out runs/unet")
+                       epilog="example: segdiff baseline --preset vaihingen-cpu --data DATA --out runs/unet")
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN or from a checkpoint file "
                    "(segdiff train --resume does the same)")
     p.add_argument("--features", type=int, nargs=6, help="BasicUNet widths: 5 encoder levels and the last decoder "
@@ -382,9 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the dataset's protocol and the preset's sampler, as `segdiff evaluate` does, "
                                    "into RUN/test/ (metrics, curve over K, reliability, examples). Vaihingen is "
                                    "scored at the paper's 256 px whatever the model's input.",
-                       epilog="examples: segdiff reproduce --preset vaihingen-cpu --data ../shared/data --out "
+                       epilog="examples: segdiff reproduce --preset vaihingen-cpu --data DATA --out "
                               "runs/vcpu (60 min on a CPU, docs/results.md); segdiff reproduce --preset vaihingen "
-                              "--data ../shared/data --out runs/vai (the paper's preset and schedule; a GPU)")
+                              "--data DATA --out runs/vai (the paper's preset and schedule; a GPU)")
     p.add_argument("--generations", type=int, help="K for the test evaluation (default: the preset's sample."
                    "num_generations, 30 as in the paper)")
     p.add_argument("--setting", default=None, choices=["expansion", "tight"],
@@ -432,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of the first k. Writes per_image.csv, curve.csv, figures (metrics and "
                                    "calibration vs K, reliability diagram, best/worst examples), report.md and, "
                                    "last, summary.json into --out.",
-                       epilog="example: segdiff evaluate runs/vai --dataset vaihingen --data ../shared/data "
+                       epilog="example: segdiff evaluate runs/vai --dataset vaihingen --data DATA "
                               "--split test --generations 30 --out eval/vai")
     p.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (uses best, else last)")
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")

@@ -343,8 +343,9 @@ class SampleConfig:
     def __post_init__(self) -> None:
         _check_choice("sampler", self.sampler, SAMPLER_NAMES)
         _check_choice("symmetry", self.symmetry, SYMMETRY_NAMES)
-        if self.num_generations < 1 or self.max_batch < 1:
-            raise ConfigError(f"num_generations={self.num_generations} and max_batch={self.max_batch} must be >= 1")
+        for name in ("num_generations", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.num_sampling_steps < 0:
             raise ConfigError(f"num_sampling_steps={self.num_sampling_steps} must be >= 0 (0: all T steps)")
         if self.eta and self.sampler != "ddim":

@@ -61,10 +61,15 @@ def ancestral_step(x_t: Tensor, eps_pred: Tensor, beta: Tensor | float, alpha_ba
 
     Ho et al. 2020, eq. 11 and Alg. 2 (SegDiff's sampler), with alpha_t = 1 - beta_t. `beta` and
     `alpha_bar` are float64 values at this step, one per row of `x_t` or one for all: the trained
-    tables at t, or a respaced chain's beta'_i with alpha_bar at the kept step. They are cast to
-    `x_t`'s dtype before any arithmetic. `last` (a bool, or one per row) marks the final step,
-    which adds no noise; `noise` (z, shaped as `x_t`) is then unused.
+    tables at t, or a respaced chain's beta'_i with alpha_bar at the kept step. Tensors are cast
+    to `x_t`'s dtype before any arithmetic; Python floats (one step shared by all rows, as the
+    respaced chain has) keep the coefficients in float64 until they meet `x_t`. `last` (a bool, or
+    one per row) marks the final step, which adds no noise; `noise` (z, shaped as `x_t`) is then
+    unused.
     """
+    if isinstance(beta, float) and isinstance(alpha_bar, float):
+        mean = (x_t - beta / (1 - alpha_bar) ** 0.5 * eps_pred) / (1 - beta) ** 0.5
+        return mean if last else mean + beta ** 0.5 * noise
     beta64 = torch.as_tensor(beta, dtype=torch.float64)
     beta_x, abar_x = _per_row(beta64, x_t), _per_row(alpha_bar, x_t)
     alpha_x = _per_row(1 - beta64, x_t)  # 1 - beta in float64, as the scheduler's `alphas` table

@@ -17,10 +17,11 @@ import math
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from .seeding import seeded_generator
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,7 @@ class GlobalBatchSampler:
 
     def permutation(self, epoch: int) -> Tensor:
         """The item order of epoch `epoch`, trimmed (or repeated) to whole global batches."""
-        state = np.random.SeedSequence([self.seed, epoch]).generate_state(1, dtype=np.uint64)[0]
-        order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(int(state)))
+        order = torch.randperm(self.num_items, generator=seeded_generator("batches", self.seed, epoch))
         need = self.batches_per_epoch * self.global_batch
         return order.repeat(math.ceil(need / self.num_items))[:need]
 

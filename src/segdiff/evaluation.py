@@ -47,7 +47,8 @@ from .config import SampleConfig
 from .device import describe_machine
 from .io import atomic_write, colormap, overlay
 from .protocol import PAPER_CITYSCAPES_IOU, PAPER_RESULTS, Protocol, item_names, resize_probabilities
-from .sampling import derive_seed, symmetry_order
+from .sampling import symmetry_order
+from .seeding import derive_seed
 
 __all__ = ["evaluate", "format_report", "score_probabilities", "METRICS"]
 

@@ -38,7 +38,6 @@ step before.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import warnings
 import weakref
 from dataclasses import dataclass, fields, replace
@@ -49,6 +48,7 @@ from torch import Tensor
 
 from .config import SAMPLER_NAMES, SYMMETRY_NAMES, SampleConfig
 from .diffusion import DDPMScheduler, _gather, ancestral_step, from_signed
+from .seeding import derive_seed
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
 
@@ -70,18 +70,11 @@ def _randn(shape: tuple[int, ...], generator: Generator, like_device: torch.devi
     return torch.randn(shape, generator=generator, device=device).to(like_device)
 
 
-def derive_seed(*parts: object) -> int:
-    """A 62-bit seed that depends only on `parts` (e.g. (seed, image name, tile, generation)).
-
-    Stable across processes and Python runs (SHA-256 of the parts' text, not `hash()`), so a
-    sharded run draws for each image exactly the noise a single-process run draws.
-    """
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 2
-
-
 def generation_seeds(image_seed: int, num_generations: int, index: int = 0) -> list[int]:
-    """The seeds of the K generations of one image (or of its tile `index`)."""
+    """The seeds of the K generations of one image (or of its tile `index`).
+
+    They depend on (image_seed, index, k) alone (`seeding.derive_seed`), so a sharded run draws
+    for each image exactly the noise a single-process run draws."""
     return [derive_seed(image_seed, index, k) for k in range(num_generations)]
 
 
@@ -110,15 +103,18 @@ def sample_ddpm(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ..
     device = torch.device(device)
     x = _randn(shape, generator, device)
     steps = scheduler.timesteps(num_steps)
-    # All T steps: the trained betas. Fewer: the respaced chain's beta'_i (equal to them at n = T).
+    # All T steps: the trained betas (tables cast to x's dtype). Fewer: the respaced chain's
+    # beta'_i (equal to them at n = T), as float64 scalars.
     full = num_steps in (None, scheduler.num_steps)
     betas = scheduler.betas[steps] if full else respaced_betas(scheduler, steps)
     for i, t in enumerate(steps):
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         eps = denoise(x, t_batch)  # `denoise` returns the noise estimate already: no `to_epsilon` here
         noise = _randn(shape, generator, device)
+        beta, abar = (betas[i], scheduler.alphas_cumprod[t]) if full else (float(betas[i]),
+                                                                           float(scheduler.alphas_cumprod[t]))
         # Ho et al. eq. 11; no noise after the last step.
-        x = ancestral_step(x, eps, betas[i], scheduler.alphas_cumprod[t], noise, last=i + 1 == len(steps))
+        x = ancestral_step(x, eps, beta, abar, noise, last=i + 1 == len(steps))
     return x
 
 

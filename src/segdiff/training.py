@@ -38,7 +38,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -63,7 +62,7 @@ from .io import atomic_write
 from .metrics import iou
 from .models import build_model
 from .protocol import Protocol, item_names, protocol_for
-from .sampling import derive_seed
+from .seeding import derive_seed
 
 # What a resumed run must share with the run it continues: these define the network, the data and
 # the order of the updates. Everything else may change on resume (max_steps, time budget, logging,
@@ -115,11 +114,6 @@ def validation_iou(model, dataset, protocol: Protocol, sample: SampleConfig, ran
             scores[i] = iou(means[-1, 0] > 0.5, target).item()  # binary metrics read channel 0
     distributed.all_reduce_sum(scores, ranks)  # each slot has one contributor: exact
     return scores.cpu().sum().item() / n
-
-
-def _mixed_seed(*numbers: int) -> int:
-    """A seed mixed from several integers (NumPy's SeedSequence: nearby inputs give unrelated seeds)."""
-    return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0])
 
 
 def _ignore_sigint(worker_id: int) -> None:
@@ -266,14 +260,14 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
         if ckpt.state.get("noise_device") == device.type:
             noise_generator.set_state(ckpt.rng["noise"])
         else:  # a generator's state is device-specific: on another device the draws go on from a new seed
-            noise_generator.manual_seed(_mixed_seed(tc.seed, ckpt.state["step"]))
+            noise_generator.manual_seed(derive_seed("resume-noise", tc.seed, ckpt.state["step"]))
             if master:
                 print(f"resuming on {device.type}, saved on {ckpt.state.get('noise_device')}: t and the noise are "
                       "drawn from a new seed, so the run will not repeat the original bit for bit")
         if f"torch_cpu/{ranks.rank}" in ckpt.rng:
             torch.set_rng_state(ckpt.rng[f"torch_cpu/{ranks.rank}"])
         else:  # more ranks than the saved run: this rank's dropout draws start from a derived seed
-            torch.manual_seed(_mixed_seed(tc.seed, ranks.rank, ckpt.state["step"]))
+            torch.manual_seed(derive_seed("resume-dropout", tc.seed, ranks.rank, ckpt.state["step"]))
         if device.type == "cuda" and f"cuda/{ranks.rank}" in ckpt.rng:
             torch.cuda.set_rng_state(ckpt.rng[f"cuda/{ranks.rank}"], device)
         step, best_iou, skipped = ckpt.state["step"], ckpt.state["best_val_iou"], ckpt.state["skipped_steps"]
@@ -283,7 +277,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             print(f"resuming from {resume_path} at step {step} (epoch {ckpt.state['data']['epoch']}, batch "
                   f"{ckpt.state['data']['batch_in_epoch']} of {sampler.batches_per_epoch})", flush=True)
     elif ranks.rank > 0:  # dropout draws of their own on the other ranks
-        torch.manual_seed(_mixed_seed(tc.seed, ranks.rank))
+        torch.manual_seed(derive_seed("dropout", tc.seed, ranks.rank))
     net = model
     if ranks.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -102,7 +102,7 @@ def build_dataset(
     ``classes`` for Cityscapes, ``preprocessing`` for Vaihingen, ``mask_source`` for MoNuSeg,
     ``augment_spec`` for all. Example::
 
-        train = build_dataset("vaihingen", "../shared/data", "train", 256, augment=True)
+        train = build_dataset("vaihingen", "DATA", "train", 256, augment=True)
         image, mask = train[0]  # (3, 256, 256) in [0, 1], (1, 256, 256) in {0, 1}
     """
     if name not in _REGISTRY:

@@ -25,9 +25,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..seeding import seeded_generator
 
 __all__ = [
     "AugmentSpec",
@@ -105,15 +106,12 @@ FOLDER_AUGMENT = AugmentSpec(
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """Return a CPU generator seeded from (seed, epoch, index).
-
-    NumPy's SeedSequence mixes the three integers so that neighbouring items and epochs get
-    unrelated streams (seed + index would make item i of seed s equal item i-1 of seed s+1).
-    """
+    """Return a CPU generator seeded from (seed, epoch, index) (`seeding.derive_seed`: neighbouring
+    items and epochs get unrelated streams; seed + index would make item i of seed s equal item
+    i-1 of seed s+1)."""
     if min(seed, epoch, index) < 0:
         raise ValueError(f"seed, epoch and index must be >= 0, got {(seed, epoch, index)}")
-    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return seeded_generator("augment", seed, epoch, index)
 
 
 def _uniform(low: float, high: float, generator: torch.Generator) -> float:

@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
+from ..seeding import derive_seed
 from .augment import item_generator
 from .reading import DataError
 
@@ -30,7 +30,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 def carve_validation(names: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Split training ids into (train, val), deterministically.
 
-    Each id is ranked by SHA-256 of "seed:id" and the round(val_fraction * n) lowest (at least
+    Each id is ranked by `seeding.derive_seed("validation", seed, id)` and the round(val_fraction * n) lowest (at least
     one when the fraction is > 0 and n >= 2) form val. The result depends only on the ids and
     the seed, not on library versions or listing order; both parts keep the input order.
     """
@@ -40,7 +40,7 @@ def carve_validation(names: Sequence[str], val_fraction: float, seed: int) -> tu
     n_val = round(val_fraction * n)
     if val_fraction > 0 and n >= 2:
         n_val = min(max(n_val, 1), n - 1)
-    ranked = sorted(names, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+    ranked = sorted(names, key=lambda s: derive_seed("validation", seed, s))
     val = set(ranked[:n_val])
     return [s for s in names if s not in val], [s for s in names if s in val]
 

@@ -74,8 +74,7 @@ def _find_monuseg_split(root: Path, folder: str) -> Path:
     base = root / "monuseg" if (root / "monuseg").is_dir() else root
     directory = base / folder
     if not (directory / "images").is_dir():
-        extra = " (the shared data has no MoNuSeg train/ folder yet)" if folder == "train" else ""
-        raise DataError(f"{directory}/images: MoNuSeg {folder} folder not found{extra}; expected "
+        raise DataError(f"{directory}/images: MoNuSeg {folder} folder not found; expected "
                         f"ROOT/monuseg/{folder}/images/*.tif and masks/*.png")
     return directory
 

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..seeding import seeded_generator
+
 
 def _smooth_field(g: torch.Generator, size: int, cells: int, channels: int) -> Tensor:
     """Low-frequency random field (channels, size, size), roughly N(0, 1) valued."""
@@ -28,7 +30,7 @@ def _smooth_field(g: torch.Generator, size: int, cells: int, channels: int) -> T
 
 def make_sample(seed: int, index: int, size: int = 32) -> tuple[Tensor, Tensor]:
     """One (image (3, S, S) in [0, 1], mask (1, S, S) in {0, 1}) pair."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    g = seeded_generator("synthetic", seed, index)
     u = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=g).item()  # noqa: E731
 
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
