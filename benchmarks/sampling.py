@@ -55,12 +55,12 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from segdiff.checkpoint import load_model
 from segdiff.config import ExperimentConfig
 from segdiff.data import make_dataset
 from segdiff.diffusion import DDPMScheduler, from_signed
 from segdiff.metrics import iou
 from segdiff.model import SegDiff
+from segdiff.models import load_model
 from segdiff.sampling import generation_seeds, predict, sample_ddpm
 from segdiff.seeding import derive_seed
 from segdiff.data.synthetic import make_sample
@@ -251,7 +251,8 @@ def other_python_processes() -> list[str]:
 # --- main ----------------------------------------------------------------------------------------------
 def speed(args: argparse.Namespace, device: torch.device) -> None:
     if args.checkpoint:
-        model, cfg = load_model(args.checkpoint, device=device)
+        loaded = load_model(args.checkpoint, device=device)
+        model, cfg = loaded.net, loaded.config
         if args.data:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=args.data))
         test = make_dataset(cfg, "test")
@@ -290,7 +291,7 @@ def speed(args: argparse.Namespace, device: torch.device) -> None:
     clip = cfg.sample.clip_x0  # the checkpoint's sampling setting, in every row alike
 
     def ours(sampler: str, steps: int | None, **options):
-        return lambda: predict(model, images, scheduler, sampler=sampler, num_steps=steps, num_generations=k,
+        return lambda: predict(model, images, scheduler, sampler=sampler, num_sampling_steps=steps or 0, num_generations=k,
                                max_batch=args.max_batch, seeds=flat_seeds, clip_x0=clip, **options).prob
 
     def cost(steps: int) -> float:  # FLOPs per image with F cached
@@ -314,7 +315,7 @@ def speed(args: argparse.Namespace, device: torch.device) -> None:
     if args.compile:
         start = time.perf_counter()
         # Compiles for these shapes (not timed in the rows below); the solver and DDPM rows share it.
-        predict(model, images, scheduler, sampler="ddpm", num_steps=2, num_generations=k, max_batch=args.max_batch,
+        predict(model, images, scheduler, sampler="ddpm", num_sampling_steps=2, num_generations=k, max_batch=args.max_batch,
                 seeds=flat_seeds, compile=True, channels_last=args.channels_last, clip_x0=clip)
         print(f"torch.compile warm-up (compilation + two steps): {time.perf_counter() - start:.1f} s")
         plan.insert(2, ("(b'') = (b) with torch.compile" + (" and channels_last" if args.channels_last else ""),
@@ -323,7 +324,7 @@ def speed(args: argparse.Namespace, device: torch.device) -> None:
                      ours("sde-dpm-solver++", fast, compile=True, channels_last=args.channels_last), cost(fast)))
     # Warm-up, not timed: first-call costs (kernel selection, diffusers' import) hit no method.
     for sampler, low in (("ddpm", False), ("sde-dpm-solver++", False), ("sde-dpm-solver++", args.autocast)):
-        predict(model, images[:1], scheduler, sampler=sampler, num_steps=2, num_generations=1, seeds=[0], autocast=low)
+        predict(model, images[:1], scheduler, sampler=sampler, num_sampling_steps=2, num_generations=1, seeds=[0], autocast=low)
     # Round-robin over the methods, `--rounds` times: each row reports its median round, so a
     # passing load on the machine moves one round, not the ratios.
     rounds = [[run_method(name, fn, n, flops, device) for name, fn, flops in plan] for _ in range(args.rounds)]
@@ -414,7 +415,7 @@ def memory(args: argparse.Namespace, device: torch.device) -> None:
     with PeakMemory(device) as mem:
         start = time.perf_counter()
         predict(model, image, scheduler, num_generations=args.generations, max_batch=args.max_batch, sampler="ddim",
-                num_steps=args.memory_steps, seeds=generation_seeds(args.seed, args.generations))
+                num_sampling_steps=args.memory_steps, seeds=generation_seeds(args.seed, args.generations))
         elapsed = time.perf_counter() - start
     print(f"peak memory above the loaded model: {mem.peak / 2**20:.0f} MiB "
           f"(model weights: {params * 4 / 2**20:.0f} MiB); {elapsed:.1f} s")

@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from segdiff.checkpoint import load_checkpoint
@@ -180,3 +182,19 @@ def test_a_baseline_run_is_evaluated_on_vaihingen(baseline_run, data_root, tmp_p
                  "--max-images", "1", "--score-size", "64", "--out", str(tmp_path / "e")]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["protocol"] == "vaihingen" and summary["score_size"] == 64
+
+
+def test_predict_segments_images_with_a_baseline_run_like_any_model(baseline_run, tmp_path):
+    image, _ = build_dataset("synthetic", "", "test", 32, num_test=1)[0]
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype("uint8")).resize((40, 36)).save(tmp_path / "a.png")
+    assert main(["predict", str(baseline_run), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 0
+    prob = torch.from_numpy(np.asarray(Image.open(tmp_path / "o" / "a_prob.png"))).float() / 255
+    assert prob.shape == (36, 40)
+    # One forward pass at the model's input, resized back: what the network gives, to PNG rounding.
+    model = load_model(baseline_run)
+    small = torch.nn.functional.interpolate(torch.from_numpy(np.asarray(
+        Image.open(tmp_path / "a.png"))).permute(2, 0, 1)[None].float() / 255, size=(32, 32), mode="bilinear",
+        antialias=True, align_corners=False).clamp(0, 1)
+    expected = torch.nn.functional.interpolate(torch.sigmoid(model.net(small)), size=(36, 40), mode="bilinear",
+                                               align_corners=False)[0, 0]
+    assert (prob - expected).abs().max() <= 1 / 255 + 1e-6

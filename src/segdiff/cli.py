@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_resume_checkpoint, read_config
-from .config import CONDITIONINGS, PRESETS, SAMPLER_NAMES, SYMMETRY_NAMES, ConfigError, ExperimentConfig, SampleConfig
+from .config import CONDITIONINGS, CROP_SETTINGS, PRESETS, SAMPLER_NAMES, SYMMETRY_NAMES, ConfigError, ExperimentConfig, SampleConfig
 from .data import DATASETS, IMAGE_SUFFIXES, DataError, image_to_tensor, make_dataset, read_image, resize_image
 from .demo import run_demo
 from .device import resolve_device
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "--data DATA --out runs/vai (the paper's preset and schedule; a GPU)")
     p.add_argument("--generations", type=int, help="K for the test evaluation (default: the preset's sample."
                    "num_generations, 30 as in the paper)")
-    p.add_argument("--setting", default=None, choices=["expansion", "tight"],
+    p.add_argument("--setting", default=None, choices=CROP_SETTINGS,
                    help="Cityscapes crop setting for the test evaluation (default: %(default)s)")
     p.add_argument("--conditioning", choices=CONDITIONINGS, help="the paper's conditioning variants (default sum)")
     add_config_args(p)
@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-size", type=int, default=None, help="Vaihingen/folder: score at this side (e.g. the "
                    "paper's 256 for a 64 px model): images are sampled at the model's input and the probabilities "
                    "resized up before the threshold (default: the model's input)")
-    p.add_argument("--setting", default=None, choices=["expansion", "tight"],
+    p.add_argument("--setting", default=None, choices=CROP_SETTINGS,
                    help="Cityscapes crops (default: the checkpoint's data.setting)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

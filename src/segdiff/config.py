@@ -24,6 +24,8 @@ Sampler = Literal["ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"]  # the fun
 SAMPLER_NAMES: tuple[str, ...] = get_args(Sampler)
 Symmetry = Literal["none", "flips", "dihedral"]  # the transforms are in sampling.py
 SYMMETRY_NAMES: tuple[str, ...] = get_args(Symmetry)
+CropSetting = Literal["expansion", "tight"]  # Cityscapes instance crops (docs/datasets.md)
+CROP_SETTINGS: tuple[str, ...] = get_args(CropSetting)
 ModelKind = Literal["segdiff", "unet"]  # the registry in models.py maps each to its class
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 
@@ -248,7 +250,7 @@ class DataConfig:
     num_test: int = 64  # synthetic only: held-out images
     # Cityscapes only: "expansion" crops each instance's box grown by 15 % (10-20 % at random for
     # training), "tight" the box itself; the paper reports both.
-    setting: Literal["expansion", "tight"] = "expansion"
+    setting: CropSetting = "expansion"
     # Cityscapes only: a JSON file, outside the data folder, keeping the instance index between
     # runs (indexing the 2975 training frames takes minutes); empty: index afresh every time.
     index_cache: str = ""
@@ -262,7 +264,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction} must be in (0, 1)")
-        _check_choice("setting", self.setting, ("expansion", "tight"))
+        _check_choice("setting", self.setting, CROP_SETTINGS)
         _check_choice("preprocessing", self.preprocessing, ("clean", "reference"))
         _check_choice("mask_source", self.mask_source, ("png", "xml"))
 

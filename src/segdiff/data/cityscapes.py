@@ -46,13 +46,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from ..config import CROP_SETTINGS, CropSetting
 from .augment import CITYSCAPES_AUGMENT, AugmentSpec, augment_pair
 from .base import SegmentationDataset, Split, check_split, select_split
 from .reading import DataError, image_to_tensor, mask_to_tensor, read_image, resize_image, resize_mask
@@ -223,7 +224,7 @@ class CityscapesInstances(SegmentationDataset):
         augment: bool = False,
         val_fraction: float = 0.1,
         seed: int = 0,
-        setting: Literal["tight", "expansion"] = "expansion",
+        setting: CropSetting = "expansion",
         classes: Sequence[str] | None = None,
         min_area: int = MIN_COMPONENT_AREA,
         augment_spec: AugmentSpec = CITYSCAPES_AUGMENT,
@@ -231,8 +232,8 @@ class CityscapesInstances(SegmentationDataset):
     ) -> None:
         super().__init__(seed=seed)
         check_split(split)
-        if setting not in ("tight", "expansion"):
-            raise ValueError(f"setting must be 'tight' or 'expansion', got {setting!r}")
+        if setting not in CROP_SETTINGS:
+            raise ValueError(f"setting must be one of {', '.join(CROP_SETTINGS)}, got {setting!r}")
         self.classes = tuple(CITYSCAPES_CLASSES if classes is None else classes)
         unknown = sorted(set(self.classes) - set(CITYSCAPES_CLASSES))
         if unknown:
