@@ -93,6 +93,14 @@ FINDINGS = """\
 """
 
 
+# Said under the commands when a summary predates the redesign (its summary.json has no "sample").
+BEFORE_REDESIGN = (
+    "These runs were made with segdiff before its redesign (commit 4683c4f). Since then every seed is "
+    "derived one way (`segdiff.seeding.derive_seed`), which changes which training images are held out for "
+    "validation, the batch order and the augmentation draws: the commands above, run today, give figures that "
+    "differ from these by run-to-run variation.")
+
+
 def report(args: argparse.Namespace) -> int:
     runs, out = Path(args.runs), Path(args.out)
     summaries = {}
@@ -150,6 +158,7 @@ def report(args: argparse.Namespace) -> int:
         *commands,
         "```",
         "",
+        *([BEFORE_REDESIGN, ""] if any("sample" not in s for s in summaries.values()) else []),
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))

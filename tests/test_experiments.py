@@ -62,9 +62,12 @@ def _summary(f1: float, iou: float, generations: int, seconds: float) -> dict:
             "paper": {"metrics": {"f1": 95.14, "iou": 91.12, "wcov_size_ratio": 93.83, "boundf": 85.09}}}
 
 
-def write_runs(runs: Path) -> None:
-    """The two test evaluations the page reads, with hand-chosen scores."""
+def write_runs(runs: Path, *, redesigned: bool = False) -> None:
+    """The two test evaluations the page reads, with hand-chosen scores; `redesigned`: written by
+    segdiff after its redesign, which records the resolved sampling settings ("sample")."""
     for name, summary in (("segdiff", _summary(0.9, 0.8, 30, 5.0)), ("unet", _summary(0.95, 0.875, 1, 0.04))):
+        if redesigned:
+            summary["sample"] = {"num_generations": summary["num_generations"]}
         folder = runs / name / "test"
         folder.mkdir(parents=True)
         (folder / "summary.json").write_text(json.dumps(summary))
@@ -94,6 +97,14 @@ def test_results_page_shows_the_scores_its_runs_wrote(tmp_path):
     assert page.count("segdiff evaluate runs/vaihingen-cpu/") == 2
     assert "--data DATA --split test --generations 30 --sampler sde-dpm-solver++ --steps 10 --score-size 256" in page
     assert "../" not in page.replace("../experiments/README.md", "")
+
+
+def test_results_page_says_when_its_runs_predate_the_redesign(tmp_path):
+    for redesigned in (False, True):
+        runs, out = tmp_path / f"runs{redesigned}", tmp_path / f"results{redesigned}.md"
+        write_runs(runs, redesigned=redesigned)
+        assert _page("report", "--runs", str(runs), "--out", str(out)).returncode == 0
+        assert ("made with segdiff before its redesign (commit 4683c4f)" in out.read_text()) is not redesigned
 
 
 def test_results_page_without_the_runs_says_what_to_run(tmp_path):
