@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from segdiff.cli import main
@@ -89,3 +90,15 @@ def test_demo_reaches_held_out_iou_of_080_within_its_budget(tmp_path):
 
     summary = run_demo(tmp_path, progress=False)
     assert summary["held_out_iou"] >= 0.80
+
+
+def test_best_threshold_iou_tries_every_level_and_both_polarities():
+    from segdiff.demo import best_threshold_iou
+
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2] = 1  # the left half
+    # Intensity equal to the mask, or its negative: one threshold separates them exactly.
+    assert best_threshold_iou(mask.expand(1, 3, 4, 4), mask) == 1.0
+    assert best_threshold_iou(1 - mask.expand(1, 3, 4, 4), mask) == 1.0
+    # A constant image: the best rule calls everything foreground, IoU = |G| / N = 8 / 16.
+    assert best_threshold_iou(torch.full((1, 3, 4, 4), 0.3), mask) == 0.5

@@ -285,7 +285,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
         net = torch.compile(net)
     n_params = sum(p.numel() for p in model.parameters())
     if master:
-        print(f"segdiff: {cfg.model.kind} model, preset {cfg.preset}, {n_params / 1e6:.2f} M parameters, {len(train_set)} training images, "
+        print(f"segdiff train: model kind {cfg.model.kind}, preset {cfg.preset}, {n_params / 1e6:.2f} M parameters, {len(train_set)} training images, "
               f"device {device}" + (f" x {ranks.world_size} processes" if ranks.enabled else "")
               + f", {tc.precision}, run folder {out_dir}", flush=True)
 
