@@ -188,11 +188,11 @@ def test_predict_segments_images_with_a_baseline_run_like_any_model(baseline_run
     image, _ = build_dataset("synthetic", "", "test", 32, num_test=1)[0]
     Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype("uint8")).resize((40, 36)).save(tmp_path / "a.png")
     assert main(["predict", str(baseline_run), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 0
-    prob = torch.from_numpy(np.asarray(Image.open(tmp_path / "o" / "a_prob.png"))).float() / 255
+    prob = torch.from_numpy(np.array(Image.open(tmp_path / "o" / "a_prob.png"))).float() / 255
     assert prob.shape == (36, 40)
     # One forward pass at the model's input, resized back: what the network gives, to PNG rounding.
     model = load_model(baseline_run)
-    small = torch.nn.functional.interpolate(torch.from_numpy(np.asarray(
+    small = torch.nn.functional.interpolate(torch.from_numpy(np.array(
         Image.open(tmp_path / "a.png"))).permute(2, 0, 1)[None].float() / 255, size=(32, 32), mode="bilinear",
         antialias=True, align_corners=False).clamp(0, 1)
     expected = torch.nn.functional.interpolate(torch.sigmoid(model.net(small)), size=(36, 40), mode="bilinear",

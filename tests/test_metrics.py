@@ -25,6 +25,9 @@ from skimage.morphology import dilation, disk
 from sklearn.metrics import f1_score, jaccard_score
 
 from segdiff import metrics
+from segdiff.metrics import (
+    boundary_f_mean, calibration_score, expected_calibration_error, f1, iou, size_ratio_coverage, weighted_coverage,
+)
 from segdiff.metrics_boundary import boundary_f_from_maps, boundary_map
 
 MASK_METRICS = {
@@ -162,7 +165,8 @@ def test_nan_in_mask_is_rejected():
 
 
 @pytest.mark.parametrize(
-    "shape", [(4,), (1, 1, 4, 4), (0, 4, 4), (4, 0)], ids=["1d", "4d", "no-images", "no-pixels"]
+    "shape", [(4,), (1, 1, 1, 4, 4), (0, 4, 4), (4, 0), (1, 0, 4, 4)],
+    ids=["1d", "5d", "no-images", "no-pixels", "no-classes"]
 )
 def test_wrong_dimensions_or_empty_arrays_raise(shape):
     with pytest.raises(ValueError):
@@ -514,3 +518,50 @@ def test_mean_over_classes_rejects_missing_scores():
         metrics.mean_over_classes({})
     with pytest.raises(ValueError, match="'train' has no scores"):
         metrics.mean_over_classes({"bus": [1.0], "train": []})
+
+
+# ---------------------------------------------------------------------------------------------
+# The class axis: (B, C, H, W) inputs give (B, C) scores
+
+
+def test_class_axis_scores_each_class_map_hand_computed():
+    # One image, two classes on a 2x2 grid.
+    # class 0: pred [[1, 1], [0, 0]], target [[1, 0], [0, 0]] -> IoU 1/2, F1 2*1/(2+1) = 2/3
+    # class 1: pred and target both empty -> 1.0 for both (the empty-mask rule, per class)
+    pred = torch.tensor([[[[1, 1], [0, 0]], [[0, 0], [0, 0]]]])
+    target = torch.tensor([[[[1, 0], [0, 0]], [[0, 0], [0, 0]]]])
+    assert iou(pred, target).tolist() == [[0.5, 1.0]]
+    assert f1(pred, target).tolist() == [[pytest.approx(2 / 3), 1.0]]
+
+
+@pytest.mark.parametrize("metric", [iou, f1, weighted_coverage, size_ratio_coverage, boundary_f_mean])
+def test_class_axis_matches_scoring_each_class_alone(metric):
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(2, 3, 12, 12, generator=g) > 0.6
+    target = torch.rand(2, 3, 12, 12, generator=g) > 0.6
+    scores = metric(pred, target)
+    assert scores.shape == (2, 3)
+    for c in range(3):
+        assert torch.equal(scores[:, c], metric(pred[:, c], target[:, c]))
+
+
+def test_class_axis_iou_against_sklearn_per_class():
+    from sklearn.metrics import jaccard_score
+
+    g = torch.Generator().manual_seed(1)
+    pred = torch.rand(1, 4, 16, 16, generator=g) > 0.5
+    target = torch.rand(1, 4, 16, 16, generator=g) > 0.5
+    expected = [jaccard_score(target[0, c].flatten().numpy(), pred[0, c].flatten().numpy()) for c in range(4)]
+    assert iou(pred, target)[0].tolist() == pytest.approx(expected)
+
+
+def test_class_axis_calibration_per_class_and_shape_errors():
+    g = torch.Generator().manual_seed(2)
+    prob = torch.rand(2, 2, 8, 8, generator=g)
+    target = torch.rand(2, 2, 8, 8, generator=g) > 0.5
+    for metric in (calibration_score, expected_calibration_error):
+        scores = metric(prob, target)
+        assert scores.shape == (2, 2)
+        assert torch.equal(scores[:, 1], metric(prob[:, 1], target[:, 1]))
+    with pytest.raises(ValueError, match=r"prob and target must have the same shape, found prob \(2, 2, 8, 8\)"):
+        calibration_score(prob, target[:, :1])

@@ -75,17 +75,18 @@ _SCORE_PIXELS = 2**24  # running means scored together per chunk (bounds memory 
 
 
 def score_probabilities(probs: Tensor, target: Tensor) -> dict[str, Tensor]:
-    """Score each of the probability maps `probs` (K, H, W) against one target (H, W).
+    """Score each of the probability maps `probs` (K, C, H, W) against one target (C, H, W).
 
-    The mask of row k is probs[k] > 0.5. Returns {metric: float64 (K,)} for every name in
-    `METRICS`; metrics raise ValueError for mismatched shapes or a non-binary target.
+    The mask of row k is probs[k] > 0.5, class by class. Returns {metric: float64 (K, C)} for
+    every name in `METRICS` (binary masks have C = 1); metrics raise ValueError for mismatched
+    shapes or a non-binary target.
     """
-    if probs.ndim != 3:
-        raise ValueError(f"probs must be (K, H, W), found shape {tuple(probs.shape)}")
+    if probs.ndim != 4:
+        raise ValueError(f"probs must be (K, C, H, W), found shape {tuple(probs.shape)}")
     if target.shape != probs.shape[1:]:
         raise ValueError(f"prediction and target must have the same shape, found prediction "
                          f"{tuple(probs.shape[1:])} and target {tuple(target.shape)}")
-    chunk = max(1, _SCORE_PIXELS // max(1, probs[0].numel()))
+    chunk = max(1, _SCORE_PIXELS // max(1, probs[0].numel()))  # rows of K scored together
     parts: list[dict[str, Tensor]] = []
     for start in range(0, probs.shape[0], chunk):
         prob = probs[start:start + chunk]
@@ -208,11 +209,11 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
         image_seed = derive_seed(seed, name)
         image, mask = dataset[i]
         protocol.check_item(name, image, mask)
-        target = protocol.target(dataset, i, mask)[0]  # (h, w): binary metrics read channel 0
-        means, uncertainty = protocol.predict_item(model, image, sample, image_seed, tuple(target.shape))
-        means, uncertainty = means[:, 0], uncertainty[0]  # (K, h, w), (h, w)
+        target = protocol.target(dataset, i, mask)  # (C, h, w)
+        means, uncertainty = protocol.predict_item(model, image, sample, image_seed, tuple(target.shape[-2:]))
         try:
-            scores = score_probabilities(means, target)
+            # (K, C) per metric; the binary path's one channel is the foreground (C = 1).
+            scores = {m: s[:, 0] for m, s in score_probabilities(means, target).items()}
             diagram = metrics.reliability_diagram(means[-1], target, num_bins=10)
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
@@ -220,16 +221,16 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
         for acc, part in zip(bins, (diagram.count.double(), diagram.mean_prob.nan_to_num() * diagram.count,
                                     diagram.fraction_positive.nan_to_num() * diagram.count)):
             acc += part.cpu()
-        prob = means[-1]
+        prob = means[-1]  # (C, h, w)
         row = {"index": i, "name": name, **({"class": classes[i]} if classes else {}),
-               "height": target.shape[0], "width": target.shape[1],
+               "height": target.shape[-2], "width": target.shape[-1],
                "target_fraction": float(target.float().mean()),
                "predicted_fraction": float((prob > 0.5).float().mean()),
                "mean_uncertainty": float(uncertainty.mean()), "seed": image_seed,
                **{m: float(scores[m][-1]) for m in METRICS}}
         rows.append(row)
-        extremes.offer(row["iou"], i, name, lambda: _panels(resize_probabilities(image, tuple(target.shape)),
-                                                          target, prob, uncertainty))
+        extremes.offer(row["iou"], i, name, lambda: _panels(resize_probabilities(image, tuple(target.shape[-2:])),
+                                                          target[0], prob[0], uncertainty[0]))
         bar.set_postfix(iou=f"{sum(r['iou'] for r in rows) / len(rows):.4f}")
     bar.close()
     elapsed = time.monotonic() - started

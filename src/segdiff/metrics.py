@@ -2,11 +2,13 @@
 
 Conventions (they hold for every function here):
 - Masks are torch tensors or numpy arrays of shape (B, H, W), or (H, W) for one image
-  (treated as B = 1). Values are bool or numeric {0, 1}; anything else raises ValueError
-  naming the values found. Prediction and target must have the same shape.
+  (treated as B = 1), or (B, C, H, W) with a class axis: one binary map per class (one-hot
+  masks, or per-class probabilities). Values are bool or numeric {0, 1}; anything else raises
+  ValueError naming the values found. Prediction and target must have the same shape.
 - Probabilities (calibration functions) are floats in [0, 1] of the same shapes.
-- Every score function returns a float64 tensor of shape (B,), one score per image, on the
-  prediction's device. Aggregation is a separate call: `mean_over_images`, or
+- Every score function returns a float64 tensor of shape (B,), one score per image, or (B, C),
+  one per image and class, for (B, C, H, W) inputs (each class map scored as its own binary
+  mask, with the same empty-mask rule), on the prediction's device. Aggregation is a separate call: `mean_over_images`, or
   `mean_over_classes` for Cityscapes (mean over instances of a class, then over classes).
 - Empty masks: when prediction and target are both empty the score is perfect (1.0); when
   exactly one is empty it is 0.0. Each docstring repeats what that means for its metric.
@@ -19,7 +21,8 @@ what the SegDiff authors' code computes under the name WCov.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -60,16 +63,36 @@ def _as_tensor(x: ArrayLike, name: str) -> Tensor:
     raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, found {type(x).__name__}")
 
 
-def _check_shapes(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
+def _class_axis(metric: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Let a per-image `metric` take (B, C, H, W) inputs and return (B, C): each class map is
+    scored as its own binary mask (image b, class c is row b * C + c of the flattened batch)."""
+    first = metric.__code__.co_varnames[0]  # "pred" or "prob", for the error messages
+
+    @functools.wraps(metric)
+    def with_class_axis(x: ArrayLike, target: ArrayLike, *args, **kwargs) -> Tensor:
+        x_t, target_t = _as_tensor(x, first), _as_tensor(target, "target")
+        if x_t.ndim != 4:
+            return metric(x_t, target_t, *args, **kwargs)
+        _check_same_shape(x_t, target_t, (first, "target"))
+        return metric(x_t.flatten(0, 1), target_t.flatten(0, 1), *args, **kwargs).reshape(x_t.shape[:2])
+
+    return with_class_axis
+
+
+def _check_same_shape(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
     if a.shape != b.shape:
         raise ValueError(
             f"{names[0]} and {names[1]} must have the same shape, found "
             f"{names[0]} {tuple(a.shape)} and {names[1]} {tuple(b.shape)}"
         )
+
+
+def _check_shapes(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
+    _check_same_shape(a, b, names)
     if a.ndim not in (2, 3):
         raise ValueError(
-            f"expected masks of shape (B, H, W) or (H, W), found {a.ndim} dimensions "
-            f"{tuple(a.shape)}; squeeze a channel axis first"
+            f"expected masks of shape (B, H, W), (H, W) or (B, C, H, W), found {a.ndim} dimensions "
+            f"{tuple(a.shape)}"
         )
     if a.shape[-1] == 0 or a.shape[-2] == 0 or (a.ndim == 3 and a.shape[0] == 0):
         raise ValueError(
@@ -111,6 +134,7 @@ def _apply_empty_rule(score: Tensor, pred: Tensor, target: Tensor) -> Tensor:
 # Overlap
 
 
+@_class_axis
 def iou(pred: ArrayLike, target: ArrayLike) -> Tensor:
     """Foreground intersection over union per image: |P∩G| / |P∪G|, float64 (B,).
 
@@ -123,6 +147,7 @@ def iou(pred: ArrayLike, target: ArrayLike) -> Tensor:
     return _apply_empty_rule(intersection / union.clamp(min=1), p, g)
 
 
+@_class_axis
 def f1(pred: ArrayLike, target: ArrayLike) -> Tensor:
     """Foreground pixel F1 (Dice) per image: 2|P∩G| / (|P| + |G|), float64 (B,).
 
@@ -143,6 +168,7 @@ def _check_radius(radius: int) -> None:
         raise ValueError(f"radius must be an integer number of pixels >= 0, found {radius!r}")
 
 
+@_class_axis
 def boundary_f(pred: ArrayLike, target: ArrayLike, radius: int) -> Tensor:
     """DAVIS boundary F-measure at a tolerance of `radius` pixels, float64 (B,).
 
@@ -167,6 +193,7 @@ def boundary_f(pred: ArrayLike, target: ArrayLike, radius: int) -> Tensor:
     return _apply_empty_rule(f_measure, p, g)
 
 
+@_class_axis
 def boundary_f_mean(
     pred: ArrayLike, target: ArrayLike, radii: Sequence[int] = (1, 2, 3, 4, 5)
 ) -> Tensor:
@@ -208,6 +235,7 @@ def _weighted_coverage_one(pred: np.ndarray, target: np.ndarray) -> float:
     return float((target_sizes * region_iou.max(axis=1)).sum() / target_sizes.sum())
 
 
+@_class_axis
 def weighted_coverage(pred: ArrayLike, target: ArrayLike) -> Tensor:
     """Weighted coverage (WCov) as DSAC / DarNet report it, float64 (B,).
 
@@ -234,6 +262,7 @@ def weighted_coverage(pred: ArrayLike, target: ArrayLike) -> Tensor:
     return _apply_empty_rule(score, p, g)
 
 
+@_class_axis
 def size_ratio_coverage(pred: ArrayLike, target: ArrayLike) -> Tensor:
     """min(|P|, |G|) / max(|P|, |G|) per image: the SegDiff reference code's "WCov", float64 (B,).
 
@@ -292,6 +321,7 @@ def _bin_sums(prob: Tensor, target: Tensor, num_bins: int) -> tuple[Tensor, Tens
     return count, prob_sum, positives
 
 
+@_class_axis
 def calibration_score(prob: ArrayLike, target: ArrayLike, num_bins: int = 10) -> Tensor:
     """The paper's calibration error per image (lower is better), float64 (B,).
 
@@ -313,6 +343,7 @@ def calibration_score(prob: ArrayLike, target: ArrayLike, num_bins: int = 10) ->
     return (gap**2 * occupied).sum(dim=1) / occupied.sum(dim=1)
 
 
+@_class_axis
 def expected_calibration_error(prob: ArrayLike, target: ArrayLike, num_bins: int = 10) -> Tensor:
     """Standard ECE per image: Σ_k (n_k / N) · |fraction of positives_k - mean prob_k|, (B,).
 
