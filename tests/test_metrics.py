@@ -565,3 +565,13 @@ def test_class_axis_calibration_per_class_and_shape_errors():
         assert torch.equal(scores[:, 1], metric(prob[:, 1], target[:, 1]))
     with pytest.raises(ValueError, match=r"prob and target must have the same shape, found prob \(2, 2, 8, 8\)"):
         calibration_score(prob, target[:, :1])
+
+
+def test_pooled_ece_from_summed_bins_equals_the_ece_of_all_pixels_as_one_image():
+    from segdiff.metrics import _bin_sums, ece_from_bins
+
+    g = torch.Generator().manual_seed(3)
+    prob = torch.rand(3, 6, 6, generator=g)
+    target = torch.rand(3, 6, 6, generator=g) > 0.5
+    pooled = ece_from_bins(*(t.sum(dim=0) for t in _bin_sums(prob, target, 10)))
+    assert pooled.item() == pytest.approx(expected_calibration_error(prob.reshape(1, -1), target.reshape(1, -1)).item())

@@ -247,13 +247,12 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
         by_image = torch.stack([s[m] for s in curves])  # (N, K)
         curve[m] = [_aggregate(by_image[:, k], classes)[0] for k in range(num_generations)]
     count_, prob_sum, positives = bins
-    occupied = count_ > 0
     reliability = {
         "bin_edges": torch.linspace(0, 1, 11, dtype=torch.float64).tolist(),
         "mean_prob": [float(p / n) if n > 0 else None for p, n in zip(prob_sum, count_)],
         "fraction_positive": [float(q / n) if n > 0 else None for q, n in zip(positives, count_)],
         "count": [int(n) for n in count_],
-        "pooled_ece": float(((prob_sum - positives).abs() * occupied).sum() / count_.sum()),
+        "pooled_ece": float(metrics.ece_from_bins(count_, prob_sum, positives)),
     }
     paper = dict(PAPER_RESULTS.get(protocol.paper_key, {})) if protocol.paper_key else {}
     summary: dict[str, Any] = {

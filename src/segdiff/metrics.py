@@ -41,6 +41,7 @@ __all__ = [
     "size_ratio_coverage",
     "calibration_score",
     "expected_calibration_error",
+    "ece_from_bins",
     "reliability_diagram",
     "ReliabilityDiagram",
     "mean_over_images",
@@ -353,8 +354,17 @@ def expected_calibration_error(prob: ArrayLike, target: ArrayLike, num_bins: int
     No special empty-mask rule: the score is defined for any target.
     """
     p, g = _prob_pair(prob, target, num_bins)
-    count, prob_sum, positives = _bin_sums(p, g, num_bins)
-    return (prob_sum - positives).abs().sum(dim=1) / count.sum(dim=1)
+    return ece_from_bins(*_bin_sums(p, g, num_bins))
+
+
+def ece_from_bins(count: Tensor, prob_sum: Tensor, positives: Tensor) -> Tensor:
+    """ECE from per-bin sums (..., num_bins): Σ_k |prob_sum_k - positives_k| / Σ_k count_k.
+
+    The one place ECE is computed: `expected_calibration_error` per image, and the pooled ECE of
+    a whole evaluation from its accumulated bins (evaluation.py), which equals the ECE of all
+    pixels passed as one image.
+    """
+    return (prob_sum - positives).abs().sum(dim=-1) / count.sum(dim=-1)
 
 
 class ReliabilityDiagram(NamedTuple):
