@@ -12,6 +12,9 @@ The run folder:
     last.safetensors         the newest of those (a hard link): what --resume and predict read
     best.safetensors         the EMA weights with the best validation IoU
 
+The lr schedule ends, and the run stops, at a horizon: train.max_steps, or with a time budget and
+the cosine schedule the step the budget is estimated to reach from measured step times (`Horizon`).
+
 Resuming continues bit for bit on the CPU: every random draw of the loop comes from state that
 the checkpoint holds. The epoch's order is a permutation seeded by (seed, epoch) and the batches
 already used are skipped; augmentation draws come from (seed, epoch, item) via
@@ -174,9 +177,9 @@ class Horizon:
         return min(self.max_steps, step + max(fits, 1))
 
     def describe(self) -> str:
+        paused = self.paused_per_step > 0.01 * self.seconds_per_step  # else too small to be worth a word
         return (f"lr reaches 0 at step {self.steps} (estimated from {self.seconds_per_step:.3g} s/step"
-                + (f" + {self.paused_per_step:.3g} s/step of validation and checkpoints" if self.paused_per_step else "")
-                + ")")
+                + (f" + {self.paused_per_step:.2g} s/step of validation and checkpoints" if paused else "") + ")")
 
 
 def validation_iou(model, dataset, protocol: Protocol, sample: SampleConfig, ranks: distributed.Ranks,
