@@ -6,11 +6,13 @@ All runs use the `tiny` preset at T=25 on a few images, on the CPU.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,10 @@ from safetensors.torch import load_file
 
 from segdiff.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, read_config, step_checkpoints
 from segdiff.cli import main
-from segdiff.config import ExperimentConfig
+from segdiff import training
+from segdiff.config import ExperimentConfig, TrainConfig
 from segdiff.model import SegDiff
-from segdiff.training import train
+from segdiff.training import Horizon, train
 
 SMALL_RUN = ["--set", "data.num_train=64", "--set", "diffusion.num_steps=25", "--set", "train.val_every=0",
              "--batch-size", "8", "--device", "cpu"]
@@ -140,6 +143,90 @@ def test_cosine_schedule_decays_the_lr_to_zero_at_max_steps(tmp_path):
     assert [r["lr"] for r in records if r["event"] == "train"] == pytest.approx(expected[:4], abs=1e-12)
     with pytest.raises(ValueError, match="lr_schedule"):
         tiny(tmp_path, "train.lr_schedule=linear")
+
+
+# ----------------------------------------------------------------------------------------------
+# A time budget ends the cosine schedule
+
+
+def fake_clock(monkeypatch, *, first_s: float) -> None:
+    """The loop's clock moves only when the network runs: 1 s per training step, `first_s` more on
+    the very first (a one-off cost such as compilation). Estimates: 2 untimed steps per session, the
+    first estimate 3 steps later, then every 10."""
+    now, original = [0.0], SegDiff.forward
+
+    def forward(self, *args, **kwargs):
+        now[0] += 1.0 + (first_s if now[0] == 0 else 0.0)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SegDiff, "forward", forward)
+    monkeypatch.setattr(training, "_clock", lambda: now[0])
+    for name, value in (("warmup_steps", 2), ("first_window", 3), ("every", 10)):
+        monkeypatch.setattr(Horizon, name, value)
+
+
+BUDGETED = ["train.lr=0.001", "train.lr_schedule=cosine", "train.max_steps=1000", "train.time_budget_min=1",
+            "train.log_every=1", "train.save_every=10", "train.keep_last=10"]
+
+
+def train_records(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["event"] == "train"]
+
+
+def test_time_budget_ends_the_cosine_schedule_where_the_budget_does(tmp_path, monkeypatch, capsys):
+    fake_clock(monkeypatch, first_s=4.0)  # after s steps, s + 4 seconds
+    run = train(tiny(tmp_path / "run", *BUDGETED), progress=False)
+    # Steps 1-2 untimed; steps 3-5 took 3 s: 1 s/step. After step 5 (9 s), 51 s of the 60 are left:
+    # 51 more steps, the horizon is 56. Later estimates (steps 15, 25, ...) agree: at step 15, 41 s left.
+    records = train_records(run)
+    assert [r["step"] for r in records] == list(range(1, 57))  # stopped at the horizon, at 60 s
+    # A record's lr is that of update step - 1 (0-based), made with the horizon it logs: the estimate
+    # after step 5 holds from update 5 (step 6) on.
+    assert [r["horizon"] for r in records] == [1000] * 5 + [56] * 51
+    expected = [0.5e-3 * (1 + math.cos(math.pi * (r["step"] - 1) / r["horizon"])) for r in records]
+    assert [r["lr"] for r in records] == pytest.approx(expected, abs=1e-12)
+    assert records[-1]["lr"] < 1e-6  # lr/2 (1 + cos(55 pi / 56)) = 7.9e-7: the end of the cosine
+    assert load_checkpoint(run / "last.safetensors").state["horizon"]["steps"] == 56
+    assert "step 5: lr reaches 0 at step 56 (estimated from 1 s/step)" in capsys.readouterr().out
+
+
+def test_a_budgeted_run_resumed_keeps_its_horizon_and_reaches_the_same_weights(tmp_path, monkeypatch):
+    fake_clock(monkeypatch, first_s=4.0)  # the one-off cost in the first session only
+    whole = train(tiny(tmp_path / "whole", *BUDGETED), progress=False)
+    # The resumed session starts at step 30 (34 s of the budget spent) with the horizon in force, 56;
+    # its own first estimate, after step 35 (39 s), is 35 + 21 = 56 again.
+    resumed = train(tiny(tmp_path / "resumed", *BUDGETED), progress=False, resume=whole / "last-30.safetensors")
+    a, b = load_checkpoint(whole / "last.safetensors"), load_checkpoint(resumed / "last.safetensors")
+    assert a.state["step"] == b.state["step"] == 56
+    for group in ("model", "ema", "optim"):
+        assert all(torch.equal(getattr(a, group)[k], getattr(b, group)[k]) for k in getattr(a, group)), group
+    assert [(r["step"], r["lr"], r["horizon"]) for r in train_records(resumed)] == \
+        [(r["step"], r["lr"], r["horizon"]) for r in train_records(whole)]
+
+
+def test_horizon_follows_a_slower_machine_and_counts_validation_time():
+    tc = TrainConfig(max_steps=1000, lr_schedule="cosine", time_budget_min=10)  # 600 s
+    horizon = Horizon(tc, first_step=0)  # 10 untimed steps, a first estimate 10 later, then every 50
+    # 1 s per step: after step 20 (20 s), 580 s fit 580 steps, horizon 600.
+    proposals = {s: horizon.observe(s, train_s=s, paused_s=0.0, remaining_s=600.0 - s) for s in range(1, 70)}
+    assert {s: p for s, p in proposals.items() if p is not None} == {20: 600}
+    # Then 2 s per step, and a validation of 25 s at step 50. At step 70: 120 s of steps, 25 s paused,
+    # 455 s left; the steps since the last estimate took 100 s / 50 = 2 s, validation 25 s / 60 timed
+    # steps = 5/12 s per step: 455 / (2 + 5/12) = 188.3, horizon 70 + 188 = 258.
+    assert horizon.observe(70, train_s=120.0, paused_s=25.0, remaining_s=455.0) == 258
+    horizon.steps = 258
+    saved = json.loads(json.dumps(horizon.state()))  # as a checkpoint keeps it
+    same = Horizon(tc, first_step=70)
+    same.restore(saved, tc, elapsed_s=145.0)
+    assert same.steps == 258 and same.observe(71, 121.0, 25.0, 454.0) is None  # a new session: untimed
+    # A resume with another budget (20 min) re-plans at once from the saved cost: 1055 s / (29/12) = 436.6.
+    longer = Horizon(replace(tc, time_budget_min=20), first_step=70)
+    longer.restore(saved, tc, elapsed_s=145.0)
+    assert longer.steps == 70 + 436
+    # Bounds: at most max_steps, at least one more step; the constant schedule ignores the budget.
+    assert horizon.fit(70, 1e9) == 1000 and horizon.fit(70, -5.0) == 71
+    constant = Horizon(replace(tc, lr_schedule="constant"), first_step=0)
+    assert all(constant.observe(s, s, 0.0, 600.0 - s) is None for s in range(1, 100)) and constant.steps == 1000
 
 
 def test_resume_through_the_cli_continues_in_the_run_folder(run_dir, tmp_path, capsys):

@@ -276,7 +276,9 @@ class TrainConfig:
     batch_size: int = 8  # global batch (Vaihingen, MoNuSeg: 8; Cityscapes: 30)
     max_steps: int = 300_000  # the reference runs 300k iterations
     lr: float = 1e-4  # AdamW, no warm-up
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr -> 0 over max_steps (the paper: constant)
+    # cosine: lr -> 0 over max_steps, or with a time budget at the step the budget is estimated to reach
+    # (training.Horizon, measured step times); the paper: constant
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
     ema_decay: float = 0.9999  # the EMA weights are the ones evaluated
     ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)): short runs need it
@@ -286,7 +288,9 @@ class TrainConfig:
     val_generations: int = 3  # K used for validation IoU (cheap)
     save_every: int = 1000
     out_dir: str = "runs/segdiff"
-    time_budget_min: float = 0.0  # stop cleanly after this many minutes (0: no limit)
+    # Stop cleanly after this many minutes of training, counted over all sessions of a resumed run
+    # (0: no limit); the cosine schedule then ends at the step the budget is estimated to reach.
+    time_budget_min: float = 0.0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (under torchrun: cuda:LOCAL_RANK)
     keep_last: int = 3  # step-numbered full checkpoints kept (last-<step>.safetensors)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16: CUDA only, with a dynamic loss scale

@@ -78,6 +78,14 @@ def all_reduce_sum(tensor: Tensor, ranks: Ranks) -> Tensor:
     return tensor
 
 
+def from_main(value: int, ranks: Ranks, device: torch.device) -> int:
+    """Rank 0's `value` on every rank (the others' values are ignored): one decision for all."""
+    if not ranks.enabled:
+        return value
+    tensor = torch.tensor([value if ranks.is_main else 0], dtype=torch.int64, device=device)
+    return int(all_reduce_sum(tensor, ranks).item())
+
+
 def barrier(ranks: Ranks) -> None:
     if ranks.enabled:
         dist.barrier()

@@ -12,6 +12,9 @@ The run folder:
     last.safetensors         the newest of those (a hard link): what --resume and predict read
     best.safetensors         the EMA weights with the best validation IoU
 
+The lr schedule ends, and the run stops, at a horizon: train.max_steps, or with a time budget and
+the cosine schedule the step the budget is estimated to reach from measured step times (`Horizon`).
+
 Resuming continues bit for bit on the CPU: every random draw of the loop comes from state that
 the checkpoint holds. The epoch's order is a permutation seeded by (seed, epoch) and the batches
 already used are skipped; augmentation draws come from (seed, epoch, item) via
@@ -73,20 +76,110 @@ RESUME_MUST_MATCH = ("preset", "model.", "diffusion.", "data.", "train.batch_siz
 RESUME_MAY_CHANGE = ("data.root", "data.num_workers", "data.index_cache")
 
 LOG_COLUMNS = ("step", "event", "epoch", "loss", "grad_norm", "lr", "samples_per_s", "skipped_steps", "val_iou",
-               "time")
+               "time", "horizon")  # horizon last: the rows of logs written before it still line up
+
+# The loop's time source (step times, the budget, the logs' `time`): tests replace it with a fake clock.
+_clock = time.monotonic
 
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient; names the last good checkpoint."""
 
 
-def learning_rate(tc, step: int) -> float:
-    """The lr of update `step` (0-based). A cosine decay to 0 at max_steps lets a short, budgeted run
-    end on small steps instead of stopping mid-stride; it depends on the step only, so runs and
-    resumes stay reproducible."""
+def learning_rate(tc, step: int, horizon: int | None = None) -> float:
+    """The lr of update `step` (0-based). The cosine decays to 0 at `horizon` (default: max_steps; a
+    time-budgeted run passes `Horizon.steps`), so a short run ends on small steps instead of stopping
+    mid-stride; it depends on (step, horizon) only, so runs and resumes stay reproducible."""
     if tc.lr_schedule == "constant":
         return tc.lr
-    return 0.5 * tc.lr * (1 + math.cos(math.pi * min(step, tc.max_steps) / max(tc.max_steps, 1)))
+    horizon = tc.max_steps if horizon is None else horizon
+    return 0.5 * tc.lr * (1 + math.cos(math.pi * min(step, horizon) / max(horizon, 1)))
+
+
+def _plan(tc) -> tuple:
+    """What a run's schedule is planned from: a resumed run that changes it re-plans its horizon."""
+    return tc.max_steps, tc.time_budget_min, tc.lr_schedule
+
+
+class Horizon:
+    """The step where the lr schedule ends and the run stops: `steps`, max_steps or an estimate.
+
+    With a time budget and the cosine schedule, the cosine must end when the budget does, not at
+    max_steps (a budget that stops the run at step 956 of 7000 would leave the lr near its peak).
+    So each session times its steps: the first `warmup_steps` are not timed (compilation, the
+    loader's first batches), the first estimate comes `first_window` steps later and a new one every
+    `every` steps after that, so a machine that slows down or speeds up is followed. An estimate
+    divides the budget left by the time a step costs: the mean training step since the previous
+    estimate, plus the validation and checkpoint time per step of this session so far (the loop
+    times them apart). The horizon becomes step + the steps that fit, at most max_steps and at
+    least step + 1. Until the first estimate it is max_steps; without a budget, always.
+
+    The times are measured on rank 0 and its horizon is every rank's (`distributed.from_main`);
+    estimates fall on steps counted from the session's first, so every rank makes them together.
+    `state()` goes into `last` checkpoints: a run resumed with the same plan (max_steps, budget,
+    schedule) continues with the horizon in force, so its updates are those of a run that was
+    not interrupted, given the same horizons. With a changed plan it re-estimates at once from
+    the saved step time.
+    """
+
+    warmup_steps = 10
+    first_window = 10
+    every = 50
+
+    def __init__(self, tc, first_step: int) -> None:
+        self.plan = _plan(tc)
+        self.max_steps = tc.max_steps
+        self.budget_s = 60 * tc.time_budget_min if tc.lr_schedule == "cosine" else 0.0
+        self.steps = tc.max_steps  # the horizon in force
+        self.seconds_per_step: float | None = None  # the latest estimate's training step ...
+        self.paused_per_step: float | None = None  # ... and validation + checkpoint time per step
+        self.first_step = first_step  # this session's
+        self.window: tuple[int, float] | None = None  # (step, training seconds) where the timing window began
+        self.timed_from: tuple[int, float] | None = None  # (step, paused seconds) where this session's timing began
+        self.estimated = False  # in this session
+
+    def state(self) -> dict:
+        return {"steps": self.steps, "seconds_per_step": self.seconds_per_step,
+                "paused_per_step": self.paused_per_step}
+
+    def restore(self, saved: dict, saved_tc, elapsed_s: float) -> None:
+        """Continue the schedule of a checkpoint (its `state()`, its train config, the run's seconds so far)."""
+        self.seconds_per_step, self.paused_per_step = saved["seconds_per_step"], saved["paused_per_step"]
+        if _plan(saved_tc) == self.plan:
+            self.steps = saved["steps"]
+        elif self.budget_s and self.seconds_per_step is not None:
+            self.steps = self.fit(self.first_step, self.budget_s - elapsed_s)
+
+    def observe(self, step: int, train_s: float, paused_s: float, remaining_s: float) -> int | None:
+        """The horizon proposed after `step`, or None when no estimate is due.
+
+        `train_s`, `paused_s`: this session's seconds of training steps and of validation and
+        checkpoints so far; `remaining_s`: the run's budget left.
+        """
+        done = step - self.first_step
+        if not self.budget_s or done < self.warmup_steps:
+            return None
+        if done == self.warmup_steps:
+            self.window, self.timed_from = (step, train_s), (step, paused_s)
+            return None
+        window_step, window_train_s = self.window
+        if step - window_step < (self.every if self.estimated else self.first_window):
+            return None
+        self.seconds_per_step = (train_s - window_train_s) / (step - window_step)
+        self.paused_per_step = (paused_s - self.timed_from[1]) / (step - self.timed_from[0])
+        self.window, self.estimated = (step, train_s), True
+        return self.fit(step, remaining_s)
+
+    def fit(self, step: int, remaining_s: float) -> int:
+        """step + the steps that `remaining_s` fits at the measured cost, within [step + 1, max_steps]."""
+        cost = self.seconds_per_step + self.paused_per_step
+        fits = math.floor(max(remaining_s, 0.0) / cost) if cost > 0 else self.max_steps
+        return min(self.max_steps, step + max(fits, 1))
+
+    def describe(self) -> str:
+        paused = self.paused_per_step > 0.01 * self.seconds_per_step  # else too small to be worth a word
+        return (f"lr reaches 0 at step {self.steps} (estimated from {self.seconds_per_step:.3g} s/step"
+                + (f" + {self.paused_per_step:.2g} s/step of validation and checkpoints" if paused else "") + ")")
 
 
 def validation_iou(model, dataset, protocol: Protocol, sample: SampleConfig, ranks: distributed.Ranks,
@@ -149,7 +242,8 @@ def _rewind_logs(source: Path, out_dir: Path, step: int) -> None:
         if not (source / name).is_file():
             continue
         lines = (source / name).read_text().splitlines(keepends=True)
-        kept = lines[:1] if name == "log.csv" else []  # the CSV header
+        # The CSV header: this version's (a column added since appends to the old rows' end).
+        kept = [",".join(LOG_COLUMNS) + "\r\n"] if name == "log.csv" else []
         for line in lines[len(kept):]:
             try:  # a run killed while writing may leave a partial last line
                 line_step = json.loads(line)["step"] if name == "log.jsonl" else int(line.split(",")[0])
@@ -278,6 +372,10 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                   f"{ckpt.state['data']['batch_in_epoch']} of {sampler.batches_per_epoch})", flush=True)
     elif ranks.rank > 0:  # dropout draws of their own on the other ranks
         torch.manual_seed(derive_seed("dropout", tc.seed, ranks.rank))
+    # Where the lr schedule ends and the run stops: max_steps, or estimated to fit the time budget.
+    horizon = Horizon(tc, step)
+    if ckpt is not None and "horizon" in ckpt.state:
+        horizon.restore(ckpt.state["horizon"], ckpt.config.train, elapsed_before)
     net = model
     if ranks.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -323,6 +421,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             if cuda_state is not None:
                 rng[f"cuda/{rank}"] = cuda_state
         state.update(optimizer=optim_meta, grad_scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                     horizon=horizon.state(),
                      data={"epoch": epoch, "batch_in_epoch": batch_in_epoch, "permutation_seed": tc.seed,
                            "batches_per_epoch": sampler.batches_per_epoch, "num_items": len(train_set),
                            "fingerprint": fingerprint})
@@ -370,14 +469,14 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
     per_rank = tc.batch_size // ranks.world_size
     share = slice(ranks.rank * per_rank, (ranks.rank + 1) * per_rank)
     data = batches(step)
-    consecutive_nonfinite, start_time = 0, time.monotonic()
+    consecutive_nonfinite, start_time, paused_s = 0, _clock(), 0.0
     logged_step, logged_time = step, start_time
 
     def elapsed() -> float:
-        """Seconds of training over all sessions of the run (the logs' `time`)."""
-        return elapsed_before + time.monotonic() - start_time
+        """Seconds of training over all sessions of the run (the logs' `time`, what the budget counts)."""
+        return elapsed_before + _clock() - start_time
 
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and master), dynamic_ncols=True, desc="train")
+    bar = tqdm(total=horizon.steps, initial=step, disable=not (progress and master), dynamic_ncols=True, desc="train")
 
     def say(message: str) -> None:
         if master:
@@ -386,7 +485,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
     try:
         if master:
             open_logs()
-        while step < tc.max_steps:
+        while step < horizon.steps:
             image, mask = next(data)
             image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
             if tc.channels_last:
@@ -399,7 +498,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
 
             # One synchronisation per step: the mean loss, the gradient norm and any rank's wish to
             # stop (time budget, signal), so that every rank takes the same decisions.
-            out_of_time = tc.time_budget_min > 0 and time.monotonic() - start_time > 60 * tc.time_budget_min
+            out_of_time = tc.time_budget_min > 0 and elapsed() > 60 * tc.time_budget_min
             stats = torch.stack([loss.detach().float(), grad_norm.float().to(loss.device),
                                  torch.tensor(float(out_of_time), device=loss.device),
                                  torch.tensor(float(bool(stop_signals)), device=loss.device)])
@@ -409,7 +508,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
 
             if math.isfinite(loss_value) and math.isfinite(norm_value):
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(tc, step)
+                    group["lr"] = learning_rate(tc, step, horizon.steps)
                 scaler.step(optimizer)
                 # EMA; with warm-up the decay of update n grows as (1+n)/(10+n), so short runs are not
                 # dominated by the initial weights.
@@ -444,17 +543,28 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                     f"gradient (train.max_nonfinite={tc.max_nonfinite}); {kept}. Resume from it with a lower "
                     "train.lr, train.grad_clip=1.0 or train.precision=bf16/fp32")
 
-            last = step >= tc.max_steps or out_of_time or interrupted
+            last = step >= horizon.steps or out_of_time or interrupted
             if step % tc.log_every == 0 or last:
-                now = time.monotonic()
+                now = _clock()
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 log({"step": step, "event": "train", "epoch": round(step / sampler.batches_per_epoch, 3),
                      "loss": loss_value, "grad_norm": norm_value, "lr": optimizer.param_groups[0]["lr"],
                      "samples_per_s": (step - logged_step) * tc.batch_size / max(now - logged_time, 1e-9),
-                     "skipped_steps": skipped, "time": elapsed()})
+                     "skipped_steps": skipped, "time": elapsed(), "horizon": horizon.steps})
                 logged_step, logged_time = step, now
 
-            paused = time.monotonic()  # validation and checkpoints do not count in samples_per_s
+            # After the step's log (whose lr was made with the horizon in force) and before its
+            # checkpoint (which keeps the horizon of the next steps).
+            proposal = None if last else horizon.observe(step, _clock() - start_time - paused_s, paused_s,
+                                                         60 * tc.time_budget_min - elapsed())
+            if proposal is not None:  # on every rank at the same step
+                previous, horizon.steps = horizon.steps, distributed.from_main(proposal, ranks, device)
+                bar.total = horizon.steps
+                bar.refresh()
+                if abs(horizon.steps - previous) > 0.01 * previous:
+                    say(f"step {step}: {horizon.describe()}")
+
+            paused = _clock()  # validation and checkpoints do not count in samples_per_s
             if val_set is not None and not interrupted and (step % tc.val_every == 0 or last):
                 val_iou = validation_iou(evaluated, val_set, protocol, val_sample, ranks, device, seed=tc.seed)
                 log({"step": step, "event": "val", "val_iou": val_iou, "time": elapsed()})
@@ -464,7 +574,8 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                     save("best", val_iou)
             if step % tc.save_every == 0 or last:
                 save("last")
-            logged_time += time.monotonic() - paused
+            pause = _clock() - paused
+            paused_s, logged_time = paused_s + pause, logged_time + pause
             if out_of_time:
                 say(f"time budget of {tc.time_budget_min} min reached at step {step}")
                 break
