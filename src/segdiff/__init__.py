@@ -20,6 +20,7 @@ from .protocol import Protocol, protocol_for
 from .evaluation import evaluate
 from .training import TrainingDiverged, train
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .export import export_model
 
 __version__ = "0.1.0"
 
@@ -27,7 +28,7 @@ __all__ = [
     "SegDiff", "DDPMScheduler", "predict", "Prediction", "predict_sliding", "evaluate", "train",
     "sample_ddpm", "sample_ddim", "sample_dpm_solver", "sample_sde_dpm_solver",
     "Segmenter", "DiffusionSegmenter", "UNetSegmenter", "build_model", "load_model", "Protocol", "protocol_for",
-    "load_checkpoint", "save_checkpoint", "CheckpointError", "TrainingDiverged",
+    "load_checkpoint", "save_checkpoint", "export_model", "CheckpointError", "TrainingDiverged",
     "ExperimentConfig", "ModelConfig", "DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig",
     "iou", "f1", "boundary_f", "boundary_f_mean", "weighted_coverage", "size_ratio_coverage",
     "calibration_score", "expected_calibration_error", "reliability_diagram", "ReliabilityDiagram",

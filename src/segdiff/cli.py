@@ -6,6 +6,10 @@
     segdiff evaluate CKPT --dataset NAME ...   score a split with its test protocol, beside the paper
     segdiff baseline --preset NAME ...         train the plain U-Net baseline on the same data and budget
     segdiff reproduce --preset NAME ...        train, then evaluate on the test split (one command per result)
+    segdiff export RUN DIR            a self-contained model folder (Hugging Face layout) with a model card
+
+Every command that takes a checkpoint takes a checkpoint file, a run folder, an exported model folder
+or a Hugging Face Hub repo id "user/name" (segdiff.hub).
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from typing import Any
 import torch
 import yaml
 
-from .checkpoint import CheckpointError, load_resume_checkpoint, read_config
+from .checkpoint import CheckpointError, load_resume_checkpoint
 from .config import CONDITIONINGS, CROP_SETTINGS, PRESETS, SAMPLER_NAMES, SYMMETRY_NAMES, ConfigError, ExperimentConfig, SampleConfig
 from .data import DATASETS, IMAGE_SUFFIXES, DataError, image_to_tensor, make_dataset, read_image, resize_image
 from .demo import run_demo
 from .device import resolve_device
 from .evaluation import evaluate, format_report
+from .export import export_model
+from .hub import source_config
 from .io import colormap, overlay, save_png
 from .models import load_model
 from .protocol import protocol_for, resize_probabilities
@@ -183,7 +189,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if world > 1 and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    sample = resolved_sample(read_config(args.checkpoint).sample, sample_overrides(args))
+    sample = resolved_sample(source_config(args.checkpoint).sample, sample_overrides(args))
     model = load_model(args.checkpoint, device=device)
     size = model.config.model.image_size
     overlap = size // 4 if args.overlap is None else args.overlap
@@ -235,7 +241,7 @@ def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, 
     root = root or os.environ.get("SEGDIFF_DATA", "")
     if not root and dataset != "synthetic":
         raise UserError(f"--dataset {dataset}: needs a data folder; pass --data DIR or set SEGDIFF_DATA")
-    saved = read_config(checkpoint)
+    saved = source_config(checkpoint)
     sample = resolved_sample(saved.sample, overrides)
     try:
         protocol = protocol_for(dataset, saved.model.image_size, score_size=score_size,
@@ -249,7 +255,7 @@ def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, 
     print(f"evaluating {checkpoint} ({model.config.model.kind}) on {dataset} {split} ({len(data)} images"
           f"{f', the first {max_images}' if max_images else ''}), seed {seed}\nsampling: {sample.describe()}")
     summary = evaluate(model, data, protocol, sample, seed=seed, out_dir=out, max_images=max_images,
-                       metadata={"checkpoint": str(Path(checkpoint).resolve()), "dataset": dataset, "split": split,
+                       metadata={"checkpoint": str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else str(checkpoint), "dataset": dataset, "split": split,
                                  "data_root": str(Path(root).resolve()) if root else None})
     print(format_report(summary))
     print(f"wrote {out}/: per_image.csv, curve.csv, generations_metrics.png, generations_calibration.png, "
@@ -279,6 +285,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     overrides = {} if args.generations is None else {"num_generations": args.generations}
     run_evaluation(run, cfg.data.dataset, cfg.data.root, "test", out, overrides=overrides, score_size=score_size,
                    setting=args.setting, device=cfg.train.device)
+    return 0
+
+
+# --- export -------------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        folder = export_model(args.source, args.dest, evaluation=args.evaluation, overwrite=args.overwrite)
+    except FileExistsError as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote {folder}/: config.json, model.safetensors, README.md; load it with "
+          f"`segdiff predict {folder} IMAGES --out DIR` or segdiff.load_model({str(folder)!r})")
     return 0
 
 
@@ -406,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples: segdiff predict runs/vai photos/ --out pred --sampler sde-dpm-solver++ --steps 10; "
                               "MoNuSeg's test protocol (512 from four 256 quadrants): segdiff predict runs/mon "
                               "test/images/ --out pred --tile --resize 512 --overlap 0")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (uses best, else last)")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint, a run folder (uses best, else last), a model "
+                   "folder (segdiff export) or a Hugging Face Hub repo id user/name")
     p.add_argument("images", nargs="+", help="image files, folders of images, or .txt files listing one image "
                    "per line (relative to the list file)")
     p.add_argument("--out", required=True, help="output folder")
@@ -435,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "last, summary.json into --out.",
                        epilog="example: segdiff evaluate runs/vai --dataset vaihingen --data DATA "
                               "--split test --generations 30 --out eval/vai")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (uses best, else last)")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint, a run folder (uses best, else last), a model "
+                   "folder (segdiff export) or a Hugging Face Hub repo id user/name")
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--data", help="dataset folder (default: $SEGDIFF_DATA; not needed for synthetic)")
     p.add_argument("--split", default="test", metavar="{val,test}", help="default: %(default)s")
@@ -450,6 +469,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a run or checkpoint as a model folder (Hugging Face layout)",
+                       description="Write a self-contained model folder, the layout of segmentation_models_pytorch "
+                                   "and diffusers: config.json (the full config, the model kind, classes, input size, "
+                                   "recommended sampler settings and training state), model.safetensors (the "
+                                   "evaluated weights only: SegDiff's EMA) and README.md (a model card: the model, "
+                                   "its training data and their terms, steps and time trained, the test scores when "
+                                   "the run was evaluated, how to load it). The folder can be pushed to the Hugging "
+                                   "Face Hub as is; predict, evaluate and segdiff.load_model read the folder or its "
+                                   "repo id. Written to a temporary sibling and renamed, so an interrupted export "
+                                   "leaves no partial folder.",
+                       epilog="example: segdiff export runs/vai exported/vai && segdiff predict exported/vai "
+                              "photos/ --out pred")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best, else last checkpoint) or "
+                   "a .safetensors checkpoint")
+    p.add_argument("dest", metavar="DIR", help="the model folder to write")
+    p.add_argument("--evaluation", metavar="EVAL_DIR", help="a `segdiff evaluate --out` folder whose summary.json "
+                   "the card reports (default: RUN/test/, as `segdiff reproduce` writes, when it scored this "
+                   "checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR when it exists and is not empty")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

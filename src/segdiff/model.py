@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import CheckpointError
 from .config import ExperimentConfig, ModelConfig
+from .hub import load_weights, read_source
 
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero a layer's parameters: residual branches and the output start as the identity / zero."""
@@ -263,6 +266,25 @@ class SegDiff(nn.Module):
         if unknown:
             raise ValueError(f"unknown model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
         return cls(replace(config, **overrides))
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, device: str | torch.device = "cpu") -> "SegDiff":
+        """The trained network of a model source, in eval mode: a model folder (`segdiff export`), a
+        Hugging Face Hub repo id "user/name", a checkpoint file or a run folder (see `segdiff.hub`).
+
+        Only JSON and safetensors are read. A source of another model kind (the U-Net baseline) is
+        refused by name; `segdiff.load_model` loads any kind, with its sampler settings.
+
+        >>> net = SegDiff.from_pretrained("exported/vaihingen")  # or "user/segdiff-vaihingen"
+        """
+        found = read_source(source)
+        kind = found.config.model.kind
+        if kind != "segdiff":
+            raise CheckpointError(f"{source}: holds a {kind!r} model, not SegDiff; load it with "
+                                  "segdiff.load_model, which builds any model kind")
+        net = cls(found.config.model)
+        load_weights(net, found)
+        return net.to(device).eval()
 
     # --- the two halves ---------------------------------------------------------------------------
     def encode_image(self, image: Tensor) -> Tensor:

@@ -10,13 +10,12 @@ the CLI call only this interface; none of them asks which kind it holds.
 - ``unet`` (`UNetSegmenter`): the plain U-Net baseline (`baseline.UNetBaseline`), one forward
   pass, Dice + cross-entropy; its one "generation" is its probability.
 
-A checkpoint names its kind in its config (`ModelConfig.kind`); `load_model` builds the kind
-from the registry `MODEL_CLASSES`, so checkpoint.py knows neither model.
+A checkpoint or model folder names its kind in its config (`ModelConfig.kind`); `load_model` builds
+the kind from the registry `MODEL_CLASSES`, so checkpoint.py and hub.py know neither model.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Sequence
 
@@ -26,9 +25,9 @@ from monai.losses import DiceCELoss, DiceLoss
 from torch import Tensor, nn
 
 from .baseline import UNetBaseline
-from .checkpoint import CheckpointError, load_checkpoint
 from .config import MODEL_KINDS, ExperimentConfig, SampleConfig, TrainConfig
 from .diffusion import DDPMScheduler, from_signed, to_signed
+from .hub import load_weights, read_source
 from .model import SegDiff
 from .sampling import sample_generations, symmetry_order
 
@@ -180,28 +179,18 @@ def build_model(config: ExperimentConfig, net: nn.Module | None = None) -> Segme
     return MODEL_CLASSES[config.model.kind](config, net)
 
 
-# Checkpoints of `segdiff baseline` from before model kinds lived in the config named the U-Net in
-# their state; they load as kind "unet".
-_LEGACY_BASELINE = "monai.BasicUNet"
+def load_model(source: str | Path, device: str | torch.device = "cpu") -> Segmenter:
+    """The model a source holds, its evaluated weights loaded, in eval mode.
 
+    `source` is a checkpoint file, a run folder, a model folder (`segdiff export`) or a Hugging Face
+    Hub repo id "user/name" (see `hub`). The kind comes from the source's config; weights that do
+    not fit it raise CheckpointError. Nothing is executed: the weights are safetensors, the config JSON.
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
-    """The model a checkpoint (file or run folder) holds, its evaluated weights loaded, in eval mode.
-
-    The kind comes from the checkpoint's config; weights that do not fit it raise CheckpointError.
-    Nothing is executed: the weights are safetensors and the config JSON.
+        >>> model = load_model("runs/vai")  # or "exported/vai", or "user/segdiff-vaihingen"
+        >>> probs = model.generations(images, seeds, model.config.sample)  # (B, K, C, H, W)
     """
-    ckpt = load_checkpoint(path, weights_only=True)
-    config = ckpt.config
-    if ckpt.state.get("baseline") == _LEGACY_BASELINE:
-        config = replace(config, model=replace(config.model, kind="unet",
-                                               unet_features=tuple(ckpt.state["features"])))
-    model = build_model(config)
-    try:
-        model.net.load_state_dict(ckpt.ema, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
-        raise CheckpointError(f"{path}: weights do not match its config (kind {config.model.kind!r}, preset "
-                              f"{config.preset!r}): {' '.join(first)}") from None
+    found = read_source(source)
+    model = build_model(found.config)
+    load_weights(model.net, found)
     model.net.to(device).eval()
     return model
