@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,7 +52,8 @@ def write_folder(root: Path, count: int) -> None:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """Every file under `folder` (the run's tensorboard/ events too), by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def step_of(path: Path) -> int:
@@ -333,7 +335,10 @@ def copy_run(run_dir: Path, dest: Path) -> Path:
     """A copy of a run folder without hard links: each file can be changed alone."""
     dest.mkdir()
     for p in run_dir.iterdir():
-        (dest / p.name).write_bytes(p.read_bytes())
+        if p.is_dir():  # tensorboard/
+            shutil.copytree(p, dest / p.name)
+        else:
+            (dest / p.name).write_bytes(p.read_bytes())
     return dest
 
 

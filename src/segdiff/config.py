@@ -306,6 +306,9 @@ class TrainConfig:
     # probability, and the mask (monai's DiceLoss over the whole batch), the overlap loss the U-Net
     # baseline trains with. 0: the paper's plain MSE.
     dice_weight: float = 0.0
+    # TensorBoard event files in OUT_DIR/tensorboard (tensorboard_log.py): null writes them when the
+    # tensorboard package is installed (the `tensorboard` extra), true requires it, false never writes them.
+    tensorboard: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

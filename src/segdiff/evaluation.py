@@ -40,12 +40,12 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from . import metrics, plots
 from .config import SampleConfig
 from .device import describe_machine
 from .io import atomic_write, colormap, overlay
+from .progress import progress as progress_display
 from .protocol import PAPER_CITYSCAPES_IOU, PAPER_RESULTS, Protocol, item_names, resize_probabilities
 from .sampling import symmetry_order
 from .seeding import derive_seed
@@ -203,8 +203,9 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
     curves: list[dict[str, Tensor]] = []  # per image: {metric: (K,)}
     extremes = _Extremes(_NUM_EXAMPLES)
     bins = [torch.zeros(10, dtype=torch.float64) for _ in range(3)]  # count, prob sum, positives
-    bar = tqdm(range(count), disable=not progress, dynamic_ncols=True, desc=f"evaluate {protocol.name}")
-    for i in bar:
+    # A bar on a terminal; in a file or CI log, a plain line every 30 s.
+    bar = progress_display(count, f"evaluate {protocol.name}", enabled=progress, every_s=30.0, unit="image")
+    for i in range(count):
         name = names[i]
         image_seed = derive_seed(seed, name)
         image, mask = dataset[i]
@@ -232,6 +233,7 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
         extremes.offer(row["iou"], i, name, lambda: _panels(resize_probabilities(image, tuple(target.shape[-2:])),
                                                           target[0], prob[0], uncertainty[0]))
         bar.set_postfix(iou=f"{sum(r['iou'] for r in rows) / len(rows):.4f}")
+        bar.update(1)
     bar.close()
     elapsed = time.monotonic() - started
 

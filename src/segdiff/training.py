@@ -7,6 +7,8 @@ from the training data (never the test set) -> checkpoints.
 The run folder:
     config.json              the resolved config (every checkpoint carries it too)
     log.jsonl, log.csv       one record per logged step, validation and skipped step
+    tensorboard/             the same scalars and validation pictures as TensorBoard events
+                             (`train.tensorboard`, tensorboard_log.py)
     last-<step>.safetensors  the newest `train.keep_last` full checkpoints: weights, EMA weights,
                              AdamW state, loss scale, RNG states, data position
     last.safetensors         the newest of those (a hard link): what --resume and predict read
@@ -44,9 +46,8 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from . import distributed
+from . import distributed, tensorboard_log
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -64,6 +65,7 @@ from .device import resolve_device
 from .io import atomic_write
 from .metrics import iou
 from .models import build_model
+from .progress import progress as progress_display
 from .protocol import Protocol, item_names, protocol_for
 from .seeding import derive_seed
 
@@ -286,6 +288,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                          f"on {device.type} use train.precision=bf16 or fp32")
     if tc.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.precision=bf16: this GPU has no bfloat16; use fp16 or fp32")
+    writer_class = tensorboard_log.summary_writer_class(tc.tensorboard)  # None: off
     ranks, device = distributed.setup(device)
     master = ranks.is_main
     torch.manual_seed(tc.seed)  # the initial weights: the same on every rank
@@ -429,19 +432,21 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             config=cfg, ema=ema.state_dict(), model=model.state_dict(), optim=optim_tensors, state=state, rng=rng),
             tc.keep_last))
 
-    # Logs (rank 0): JSON lines and the same records as CSV, opened inside the loop's try so that
-    # its finally closes them however the run ends.
+    # Logs (rank 0): JSON lines, the same records as CSV and, with train.tensorboard, as TensorBoard
+    # scalars; opened inside the loop's try so that its finally closes them however the run ends.
     log_files = contextlib.ExitStack()
-    log_jsonl = log_csv = csv_writer = None
+    log_jsonl = log_csv = csv_writer = tb_writer = None
 
     def open_logs() -> None:
-        nonlocal log_jsonl, log_csv, csv_writer
+        nonlocal log_jsonl, log_csv, csv_writer, tb_writer
         new_csv = not (out_dir / "log.csv").exists()
         log_jsonl = log_files.enter_context(open(out_dir / "log.jsonl", "a"))
         log_csv = log_files.enter_context(open(out_dir / "log.csv", "a", newline=""))
         csv_writer = csv.DictWriter(log_csv, LOG_COLUMNS)
         if new_csv:
             csv_writer.writeheader()
+        if writer_class is not None:
+            tb_writer = log_files.enter_context(tensorboard_log.open_writer(writer_class, out_dir, step))
 
     def log(record: dict) -> None:
         if master:
@@ -450,6 +455,8 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             log_jsonl.flush()
             csv_writer.writerow(record)
             log_csv.flush()
+            if tb_writer is not None:
+                tensorboard_log.write_scalars(tb_writer, record)
 
     # Ctrl-C (SIGINT) and SIGTERM (schedulers, torchrun) finish the step, save and stop; a second one aborts.
     stop_signals: list[int] = []
@@ -476,7 +483,9 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
         """Seconds of training over all sessions of the run (the logs' `time`, what the budget counts)."""
         return elapsed_before + _clock() - start_time
 
-    bar = tqdm(total=horizon.steps, initial=step, disable=not (progress and master), dynamic_ncols=True, desc="train")
+    # A bar on a terminal; in a file or CI log, a plain line at each logged step.
+    bar = progress_display(horizon.steps, "train", enabled=progress and master, initial=step, every=tc.log_every,
+                           every_s=None)
 
     def say(message: str) -> None:
         if master:
@@ -532,7 +541,6 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            bar.update(1)
             if consecutive_nonfinite >= tc.max_nonfinite:
                 distributed.barrier(ranks)
                 # Skipped steps never touch the weights, so every checkpoint written holds good ones.
@@ -552,6 +560,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                      "samples_per_s": (step - logged_step) * tc.batch_size / max(now - logged_time, 1e-9),
                      "skipped_steps": skipped, "time": elapsed(), "horizon": horizon.steps})
                 logged_step, logged_time = step, now
+            bar.update(1)  # after set_postfix, so that a plain progress line shows this step's loss
 
             # After the step's log (whose lr was made with the horizon in force) and before its
             # checkpoint (which keeps the horizon of the next steps).
@@ -569,6 +578,9 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
                 val_iou = validation_iou(evaluated, val_set, protocol, val_sample, ranks, device, seed=tc.seed)
                 log({"step": step, "event": "val", "val_iou": val_iou, "time": elapsed()})
                 say(f"step {step}: validation IoU {val_iou:.4f}")
+                if tb_writer is not None:  # rank 0 alone: `evaluated` is a plain module, not DDP-wrapped
+                    tensorboard_log.write_examples(tb_writer, step, tensorboard_log.validation_examples(
+                        evaluated, val_set, protocol, val_sample, seed=tc.seed))
                 if val_iou > best_iou:
                     best_iou = val_iou
                     save("best", val_iou)
