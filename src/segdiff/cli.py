@@ -238,7 +238,7 @@ def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, 
                         "fitted on)")
     if dataset not in DATASETS:
         raise UserError(f"--dataset {dataset!r}: unknown dataset; valid names: {', '.join(DATASETS)}")
-    root = root or os.environ.get("SEGDIFF_DATA", "")
+    root = "" if dataset == "synthetic" else root or os.environ.get("SEGDIFF_DATA", "")  # synthetic reads no files
     if not root and dataset != "synthetic":
         raise UserError(f"--dataset {dataset}: needs a data folder; pass --data DIR or set SEGDIFF_DATA")
     saved = source_config(checkpoint)
