@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -21,7 +22,7 @@ from ..seeding import derive_seed
 from .augment import item_generator
 from .reading import DataError
 
-__all__ = ["SPLITS", "SegmentationDataset", "Split", "carve_validation", "check_split", "select_split"]
+__all__ = ["SPLITS", "SegmentationDataset", "Split", "carve_validation", "check_option", "check_split", "select_split"]
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -59,8 +60,13 @@ def select_split(
 
 def check_split(split: str) -> None:
     """Raise ``ValueError`` unless ``split`` is one of :data:`SPLITS`."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_option("split", split, SPLITS)
+
+
+def check_option(name: str, value: str, valid: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming ``name`` and the valid values unless ``value`` is one of them."""
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}, got {value!r}")
 
 
 class SegmentationDataset(Dataset):
@@ -75,7 +81,9 @@ class SegmentationDataset(Dataset):
 
     names: list[str]
 
-    def __init__(self, *, seed: int = 0) -> None:
+    def __init__(self, split: str, *, seed: int = 0) -> None:
+        check_split(split)
+        self.split = split
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.seed = int(seed)
@@ -104,3 +112,15 @@ class SegmentationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item `index`'s (image, mask) arrays, decoded once per dataset object (the benchmarks are
+        small: each DataLoader worker decodes each file once), sizes checked. A dataset that caches
+        defines `_read_pair(index) -> (image (H, W, 3) uint8, mask (H, W) bool, the mask's path)`."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if index not in cache:
+            image, mask, mask_path = self._read_pair(index)
+            if image.shape[:2] != mask.shape:
+                raise DataError(f"{mask_path}: mask {mask.shape} and image {image.shape[:2]} differ in size")
+            cache[index] = (image, mask)
+        return cache[index]

@@ -55,7 +55,7 @@ from scipy import ndimage
 
 from ..config import CROP_SETTINGS, CropSetting
 from .augment import CITYSCAPES_AUGMENT, AugmentSpec, augment_pair
-from .base import SegmentationDataset, Split, check_split, select_split
+from .base import SegmentationDataset, Split, check_option, select_split
 from .reading import DataError, image_to_tensor, mask_to_tensor, read_image, resize_image, resize_mask
 
 __all__ = ["CITYSCAPES_CLASSES", "CityscapesInstances", "InstanceRecord", "index_annotation",
@@ -230,16 +230,14 @@ class CityscapesInstances(SegmentationDataset):
         augment_spec: AugmentSpec = CITYSCAPES_AUGMENT,
         index_cache: str | Path | None = None,
     ) -> None:
-        super().__init__(seed=seed)
-        check_split(split)
-        if setting not in CROP_SETTINGS:
-            raise ValueError(f"setting must be one of {', '.join(CROP_SETTINGS)}, got {setting!r}")
+        super().__init__(split, seed=seed)
+        check_option("setting", setting, CROP_SETTINGS)
         self.classes = tuple(CITYSCAPES_CLASSES if classes is None else classes)
         unknown = sorted(set(self.classes) - set(CITYSCAPES_CLASSES))
         if unknown:
             raise ValueError(f"unknown Cityscapes classes {unknown}; valid: {CITYSCAPES_CLASSES}")
         self.root = _find_root(Path(root))
-        self.split, self.image_size, self.setting, self.min_area = split, image_size, setting, min_area
+        self.image_size, self.setting, self.min_area = image_size, setting, min_area
         self.augment_spec = augment_spec if augment and split == "train" else None
         official = "val" if split == "test" else "train"
         records = self._index(official, Path(index_cache) if index_cache else None)

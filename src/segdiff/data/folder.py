@@ -8,18 +8,9 @@ import numpy as np
 import torch
 
 from .augment import FOLDER_AUGMENT, AugmentSpec, augment_pair
-from .base import SegmentationDataset, Split, check_split, select_split
-from .reading import (
-    IMAGE_SUFFIXES,
-    DataError,
-    image_to_tensor,
-    mask_to_tensor,
-    read_image,
-    read_mask,
-    read_size,
-    resize_image,
-    resize_mask,
-)
+from .base import SegmentationDataset, Split, select_split
+from .reading import (IMAGE_SUFFIXES, DataError, image_to_tensor, mask_to_tensor, read_image, read_mask, read_size,
+                      resize_image, resize_mask)
 
 __all__ = ["FolderDataset"]
 
@@ -49,23 +40,13 @@ class FolderDataset(SegmentationDataset):
     checked when an item is decoded; call :meth:`verify` to decode everything up front.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: Split,
-        image_size: int = 256,
-        *,
-        augment: bool = False,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augment_spec: AugmentSpec = FOLDER_AUGMENT,
-    ) -> None:
-        super().__init__(seed=seed)
-        check_split(split)
+    def __init__(self, root: str | Path, split: Split, image_size: int = 256, *, augment: bool = False,
+                 val_fraction: float = 0.1, seed: int = 0, augment_spec: AugmentSpec = FOLDER_AUGMENT) -> None:
+        super().__init__(split, seed=seed)
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: folder does not exist")
-        self.image_size, self.split = image_size, split
+        self.image_size = image_size
         self.augment_spec = augment_spec if augment and split == "train" else None
         has_split_dirs = (root / "train").is_dir() or (root / "test").is_dir()
         if has_split_dirs:

@@ -28,17 +28,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from .augment import MONUSEG_AUGMENT, AugmentSpec, augment_pair
-from .base import SegmentationDataset, Split, check_split, select_split
-from .reading import (
-    DataError,
-    check_file,
-    image_to_tensor,
-    mask_to_tensor,
-    read_image,
-    read_mask,
-    resize_image,
-    resize_mask,
-)
+from .base import SegmentationDataset, Split, check_option, select_split
+from .reading import (DataError, check_file, image_to_tensor, mask_to_tensor, read_image, read_mask, resize_image,
+                      resize_mask)
 
 __all__ = ["MoNuSeg", "read_monuseg_xml"]
 
@@ -92,24 +84,13 @@ class MoNuSeg(SegmentationDataset):
     of reading the PNG masks (only the test release ships XMLs).
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: Split,
-        image_size: int = 256,
-        *,
-        augment: bool = False,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        mask_source: Literal["png", "xml"] = "png",
-        augment_spec: AugmentSpec = MONUSEG_AUGMENT,
-    ) -> None:
-        super().__init__(seed=seed)
-        check_split(split)
-        if mask_source not in ("png", "xml"):
-            raise ValueError(f"mask_source must be 'png' or 'xml', got {mask_source!r}")
+    def __init__(self, root: str | Path, split: Split, image_size: int = 256, *, augment: bool = False,
+                 val_fraction: float = 0.1, seed: int = 0, mask_source: Literal["png", "xml"] = "png",
+                 augment_spec: AugmentSpec = MONUSEG_AUGMENT) -> None:
+        super().__init__(split, seed=seed)
+        check_option("mask_source", mask_source, ("png", "xml"))
         self.directory = _find_monuseg_split(Path(root), "test" if split == "test" else "train")
-        self.image_size, self.split, self.mask_source = image_size, split, mask_source
+        self.image_size, self.mask_source = image_size, mask_source
         self.full_size = 2 * image_size
         self.augment_spec = augment_spec if augment and split == "train" else None
         stems = sorted(p.stem for p in (self.directory / "images").glob("*.tif"))
@@ -119,26 +100,18 @@ class MoNuSeg(SegmentationDataset):
             check_file(self._mask_path(stem))
         self._set_names(stems if split == "test"
                         else select_split(stems, split, val_fraction, seed, self.directory))
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _mask_path(self, stem: str) -> Path:
         if self.mask_source == "xml":
             return self.directory / "annotations" / f"{stem}.xml"
         return self.directory / "masks" / f"{stem}.png"
 
-    def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if index not in self._cache:
-            stem = self.names[index]
-            image = read_image(self.directory / "images" / f"{stem}.tif")
-            if self.mask_source == "xml":
-                mask = read_monuseg_xml(self._mask_path(stem), image.shape[:2])
-            else:
-                mask = read_mask(self._mask_path(stem))
-            if image.shape[:2] != mask.shape:
-                raise DataError(f"{self._mask_path(stem)}: mask {mask.shape} and image "
-                                f"{image.shape[:2]} differ in size")
-            self._cache[index] = (image, mask)
-        return self._cache[index]
+    def _read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray, Path]:
+        stem = self.names[index]
+        image = read_image(self.directory / "images" / f"{stem}.tif")
+        if self.mask_source == "xml":
+            return image, read_monuseg_xml(self._mask_path(stem), image.shape[:2]), self._mask_path(stem)
+        return image, read_mask(self._mask_path(stem)), self._mask_path(stem)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_np, mask_np = self._decoded(index)

@@ -16,17 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from .augment import VAIHINGEN_AUGMENT, AugmentSpec, augment_pair
-from .base import SegmentationDataset, Split, check_split, select_split
-from .reading import (
-    DataError,
-    check_file,
-    image_to_tensor,
-    mask_to_tensor,
-    read_image,
-    read_mask,
-    resize_image,
-    resize_mask,
-)
+from .base import SegmentationDataset, Split, check_option, select_split
+from .reading import (DataError, check_file, image_to_tensor, mask_to_tensor, read_image, read_mask, resize_image,
+                      resize_mask)
 
 __all__ = ["VAIHINGEN_TRAIN_LAST", "Vaihingen"]
 
@@ -56,24 +48,13 @@ class Vaihingen(SegmentationDataset):
     offered only to reproduce those numbers.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: Split,
-        image_size: int = 256,
-        *,
-        augment: bool = False,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        preprocessing: Literal["clean", "reference"] = "clean",
-        augment_spec: AugmentSpec = VAIHINGEN_AUGMENT,
-    ) -> None:
-        super().__init__(seed=seed)
-        check_split(split)
-        if preprocessing not in ("clean", "reference"):
-            raise ValueError(f"preprocessing must be 'clean' or 'reference', got {preprocessing!r}")
+    def __init__(self, root: str | Path, split: Split, image_size: int = 256, *, augment: bool = False,
+                 val_fraction: float = 0.1, seed: int = 0, preprocessing: Literal["clean", "reference"] = "clean",
+                 augment_spec: AugmentSpec = VAIHINGEN_AUGMENT) -> None:
+        super().__init__(split, seed=seed)
+        check_option("preprocessing", preprocessing, ("clean", "reference"))
         self.directory = _find_vaihingen_dir(Path(root))
-        self.image_size, self.split, self.preprocessing = image_size, split, preprocessing
+        self.image_size, self.preprocessing = image_size, preprocessing
         self.augment_spec = augment_spec if augment and split == "train" else None
         numbers = sorted(int(m.group(1)) for p in self.directory.iterdir()
                          if (m := _VAIHINGEN_RE.match(p.name)))
@@ -87,18 +68,11 @@ class Vaihingen(SegmentationDataset):
         if not names:
             raise DataError(f"{self.directory}: no Vaihingen files for the {split} split")
         self._set_names(names)
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if index not in self._cache:  # 168 x 512^2 RGB is small: decode each file once
-            name = self.names[index]
-            image = read_image(self.directory / f"{name}.tif")
-            mask = read_mask(self.directory / f"building_mask_{name.removeprefix('building_')}.tif")
-            if image.shape[:2] != mask.shape:
-                raise DataError(f"{self.directory / name}.tif: image {image.shape[:2]} and mask "
-                                f"{mask.shape} differ in size")
-            self._cache[index] = (image, mask)
-        return self._cache[index]
+    def _read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray, Path]:
+        name = self.names[index]
+        mask_path = self.directory / f"building_mask_{name.removeprefix('building_')}.tif"
+        return read_image(self.directory / f"{name}.tif"), read_mask(mask_path), mask_path
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_np, mask_np = self._decoded(index)
