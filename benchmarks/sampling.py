@@ -15,7 +15,7 @@ Run side by side in one process, on the same network, images and per-generation 
   (``--compile``; compilation is timed separately).
 
 For each: seconds per image, speed against (a), peak memory, achieved GFLOP/s (FLOPs of one
-`encode_image` and one `denoise` counted with `torch.utils.flop_counter.FlopCounterMode`, times
+`encode_image` and one `denoise` counted with `torch.utils.flop_counter.FlopCounterMode`, attention as its matmuls, times
 the number of calls each method makes) and its fraction of the machine's "peak" measured in the
 same run (the best of a few large float32 matmuls), and, with a trained checkpoint, the mean IoU
 of the 0.5-thresholded mean of K generations against the ground truth.
