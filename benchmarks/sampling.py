@@ -15,7 +15,7 @@ Run side by side in one process, on the same network, images and per-generation 
   (``--compile``; compilation is timed separately).
 
 For each: seconds per image, speed against (a), peak memory, achieved GFLOP/s (FLOPs of one
-`encode_image` and one `denoise` counted with `torch.utils.flop_counter.FlopCounterMode`, times
+`encode_image` and one `denoise` counted with `torch.utils.flop_counter.FlopCounterMode`, attention as its matmuls, times
 the number of calls each method makes) and its fraction of the machine's "peak" measured in the
 same run (the best of a few large float32 matmuls), and, with a trained checkpoint, the mean IoU
 of the 0.5-thresholded mean of K generations against the ground truth.
@@ -53,7 +53,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from segdiff.config import ExperimentConfig
 from segdiff.data import make_dataset
@@ -65,6 +64,8 @@ from segdiff.sampling import generation_seeds, predict, sample_ddpm
 from segdiff.seeding import derive_seed
 from segdiff.data.synthetic import make_sample
 from segdiff.device import describe_machine
+
+from _common import best_seconds, counting_flops, float32_mode, matmul_peak_gflops, sync
 
 
 # --- measuring ------------------------------------------------------------------------------------
@@ -112,52 +113,14 @@ class PeakMemory:
         self.peak = max(self.peak_rss, self._rss()) - self.start
 
 
-def best_seconds(fn, device: torch.device, repeats: int = 5) -> float:
-    """The fastest of `repeats` calls of `fn`, after one warm-up call that is not counted."""
-    times = []
-    for _ in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times[1:])
-
-
-def matmul_peak_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """The machine's practical float32 peak: the best of `repeats` n x n matmuls, GFLOP/s.
-
-    On CUDA the matmul runs in the precision the network's convolutions get (cuDNN's TF32
-    switch), so that the fraction of peak compares like with like.
-    """
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
-    try:
-        return 2 * n**3 / best_seconds(lambda: a @ b, device, repeats) / 1e9
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def float32_mode(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "float32"
-    return "float32, TF32 convolutions" if torch.backends.cudnn.allow_tf32 else "float32, TF32 off"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def count_flops(model: SegDiff, size: int, device: torch.device) -> tuple[int, int]:
     """FLOPs of one encode_image and of one denoise, both for a single image / generation."""
     image = torch.rand(1, model.config.in_channels, size, size, device=device)
     with torch.no_grad():
-        with FlopCounterMode(display=False) as counter:
+        with counting_flops() as counter:
             cond = model.encode_image(image)
         encode = counter.get_total_flops()
-        with FlopCounterMode(display=False) as counter:
+        with counting_flops() as counter:
             model.denoise(torch.randn(1, 1, size, size, device=device), torch.tensor([5], device=device), cond)
         denoise = counter.get_total_flops()
     return encode, denoise
@@ -214,10 +177,10 @@ class Result:
 
 def run_method(name: str, fn, n_images: int, flops_per_image: float, device: torch.device) -> Result:
     with PeakMemory(device) as memory:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         prob = fn()
-        _sync(device)
+        sync(device)
         elapsed = time.perf_counter() - start
     print(f"  {name}: {elapsed:.1f} s", flush=True)
     return Result(name, elapsed / n_images, memory.peak, flops_per_image, prob.cpu())
@@ -385,15 +348,15 @@ def autocast_check(model: SegDiff, size: int, batch: int, device: torch.device) 
                 ("bfloat16 autocast", torch.autocast(device.type, dtype=torch.bfloat16)))
     for name, context in contexts:
         with context:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             out = model.denoise(x, t, cond)  # first call: kernel selection / JIT included
-            _sync(device)
+            sync(device)
             first = time.perf_counter() - start
             start = time.perf_counter()
             for _ in range(3):
                 model.denoise(x, t, cond)
-            _sync(device)
+            sync(device)
         times[name] = (time.perf_counter() - start) / 3
         print(f"  one denoise, batch {batch}, {name} ({out.dtype}): {times[name]:.2f} s "
               f"(first call {first:.2f} s)", flush=True)
