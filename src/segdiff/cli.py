@@ -449,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "WCovs, calibration and ECE per image, and print them beside the paper's numbers. "
                                    "K generations are sampled once; the scores for every k <= K come from the mean "
                                    "of the first k. Writes per_image.csv, curve.csv, figures (metrics and "
-                                   "calibration vs K, reliability diagram, best/worst examples), report.md and, "
-                                   "last, summary.json into --out.",
+                                   "calibration vs K, reliability diagram, best/worst examples), report.md, report.html "
+                                   "(one self-contained page: the table, the figures and a sortable per-image table "
+                                   "with each image's pictures) and, last, summary.json into --out.",
                        epilog="example: segdiff evaluate runs/vai --dataset vaihingen --data DATA "
                               "--split test --generations 30 --out eval/vai")
     p.add_argument("checkpoint", help="a .safetensors checkpoint, a run folder (uses best, else last), a model "

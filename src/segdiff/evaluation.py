@@ -24,7 +24,9 @@ Files (with `out_dir`), each written atomically (`io.atomic_write`), `summary.js
 its presence means the run finished (a stale one is deleted before anything else happens):
 `per_image.csv`, `curve.csv`, `generations_metrics.png` (metrics vs K), `generations_calibration.png`
 (calibration vs K), `reliability.png`, `examples.png` (best and worst images with their
-uncertainty), `report.md` (the table printed by the CLI), `summary.json`.
+uncertainty), `report.md` (the table printed by the CLI), `report.html` (the same table, the figures and a
+sortable per-image table whose rows open small pictures of each image: one self-contained file,
+`report_html`), `summary.json`.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import metrics, plots
+from . import metrics, plots, report_html
 from .config import SampleConfig
 from .device import describe_machine
-from .io import atomic_write, colormap, overlay
+from .io import atomic_write, colormap, overlay, png_bytes
 from .progress import progress as progress_display
 from .protocol import PAPER_CITYSCAPES_IOU, PAPER_RESULTS, Protocol, item_names, resize_probabilities
 from .sampling import symmetry_order
@@ -67,6 +69,7 @@ _PERCENT_METRICS = ("f1", "iou", "wcov", "wcov_size_ratio", "boundf")  # shown x
 
 _NUM_EXAMPLES = 3  # best and worst images shown in examples.png (each)
 _THUMBNAIL_SIDE = 256  # example panels are kept at most this large
+_HTML_THUMBNAIL_SIDE = 128  # report.html's per-image pictures: small, as every image gets four
 _SCORE_PIXELS = 2**24  # running means scored together per chunk (bounds memory for big crops)
 
 
@@ -130,10 +133,30 @@ class _Extremes:
                 + [(f"worst: {name}, IoU {100 * s:.1f}", panels) for s, _, name, panels in worst])
 
 
-def _panels(image: Tensor, target: Tensor, prob: Tensor, uncertainty: Tensor) -> list[tuple[str, Tensor]]:
-    """Image, ground truth, probability, uncertainty and predicted-mask overlay, (3, h, w) each."""
+class _Thumbnails:
+    """Per image, four small PNGs (image, ground truth, probability, uncertainty) for report.html.
+
+    Drawn in the loop, where the image, target, probability and uncertainty are at hand; kept as
+    PNG bytes (a few kB each) rather than tensors.
+    """
+
+    def __init__(self, side: int) -> None:
+        self.side, self.by_name = side, {}  # name -> [(title, PNG bytes)]
+
+    def add(self, name: str, image: Tensor, target: Tensor, prob: Tensor, uncertainty: Tensor) -> None:
+        panels = _panels(image, target, prob, uncertainty, side=self.side)[:4]  # without the overlay
+        self.by_name[name] = [(title, png_bytes(picture)) for title, picture in panels]
+
+
+def _panels(image: Tensor, target: Tensor, prob: Tensor, uncertainty: Tensor, *,
+            side: int = _THUMBNAIL_SIDE) -> list[tuple[str, Tensor]]:
+    """Image, ground truth, probability, uncertainty and predicted-mask overlay, (3, h, w) each.
+
+    All are at most `side` pixels on their longer side; the uncertainty (std of the K generations,
+    at most 0.5) is shown x2 on `io.colormap`'s ramp, the probability in grey.
+    """
     h, w = target.shape
-    scale = min(1.0, _THUMBNAIL_SIDE / max(h, w))
+    scale = min(1.0, side / max(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     image = F.interpolate(image[None].float().cpu(), size=size, mode="bilinear", align_corners=False,
                           antialias=scale < 1)[0].clamp(0, 1)
@@ -202,6 +225,7 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
     rows: list[dict[str, Any]] = []
     curves: list[dict[str, Tensor]] = []  # per image: {metric: (K,)}
     extremes = _Extremes(_NUM_EXAMPLES)
+    thumbnails = _Thumbnails(_HTML_THUMBNAIL_SIDE) if out is not None else None
     bins = [torch.zeros(10, dtype=torch.float64) for _ in range(3)]  # count, prob sum, positives
     # A bar on a terminal; in a file or CI log, a plain line every 30 s.
     bar = progress_display(count, f"evaluate {protocol.name}", enabled=progress, every_s=30.0, unit="image")
@@ -230,8 +254,10 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
                "mean_uncertainty": float(uncertainty.mean()), "seed": image_seed,
                **{m: float(scores[m][-1]) for m in METRICS}}
         rows.append(row)
-        extremes.offer(row["iou"], i, name, lambda: _panels(resize_probabilities(image, tuple(target.shape[-2:])),
-                                                          target[0], prob[0], uncertainty[0]))
+        scored_image = resize_probabilities(image, tuple(target.shape[-2:]))  # (3, h, w), as scored
+        extremes.offer(row["iou"], i, name, lambda: _panels(scored_image, target[0], prob[0], uncertainty[0]))
+        if thumbnails is not None:
+            thumbnails.add(name, scored_image, target[0], prob[0], uncertainty[0])
         bar.set_postfix(iou=f"{sum(r['iou'] for r in rows) / len(rows):.4f}")
         bar.update(1)
     bar.close()
@@ -286,11 +312,12 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
         "config": config.to_dict(),
     }
     if out is not None:
-        _write_outputs(out, summary, rows, extremes)
+        _write_outputs(out, summary, rows, extremes, thumbnails)
     return summary
 
 
-def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], extremes: _Extremes) -> None:
+def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], extremes: _Extremes,
+                   thumbnails: _Thumbnails) -> None:
     """Write every file; summary.json last, so its presence means the rest is complete."""
     out.mkdir(parents=True, exist_ok=True)
 
@@ -314,6 +341,17 @@ def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]
     plots.plot_examples(out / "examples.png", extremes.rows(), title=title)
     report = format_report(summary)
     atomic_write(out / "report.md", lambda p: p.write_text(report + "\n"))
+    columns = [("iou", "IoU"), ("f1", "F1"), ("boundf", "BoundF"), ("wcov", "WCov"), ("calibration", "calibration"),
+               ("ece", "ECE"), ("mean_uncertainty", "mean uncertainty")]
+    page = report_html.render(
+        report_tables(summary),
+        figures=[(name, (out / name).read_bytes())
+                 for name in ("generations_metrics.png", "generations_calibration.png", "reliability.png")],
+        columns=([("class", "class")] if "class" in header else []) + columns,
+        rows=[{"name": r["name"], "thumbnails": thumbnails.by_name[r["name"]],
+               "cells": ([(str(r["class"]), r["class"])] if "class" in r else [])
+               + [(_cell(key, r[key]), r[key]) for key, _ in columns]} for r in rows])
+    atomic_write(out / "report.html", lambda p: p.write_text(page, encoding="utf-8"))
     atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
 
 
@@ -327,34 +365,32 @@ def _cell(metric: str, value: float | None) -> str:
     return f"{100 * value:.2f}" if metric in _PERCENT_METRICS else f"{value:.4f}"
 
 
-def format_report(summary: dict[str, Any]) -> str:
-    """A Markdown table of this run's scores beside the paper's (percent; calibration raw)."""
+def report_tables(summary: dict[str, Any]) -> dict[str, Any]:
+    """The report's content, shared by report.md (`format_report`) and report.html.
+
+    Returns {"heading": [lines], "metrics": [(metric, label, value, this run, paper)], "per_class":
+    [(class (instances), mIoU, F1, BoundF, calibration, paper mIoU)], "per_class_note": str or
+    None, "notes": [lines]}; numbers are shown as the paper does (percent; calibration raw).
+    """
     paper, paper_classes = summary["paper"]["metrics"], summary["paper"]["per_class_iou"]
     steps = f", {summary['num_steps']} steps" if summary.get("num_steps") else ""
     if summary.get("symmetry", "none") != "none":
         steps += f", {summary['symmetry']} symmetry"
     split = f" {summary['split']} split" if summary["split"] else ""
-    lines = [
+    heading = [
         f"segdiff evaluate: {summary['protocol']}{split}, {summary['num_images']} of "
         f"{summary['dataset_size']} images, K={summary['num_generations']} generations "
         f"({summary['sampler']}{steps}), seed {summary['seed']}",
         f"protocol: {summary['protocol_description']}",
-        "",
-        "| metric | this run | paper |",
-        "|---|---:|---:|",
     ]
-    for m in METRICS:
-        shown = f"{paper[m]:.2f}" if m in paper else "-"
-        lines.append(f"| {METRIC_LABELS[m]} | {_cell(m, summary['metrics'][m])} | {shown} |")
-    if summary["per_class"]:
-        lines += ["", "| class (instances) | mIoU | F1 | BoundF | calibration | paper mIoU |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for c, v in summary["per_class"].items():
-            shown = f"{paper_classes[c]:.2f}" if c in paper_classes else "-"
-            lines.append(f"| {c} ({v['count']}) | {_cell('iou', v['iou'])} | {_cell('f1', v['f1'])} | "
-                         f"{_cell('boundf', v['boundf'])} | {_cell('calibration', v['calibration'])} | {shown} |")
-        if len(summary["per_class"]) < 8:
-            lines.append(f"(the mean is over the {len(summary['per_class'])} classes present; the paper's over 8)")
+    table = [(m, METRIC_LABELS[m], summary["metrics"][m], _cell(m, summary["metrics"][m]),
+              f"{paper[m]:.2f}" if m in paper else "-") for m in METRICS]
+    per_class = [(f"{c} ({v['count']})", _cell("iou", v["iou"]), _cell("f1", v["f1"]), _cell("boundf", v["boundf"]),
+                  _cell("calibration", v["calibration"]), f"{paper_classes[c]:.2f}" if c in paper_classes else "-")
+                 for c, v in summary["per_class"].items()]
+    per_class_note = None
+    if summary["per_class"] and len(summary["per_class"]) < 8:
+        per_class_note = f"(the mean is over the {len(summary['per_class'])} classes present; the paper's over 8)"
     notes = []
     if paper:
         notes.append("paper: Amit et al. 2021, test split, K=30, DDPM over all T steps; percent")
@@ -370,4 +406,19 @@ def format_report(summary: dict[str, Any]) -> str:
         notes.append("mIoU by K: " + ", ".join(f"K={k}: {100 * curve['iou'][k - 1]:.2f}" for k in shown_k))
     notes.append(f"pooled ECE over all pixels: {summary['reliability']['pooled_ece']:.4f}; "
                  f"{summary['seconds_per_image']:.2f} s per image")
-    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+    return {"heading": heading, "metrics": table, "per_class": per_class, "per_class_note": per_class_note,
+            "notes": notes}
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """A Markdown table of this run's scores beside the paper's (percent; calibration raw)."""
+    tables = report_tables(summary)
+    lines = [*tables["heading"], "", "| metric | this run | paper |", "|---|---:|---:|"]
+    lines += [f"| {label} | {shown} | {paper} |" for _, label, _, shown, paper in tables["metrics"]]
+    if tables["per_class"]:
+        lines += ["", "| class (instances) | mIoU | F1 | BoundF | calibration | paper mIoU |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in tables["per_class"]]
+        if tables["per_class_note"]:
+            lines.append(tables["per_class_note"])
+    return "\n".join(lines + [""] + [f"- {n}" for n in tables["notes"]])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from io import BytesIO
 from pathlib import Path
 from typing import Callable
 
@@ -85,15 +86,27 @@ def overlay(image: Tensor, mask: Tensor, color=(1.0, 0.15, 0.1), alpha: float = 
     return torch.where(edge, tint.expand_as(out), out)
 
 
-def save_png(path: str | Path, picture: Tensor, scale: int = 1) -> None:
-    """Save (H, W) grey or (3, H, W) RGB in [0, 1]; `scale` enlarges small pictures (nearest)."""
+def _pil(picture: Tensor, scale: int = 1) -> Image.Image:
     array = _to_uint8(picture)
     if array.ndim == 3:
         array = array.transpose(1, 2, 0)
     img = Image.fromarray(array)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img
+
+
+def save_png(path: str | Path, picture: Tensor, scale: int = 1) -> None:
+    """Save (H, W) grey or (3, H, W) RGB in [0, 1]; `scale` enlarges small pictures (nearest)."""
+    img = _pil(picture, scale)
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def png_bytes(picture: Tensor) -> bytes:
+    """(H, W) grey or (3, H, W) RGB in [0, 1] -> the bytes of a PNG file (for embedding, e.g. report.html)."""
+    buffer = BytesIO()
+    _pil(picture).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def save_prediction(out_dir: str | Path, name: str, image: Tensor, prob: Tensor, uncertainty: Tensor,
