@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .config import ConfigError, SampleConfig
+from .config import ConfigError
 from .io import colormap
-from .protocol import Protocol, item_names, resize_probabilities
-from .seeding import derive_seed
+from .protocol import item_names, resize_probabilities
 
-__all__ = ["SCALAR_TAGS", "summary_writer_class", "open_writer", "write_scalars", "validation_examples",
+__all__ = ["SCALAR_TAGS", "summary_writer_class", "open_writer", "write_scalars", "ValidationExamples",
            "write_examples"]
 
 # log.jsonl record event -> {record key: TensorBoard tag}
@@ -63,31 +62,33 @@ def write_scalars(writer, record: dict) -> None:
             writer.add_scalar(tag, record[key], record["step"])
 
 
-def validation_examples(model, dataset, protocol: Protocol, sample: SampleConfig, *, seed: int,
-                        count: int = NUM_EXAMPLES) -> list[tuple[str, Tensor]]:
-    """(name, picture (3, h, 4w) in [0, 1]) for the first `count` items of `dataset`: input, ground truth,
-    probability (the mean of the K generations) and uncertainty (std x2, coloured), side by side.
+class ValidationExamples:
+    """Pictures of the first `count` validation items, made while validation predicts them.
 
-    Each item is predicted as validation predicts it: `protocol`, `sample`, seeds from (seed, name).
+    Pass it as `training.validation_iou(..., on_item=)`: each item is pictured from the very
+    prediction validation scores (its protocol, sample settings and seeds), so nothing is sampled
+    twice. `pictures` holds (name, picture (3, h, 4w) in [0, 1]): input, ground truth, probability
+    (the mean of the K generations) and uncertainty (std x2, coloured), side by side.
     """
-    n = min(count, len(dataset))
-    names = item_names(dataset)
-    items = [dataset[i] for i in range(n)]
-    targets = [protocol.target(dataset, i, mask) for i, (_, mask) in enumerate(items)]  # (C, h, w)
-    sizes = [tuple(t.shape[-2:]) for t in targets]
-    results = protocol.predict_items(model, [image for image, _ in items], sample,
-                                     [derive_seed(seed, names[i]) for i in range(n)], sizes)
-    def grey(x: Tensor) -> Tensor:  # (h, w) -> (3, h, w)
-        return x.float().cpu()[None].expand(3, -1, -1)
 
-    examples = []
-    for i, ((image, _), target, (means, uncertainty), size) in enumerate(zip(items, targets, results, sizes)):
+    def __init__(self, dataset, count: int = NUM_EXAMPLES) -> None:
+        self.names, self.count = item_names(dataset), count
+        self.pictures: list[tuple[str, Tensor]] = []
+
+    def __call__(self, index: int, image: Tensor, target: Tensor, means: Tensor, uncertainty: Tensor) -> None:
+        if index >= self.count:
+            return
+        size = tuple(target.shape[-2:])
         image = resize_probabilities(image.float().cpu(), size)[:3].clamp(0, 1)  # to the scoring size
         image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
         # The binary path's one channel is the foreground (channel 0).
-        panels = [image, grey(target[0]), grey(means[-1, 0]), colormap(2 * uncertainty[0].float().cpu())]
-        examples.append((names[i], torch.cat(panels, dim=2)))
-    return examples
+        panels = [image, _grey(target[0]), _grey(means[-1, 0]), colormap(2 * uncertainty[0].float().cpu())]
+        self.pictures.append((self.names[index], torch.cat(panels, dim=2)))
+
+
+def _grey(x: Tensor) -> Tensor:
+    """(h, w) -> (3, h, w)."""
+    return x.float().cpu()[None].expand(3, -1, -1)
 
 
 def write_examples(writer, step: int, examples: list[tuple[str, Tensor]]) -> None:

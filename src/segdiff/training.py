@@ -42,8 +42,10 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -185,14 +187,16 @@ class Horizon:
 
 
 def validation_iou(model, dataset, protocol: Protocol, sample: SampleConfig, ranks: distributed.Ranks,
-                   device: torch.device, *, seed: int, max_images: int = 64) -> float:
+                   device: torch.device, *, seed: int, max_images: int = 64,
+                   on_item: Callable[[int, Tensor, Tensor, Tensor, Tensor], None] | None = None) -> float:
     """Mean foreground IoU over the first `max_images` items of `dataset`, scored with `protocol`.
 
     Each item's generations are seeded from its name (`protocol`). The items are sampled in fixed
     chunks of consecutive items (as many as `sample.max_batch` rows hold), and the chunks are dealt
     out to the ranks; the per-item scores are gathered by index and summed in index order. So every
     item is computed in the same batch whatever the number of processes, and the score, and with
-    it which checkpoint becomes best, does not depend on it.
+    it which checkpoint becomes best, does not depend on it. `on_item(index, image, target, running
+    means, uncertainty)` sees each item this rank predicts (e.g. `tensorboard_log.ValidationExamples`).
     """
     n = min(len(dataset), max_images)
     names = item_names(dataset)
@@ -201,12 +205,14 @@ def validation_iou(model, dataset, protocol: Protocol, sample: SampleConfig, ran
     for first in range(ranks.rank * chunk, n, ranks.world_size * chunk):
         indices = range(first, min(n, first + chunk))
         items = [dataset[i] for i in indices]
-        targets = [protocol.target(dataset, i, mask)[0] for i, (_, mask) in zip(indices, items)]
+        targets = [protocol.target(dataset, i, mask) for i, (_, mask) in zip(indices, items)]  # (C, h, w)
         results = protocol.predict_items(model, [image for image, _ in items], sample,
                                          [derive_seed(seed, names[i]) for i in indices],
-                                         [tuple(t.shape) for t in targets])
-        for i, (means, _), target in zip(indices, results, targets):
-            scores[i] = iou(means[-1, 0] > 0.5, target).item()  # binary metrics read channel 0
+                                         [tuple(t.shape[-2:]) for t in targets])
+        for i, (image, _), (means, uncertainty), target in zip(indices, items, results, targets):
+            scores[i] = iou(means[-1, 0] > 0.5, target[0]).item()  # binary metrics read channel 0
+            if on_item is not None:
+                on_item(i, image, target, means, uncertainty)
     distributed.all_reduce_sum(scores, ranks)  # each slot has one contributor: exact
     return scores.cpu().sum().item() / n
 
@@ -331,7 +337,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
     # the paper), else a copy of the raw weights after each update.
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     evaluated = build_model(cfg, ema)
-    protocol = protocol_for(cfg.data.dataset, cfg.model.image_size)
+    protocol = protocol_for(cfg.data.dataset, cfg.model.image_size, setting=cfg.data.setting)
     val_sample = replace(cfg.sample, num_generations=tc.val_generations)
     try:
         optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
@@ -575,12 +581,14 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
 
             paused = _clock()  # validation and checkpoints do not count in samples_per_s
             if val_set is not None and not interrupted and (step % tc.val_every == 0 or last):
-                val_iou = validation_iou(evaluated, val_set, protocol, val_sample, ranks, device, seed=tc.seed)
+                # Rank 0 pictures the first validation items from the predictions it scores.
+                examples = tensorboard_log.ValidationExamples(val_set) if tb_writer is not None else None
+                val_iou = validation_iou(evaluated, val_set, protocol, val_sample, ranks, device, seed=tc.seed,
+                                         on_item=examples)
                 log({"step": step, "event": "val", "val_iou": val_iou, "time": elapsed()})
                 say(f"step {step}: validation IoU {val_iou:.4f}")
-                if tb_writer is not None:  # rank 0 alone: `evaluated` is a plain module, not DDP-wrapped
-                    tensorboard_log.write_examples(tb_writer, step, tensorboard_log.validation_examples(
-                        evaluated, val_set, protocol, val_sample, seed=tc.seed))
+                if examples is not None:
+                    tensorboard_log.write_examples(tb_writer, step, examples.pictures)
                 if val_iou > best_iou:
                     best_iou = val_iou
                     save("best", val_iou)
