@@ -77,13 +77,18 @@ def read_config(path: str | Path) -> ExperimentConfig:
     return load_checkpoint(path, config_only=True).config
 
 
+def run_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of a run folder that inference reads: best.safetensors, else last.safetensors
+    (None when it has neither)."""
+    return next((c for c in (run_dir / "best.safetensors", run_dir / "last.safetensors") if c.exists()), None)
+
+
 def load_checkpoint(path: str | Path, *, weights_only: bool = False, config_only: bool = False) -> Checkpoint:
     """Read a checkpoint; `weights_only` skips the raw weights, optimizer and RNG state (inference),
     `config_only` reads the config and JSON state alone (no tensors)."""
     path = Path(path)
     if path.is_dir():
-        candidates = [path / "best.safetensors", path / "last.safetensors"]
-        found = next((c for c in candidates if c.exists()), None)
+        found = run_checkpoint(path)
         if found is None:
             raise CheckpointError(f"{path}: a folder without best.safetensors or last.safetensors; "
                                   "pass a checkpoint file or a segdiff run folder")

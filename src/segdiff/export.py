@@ -21,7 +21,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, run_checkpoint
 from .evaluation import format_report
 from .hub import (
     CARD_NAME, CLASS_NAMES, CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, ModelSource, folder_config,
@@ -83,9 +83,7 @@ def _evaluation_summary(source: ModelSource, evaluation: str | Path | None) -> t
 
 def _checkpoint_file(path: Path) -> Path:
     """A run folder's checkpoint as `load_checkpoint` picks it (best, else last); a file as is."""
-    if path.is_dir():
-        return next((p for p in (path / "best.safetensors", path / "last.safetensors") if p.exists()), path)
-    return path
+    return (run_checkpoint(path) or path) if path.is_dir() else path
 
 
 def _same_checkpoint(scored: str | None, exported: Path) -> bool:

@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, run_checkpoint
 from .config import ExperimentConfig
 
 FORMAT = "segdiff-model"
@@ -176,8 +176,8 @@ def read_source(source: str | Path, *, weights: bool = True) -> ModelSource:
     path = locate(source)
     if is_model_folder(path):
         return _read_folder(str(source), path, weights)
-    if path.is_dir() and not (path / "best.safetensors").exists() and not (path / "last.safetensors").exists() \
-            and (path / CONFIG_NAME).is_file() and (path / CARD_NAME).is_file():
+    if path.is_dir() and run_checkpoint(path) is None and (path / CONFIG_NAME).is_file() \
+            and (path / CARD_NAME).is_file():
         raise CheckpointError(f"{path}: a model folder without {WEIGHTS_NAME}")
     ckpt = load_checkpoint(path, weights_only=True) if weights else load_checkpoint(path, config_only=True)
     config = ckpt.config
