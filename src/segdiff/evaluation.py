@@ -144,15 +144,16 @@ class _Thumbnails:
         self.side, self.by_name = side, {}  # name -> [(title, PNG bytes)]
 
     def add(self, name: str, image: Tensor, target: Tensor, prob: Tensor, uncertainty: Tensor) -> None:
-        panels = _panels(image, target, prob, uncertainty, side=self.side)[:4]  # without the overlay
-        self.by_name[name] = [(title, png_bytes(picture)) for title, picture in panels]
+        shown = panels(image, target, prob, uncertainty, side=self.side)[:4]  # without the overlay
+        self.by_name[name] = [(title, png_bytes(picture)) for title, picture in shown]
 
 
-def _panels(image: Tensor, target: Tensor, prob: Tensor, uncertainty: Tensor, *,
+def panels(image: Tensor, target: Tensor, prob: Tensor, uncertainty: Tensor, *,
             side: int = _THUMBNAIL_SIDE) -> list[tuple[str, Tensor]]:
     """Image, ground truth, probability, uncertainty and predicted-mask overlay, (3, h, w) each.
 
-    All are at most `side` pixels on their longer side; the uncertainty (std of the K generations,
+    The one way segdiff pictures a prediction (examples.png, report.html, TensorBoard's validation
+    pictures). All are at most `side` pixels on their longer side; the uncertainty (std of the K generations,
     at most 0.5) is shown x2 on `io.colormap`'s ramp, the probability in grey.
     """
     h, w = target.shape
@@ -255,7 +256,7 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
                **{m: float(scores[m][-1]) for m in METRICS}}
         rows.append(row)
         scored_image = resize_probabilities(image, tuple(target.shape[-2:]))  # (3, h, w), as scored
-        extremes.offer(row["iou"], i, name, lambda: _panels(scored_image, target[0], prob[0], uncertainty[0]))
+        extremes.offer(row["iou"], i, name, lambda: panels(scored_image, target[0], prob[0], uncertainty[0]))
         if thumbnails is not None:
             thumbnails.add(name, scored_image, target[0], prob[0], uncertainty[0])
         bar.set_postfix(iou=f"{sum(r['iou'] for r in rows) / len(rows):.4f}")

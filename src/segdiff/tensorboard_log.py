@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError
-from .io import colormap
+from .evaluation import panels
 from .protocol import item_names, resize_probabilities
 
 __all__ = ["SCALAR_TAGS", "summary_writer_class", "open_writer", "write_scalars", "ValidationExamples",
@@ -81,14 +81,10 @@ class ValidationExamples:
         size = tuple(target.shape[-2:])
         image = resize_probabilities(image.float().cpu(), size)[:3].clamp(0, 1)  # to the scoring size
         image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
-        # The binary path's one channel is the foreground (channel 0).
-        panels = [image, _grey(target[0]), _grey(means[-1, 0]), colormap(2 * uncertainty[0].float().cpu())]
-        self.pictures.append((self.names[index], torch.cat(panels, dim=2)))
-
-
-def _grey(x: Tensor) -> Tensor:
-    """(h, w) -> (3, h, w)."""
-    return x.float().cpu()[None].expand(3, -1, -1)
+        # The binary path's one channel is the foreground (channel 0); evaluate's panels at full size,
+        # without the overlay.
+        shown = panels(image, target[0], means[-1, 0], uncertainty[0], side=max(size))[:4]
+        self.pictures.append((self.names[index], torch.cat([picture for _, picture in shown], dim=2)))
 
 
 def write_examples(writer, step: int, examples: list[tuple[str, Tensor]]) -> None:
