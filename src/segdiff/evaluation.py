@@ -47,6 +47,7 @@ from . import metrics, plots, report_html
 from .config import SampleConfig
 from .device import describe_machine
 from .io import atomic_write, colormap, overlay, png_bytes
+from .labels import valid_pixels
 from .progress import progress as progress_display
 from .protocol import PAPER_CITYSCAPES_IOU, PAPER_RESULTS, Protocol, item_names, resize_probabilities
 from .sampling import symmetry_order
@@ -82,27 +83,34 @@ def score_probabilities(probs: Tensor, target: Tensor) -> dict[str, Tensor]:
 
     The mask of row k is probs[k] > 0.5, class by class. Returns {metric: float64 (K, C)} for
     every name in `METRICS` (binary masks have C = 1); metrics raise ValueError for mismatched
-    shapes or a non-binary target.
+    shapes or a non-binary target. Pixels the target marks ignored (`labels.IGNORE`) count in no
+    score: the overlap and boundary metrics see them as background in both masks (which leaves
+    foreground IoU and F1 exactly those of the labelled pixels), the calibration metrics skip them.
     """
     if probs.ndim != 4:
         raise ValueError(f"probs must be (K, C, H, W), found shape {tuple(probs.shape)}")
     if target.shape != probs.shape[1:]:
         raise ValueError(f"prediction and target must have the same shape, found prediction "
                          f"{tuple(probs.shape[1:])} and target {tuple(target.shape)}")
+    valid = valid_pixels(target).to(probs.device)
+    ignoring = not bool(valid.all())
     chunk = max(1, _SCORE_PIXELS // max(1, probs[0].numel()))  # rows of K scored together
     parts: list[dict[str, Tensor]] = []
     for start in range(0, probs.shape[0], chunk):
         prob = probs[start:start + chunk]
-        tgt = target.to(prob.device).expand_as(prob)
-        mask = prob > 0.5
+        tgt = target.to(prob.device).clamp(min=0).expand_as(prob)
+        mask = (prob > 0.5) & valid if ignoring else prob > 0.5
+        # calibration over the labelled pixels only, as (rows, C, 1, N)
+        cal_prob, cal_tgt = ((prob[:, valid].view(*prob.shape[:2], 1, -1), tgt[:, valid].view(*prob.shape[:2], 1, -1))
+                             if ignoring else (prob, tgt))
         parts.append({
             "f1": metrics.f1(mask, tgt),
             "iou": metrics.iou(mask, tgt),
             "wcov": metrics.weighted_coverage(mask, tgt),
             "wcov_size_ratio": metrics.size_ratio_coverage(mask, tgt),
             "boundf": metrics.boundary_f_mean(mask, tgt),
-            "calibration": metrics.calibration_score(prob, tgt),
-            "ece": metrics.expected_calibration_error(prob, tgt),
+            "calibration": metrics.calibration_score(cal_prob, cal_tgt),
+            "ece": metrics.expected_calibration_error(cal_prob, cal_tgt),
         })
     return {m: torch.cat([p[m] for p in parts]).cpu() for m in METRICS}
 
@@ -154,7 +162,8 @@ def panels(image: Tensor, target: Tensor, prob: Tensor, uncertainty: Tensor, *,
 
     The one way segdiff pictures a prediction (examples.png, report.html, TensorBoard's validation
     pictures). All are at most `side` pixels on their longer side; the uncertainty (std of the K generations,
-    at most 0.5) is shown x2 on `io.colormap`'s ramp, the probability in grey.
+    at most 0.5) is shown x2 on `io.colormap`'s ramp, the probability in grey, ignored pixels of the
+    ground truth in mid-grey.
     """
     h, w = target.shape
     scale = min(1.0, side / max(h, w))
@@ -163,6 +172,7 @@ def panels(image: Tensor, target: Tensor, prob: Tensor, uncertainty: Tensor, *,
                           antialias=scale < 1)[0].clamp(0, 1)
     prob, uncertainty = resize_probabilities(torch.stack([prob.cpu(), uncertainty.cpu()]), size)
     target = F.interpolate(target[None, None].float().cpu(), size=size, mode="nearest")[0, 0]
+    target = torch.where(valid_pixels(target), target, 0.5)  # ignored pixels in mid-grey
     grey = lambda x: x[None].expand(3, -1, -1)  # noqa: E731
     return [("image", image), ("ground truth", grey(target)), ("probability", grey(prob)),
             ("uncertainty (std x2)", colormap(uncertainty * 2)), ("prediction", overlay(image, prob > 0.5))]
@@ -240,7 +250,8 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
         try:
             # (K, C) per metric; the binary path's one channel is the foreground (C = 1).
             scores = {m: s[:, 0] for m, s in score_probabilities(means, target).items()}
-            diagram = metrics.reliability_diagram(means[-1], target, num_bins=10)
+            labelled = valid_pixels(target)  # (C, h, w): False where the target is ignored
+            diagram = metrics.reliability_diagram(means[-1][labelled][None], target[labelled][None], num_bins=10)
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
         curves.append(scores)
@@ -250,8 +261,8 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
         prob = means[-1]  # (C, h, w)
         row = {"index": i, "name": name, **({"class": classes[i]} if classes else {}),
                "height": target.shape[-2], "width": target.shape[-1],
-               "target_fraction": float(target.float().mean()),
-               "predicted_fraction": float((prob > 0.5).float().mean()),
+               "target_fraction": float(target[labelled].float().mean()),
+               "predicted_fraction": float((prob[labelled] > 0.5).float().mean()),
                "mean_uncertainty": float(uncertainty.mean()), "seed": image_seed,
                **{m: float(scores[m][-1]) for m in METRICS}}
         rows.append(row)

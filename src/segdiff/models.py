@@ -21,13 +21,14 @@ from typing import Any, ClassVar, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss, DiceLoss
+from monai.losses import DiceCELoss, DiceLoss, MaskedDiceLoss
 from torch import Tensor, nn
 
 from .baseline import UNetBaseline
 from .config import MODEL_KINDS, ExperimentConfig, SampleConfig, TrainConfig
 from .diffusion import DDPMScheduler, from_signed, to_signed
 from .hub import load_weights, read_source
+from .labels import valid_pixels
 from .model import SegDiff
 from .sampling import sample_generations, symmetry_order
 
@@ -91,7 +92,8 @@ class DiffusionSegmenter:
              train: TrainConfig, share: slice) -> Tensor:
         # t and the noise are drawn for the whole global batch, the same on every rank; each rank
         # takes its slice, so N ranks make the single-process update.
-        x0 = to_signed(mask)
+        valid = valid_pixels(mask)  # pixels with a label; ignored ones (IGNORE) are left out of the loss
+        x0 = to_signed(mask.clamp(min=0))
         t = self.scheduler.sample_timesteps(train.batch_size, power=train.timestep_power, generator=generator,
                                             device=x0.device)[share]
         noise = torch.randn((train.batch_size, *x0.shape[1:]), generator=generator, device=x0.device)[share]
@@ -99,22 +101,30 @@ class DiffusionSegmenter:
         x0_prev = (self_condition_input(net, self.scheduler, x_t, t, image, generator, train.batch_size, share)
                    if self.config.model.self_condition else None)
         output = net(x_t, t, image, x0_prev)  # the noise, or x_0
-        return training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight)
+        return training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight,
+                             None if bool(valid.all()) else valid)
 
 
 def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Tensor, scheduler: DDPMScheduler,
-                  dice_weight: float = 0.0) -> Tensor:
+                  dice_weight: float = 0.0, valid: Tensor | None = None) -> Tensor:
     """Mean squared error against the scheduler's target (the paper), plus `dice_weight` times a soft
     Dice loss of the x_0 estimate read as a probability. The MSE alone fits the posterior mean, which
     is blind to how small the foreground is; the Dice term weighs errors by the object's size, as
-    the overlap metrics do."""
+    the overlap metrics do. `valid` (bool, like `x0`; None: all) keeps only labelled pixels: the
+    MSE is then their mean, and the Dice term sees neither prediction nor target elsewhere."""
     # Mean over pixels and batch, in float32; the reference sums over pixels, which only rescales
     # the gradient (AdamW is invariant to that up to its epsilon).
-    loss = F.mse_loss(output.float(), scheduler.training_target(x0, noise))
+    target = scheduler.training_target(x0, noise)
+    if valid is None:
+        loss = F.mse_loss(output.float(), target)
+    else:
+        loss = (output.float() - target).square().mul(valid).sum() / valid.sum().clamp(min=1)
     if dice_weight:
-        probability = from_signed(scheduler.to_x0(output.float(), t, x_t))
+        probability, truth = from_signed(scheduler.to_x0(output.float(), t, x_t)), from_signed(x0)
+        if valid is not None:
+            probability, truth = probability * valid, truth * valid
         # One ratio over the whole batch (batch=True), so a tile without foreground is no 0/0.
-        loss = loss + dice_weight * DiceLoss(batch=True)(probability, from_signed(x0))
+        loss = loss + dice_weight * DiceLoss(batch=True)(probability, truth)
     return loss
 
 
@@ -147,8 +157,10 @@ class UNetSegmenter:
         self.config = config
         m = config.model
         self.net = net if net is not None else UNetBaseline(m.in_channels, m.unet_features, m.mask_channels)
-        # Dice + binary cross-entropy on the logits, MONAI's DiceCELoss (sigmoid per channel).
+        # Dice + binary cross-entropy on the logits, MONAI's DiceCELoss (sigmoid per channel); with
+        # ignored pixels, MONAI's MaskedDiceLoss and the cross-entropy's mean over labelled pixels.
         self._loss = DiceCELoss(sigmoid=True)
+        self._masked_dice = MaskedDiceLoss(sigmoid=True)
 
     @property
     def device(self) -> torch.device:
@@ -167,7 +179,13 @@ class UNetSegmenter:
 
     def loss(self, net: nn.Module, image: Tensor, mask: Tensor, generator: torch.Generator,
              train: TrainConfig, share: slice) -> Tensor:
-        return self._loss(net(image).float(), mask)
+        logits = net(image).float()
+        valid = valid_pixels(mask)
+        if bool(valid.all()):
+            return self._loss(logits, mask)
+        truth = mask.clamp(min=0)
+        bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none")
+        return self._masked_dice(logits, truth, mask=valid) + bce.mul(valid).sum() / valid.sum().clamp(min=1)
 
 
 MODEL_CLASSES: dict[str, type] = {"segdiff": DiffusionSegmenter, "unet": UNetSegmenter}

@@ -65,6 +65,7 @@ from .config import ConfigError, ExperimentConfig, SampleConfig
 from .data import DataError, make_dataset
 from .device import resolve_device
 from .io import atomic_write
+from .labels import valid_pixels
 from .metrics import iou
 from .models import build_model
 from .progress import progress as progress_display
@@ -210,7 +211,8 @@ def validation_iou(model, dataset, protocol: Protocol, sample: SampleConfig, ran
                                          [derive_seed(seed, names[i]) for i in indices],
                                          [tuple(t.shape[-2:]) for t in targets])
         for i, (image, _), (means, uncertainty), target in zip(indices, items, results, targets):
-            scores[i] = iou(means[-1, 0] > 0.5, target[0]).item()  # binary metrics read channel 0
+            labelled = valid_pixels(target[0])  # ignored pixels are background in both masks
+            scores[i] = iou((means[-1, 0] > 0.5) & labelled, target[0].clamp(min=0)).item()  # binary: channel 0
             if on_item is not None:
                 on_item(i, image, target, means, uncertainty)
     distributed.all_reduce_sum(scores, ranks)  # each slot has one contributor: exact

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..labels import IGNORE
 from ..seeding import seeded_generator
 
 __all__ = [
@@ -162,6 +163,8 @@ def apply_affine(
     """Apply one geometric transform to an image (C, H, W) and its mask (1, H, W) together.
 
     The mask comes back exactly {0, 1}: bilinear resampling thresholded at 0.5, or nearest.
+    Ignored pixels (`labels.IGNORE`) are resampled as a map of their own and win where at least
+    half of a pixel's footprint was ignored; pixels brought in from outside the image are background.
     """
     _, height, width = image.shape
     if mask.shape[-2:] != image.shape[-2:]:
@@ -172,10 +175,14 @@ def apply_affine(
         image = F.grid_sample(
             image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )[0].clamp_(0.0, 1.0)
+        ignored = mask < 0
+        maps = torch.cat([mask.clamp(min=0), ignored.float()]) if ignored.any() else mask
         sampled = F.grid_sample(
-            mask[None].float(), grid, mode=mask_mode, padding_mode="zeros", align_corners=False
-        )[0]
-        mask = (sampled >= 0.5).float()
+            maps[None].float(), grid, mode=mask_mode, padding_mode="zeros", align_corners=False
+        )[0] >= 0.5
+        channels = mask.shape[0]
+        mask = (torch.where(sampled[channels:], IGNORE, sampled[:channels].float()) if ignored.any()
+                else sampled.float())
     if params.hflip:
         image, mask = image.flip(-1), mask.flip(-1)
     if params.vflip:

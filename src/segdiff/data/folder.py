@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..labels import ClassFileError, ClassList, find_class_file, read_class_file
 from .augment import FOLDER_AUGMENT, AugmentSpec, augment_pair
 from .base import SegmentationDataset, Split, select_split
-from .reading import (IMAGE_SUFFIXES, DataError, image_to_tensor, mask_to_tensor, read_image, read_mask, read_size,
-                      resize_image, resize_mask)
+from .reading import (IMAGE_SUFFIXES, DataError, image_to_tensor, labels_to_mask, mask_to_tensor, read_image,
+                      read_label_mask, read_mask, read_size, resize_image, resize_mask)
 
 __all__ = ["FolderDataset"]
 
@@ -34,6 +35,11 @@ class FolderDataset(SegmentationDataset):
     JPEG). Layout: either ``ROOT/images`` + ``ROOT/masks`` (all of it is training data; a
     ``test`` split must then be given explicitly as its own folder) or ``ROOT/train/`` and
     ``ROOT/test/`` each holding ``images/`` + ``masks/``. ``val`` is carved from train.
+
+    With a class file in ROOT (`labels.CLASS_FILES`: names and an optional ignore index) the masks
+    are label masks, one class index per pixel (8-bit single-channel or palette PNG/TIFF); pixels
+    with the ignore index are marked `labels.IGNORE` and never trained on or scored. Two classes
+    for now (index 1 is the foreground).
 
     The whole folder is checked when the dataset is built, from file headers only: every
     image has a mask and vice versa, both are readable and the same size. Pixel values are
@@ -60,6 +66,14 @@ class FolderDataset(SegmentationDataset):
                             "your test folder as its own root")
         else:
             self.directory = root
+        try:
+            class_file = find_class_file(root)
+            self.classes: ClassList | None = read_class_file(class_file) if class_file else None
+        except ClassFileError as exc:
+            raise DataError(str(exc)) from None
+        if self.classes is not None and self.classes.num_classes != 2:
+            raise DataError(f"{class_file}: {self.classes.num_classes} classes; only binary segmentation "
+                            "(two names) is supported so far")
         pairs = self._pair(self.directory)
         ids = sorted(pairs)
         self._set_names(ids if split == "test"
@@ -94,14 +108,18 @@ class FolderDataset(SegmentationDataset):
         for index in range(len(self)):
             self._decode(index)
 
-    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(self, index: int) -> tuple[np.ndarray, torch.Tensor]:
+        """(image (H, W, 3) uint8, mask (1, H, W) float at the file's size)."""
         image_path, mask_path = self._pairs[index]
-        return read_image(image_path, allow_gray=True), read_mask(mask_path)
+        image = read_image(image_path, allow_gray=True)
+        if self.classes is None:
+            return image, mask_to_tensor(read_mask(mask_path))
+        return image, labels_to_mask(read_label_mask(mask_path, self.classes), self.classes)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image_np, mask_np = self._decode(index)
+        image_np, mask = self._decode(index)
         image = resize_image(image_to_tensor(image_np), self.image_size)
-        mask = resize_mask(mask_to_tensor(mask_np), self.image_size)
+        mask = resize_mask(mask, self.image_size)
         if self.augment_spec is not None:
             image, mask = augment_pair(image, mask, self.augment_spec, self._next_generator(index))
         return image, mask

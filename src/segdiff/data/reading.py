@@ -2,11 +2,13 @@
 
 Conventions (every dataset module and ``segdiff predict`` rely on them):
 - Images decode to uint8 (H, W, 3); masks to bool (H, W). As tensors: image float32 (3, H, W) in
-  [0, 1], mask float32 (1, H, W) with values exactly {0., 1.}.
+  [0, 1], mask float32 (1, H, W) with values exactly {0., 1.}, and `labels.IGNORE` (-1) on
+  ignored pixels when the mask came with a class file (`read_label_mask`, `labels_to_mask`).
 - TIFFs are read with tifffile (1-bit MinIsWhite polarity applied here), everything else with
   Pillow. Other bit depths and ambiguous masks are refused, not guessed at.
 - Resizing ("clean"): image bilinear with antialiasing; mask bilinear with antialiasing, then
-  >= 0.5, i.e. a pixel is foreground when at least half of its footprint was.
+  >= 0.5, i.e. a pixel is foreground when at least half of its footprint was (ignored pixels
+  likewise: ignored when at least half of the footprint was).
 - Bad input raises :class:`DataError` (a ``ValueError``) naming the file and the problem. No file
   handle stays open.
 """
@@ -22,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DataError", "IMAGE_SUFFIXES", "binarise_mask", "check_file", "image_to_tensor", "mask_to_tensor",
-           "read_image", "read_mask", "read_size", "resize_image", "resize_mask"]
+from ..labels import IGNORE, ClassList
+
+__all__ = ["DataError", "IMAGE_SUFFIXES", "binarise_mask", "check_file", "image_to_tensor", "labels_to_mask",
+           "mask_to_tensor", "read_image", "read_label_mask", "read_mask", "read_size", "resize_image", "resize_mask"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -177,6 +181,43 @@ def read_mask(path: str | Path) -> np.ndarray:
     return binarise_mask(array, path)
 
 
+def read_label_mask(path: str | Path, classes: ClassList) -> np.ndarray:
+    """Decode a label mask, one class index per pixel, to uint8 (H, W), checked against `classes`.
+
+    8-bit single-channel PNG/TIFF or a palette PNG (its indices are the labels). A value that is
+    neither a class index nor the ignore index raises DataError naming the file and the values.
+    """
+    path = Path(path)
+    check_file(path)
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        array, _ = _read_tiff(path)
+        mode = "TIFF"
+    else:
+        array, mode = _read_pil(path, for_image=False)
+    if array.ndim == 3 and mode in ("LA", "PA") and array.shape[2] == 2:
+        array = array[:, :, 0]  # an alpha band carries no labels
+    if array.ndim != 2 or array.dtype != np.uint8:
+        raise DataError(f"{path}: expected an 8-bit single-channel label mask (class indices), found shape "
+                        f"{array.shape} of {array.dtype}")
+    try:
+        classes.check_labels(array, path)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    return array
+
+
+def labels_to_mask(labels: np.ndarray, classes: ClassList) -> torch.Tensor:
+    """A binary class list's labels (H, W) -> float32 (1, H, W): 1 for class 1, 0 for class 0, IGNORE
+    where the label is the ignore index."""
+    if classes.num_classes != 2:
+        raise DataError(f"{classes.num_classes} classes ({', '.join(classes.names)}): only binary "
+                        "segmentation (two classes) is supported so far")
+    mask = torch.from_numpy((labels == 1).astype(np.float32))[None]
+    if classes.ignore_index is not None:
+        mask[0][torch.from_numpy(labels == classes.ignore_index)] = IGNORE
+    return mask
+
+
 def read_size(path: str | Path) -> tuple[int, int]:
     """(height, width) from the file header, without decoding pixels: cheap up-front checks."""
     path = Path(path)
@@ -216,9 +257,17 @@ def resize_image(image: torch.Tensor, size: int | tuple[int, int], *, mode: str 
 
 
 def resize_mask(mask: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Resize a {0, 1} mask (1, H, W): antialiased bilinear, then >= 0.5 (area-faithful)."""
+    """Resize a {0, 1} mask (1, H, W): antialiased bilinear, then >= 0.5 (area-faithful). Ignored
+    pixels (IGNORE) are resized the same way as a map of their own: a pixel is ignored when at
+    least half of its footprint was, otherwise foreground or background as the rest decides."""
     size = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(mask.shape[-2:]) == size:
         return mask
-    soft = F.interpolate(mask[None], size=size, mode="bilinear", antialias=True, align_corners=False)
-    return (soft[0] >= 0.5).float()
+    ignored = mask < 0
+    if not ignored.any():
+        soft = F.interpolate(mask[None], size=size, mode="bilinear", antialias=True, align_corners=False)
+        return (soft[0] >= 0.5).float()
+    maps = torch.cat([mask.clamp(min=0), ignored.float()])[None]  # (1, 2C, H, W)
+    soft = F.interpolate(maps, size=size, mode="bilinear", antialias=True, align_corners=False)[0] >= 0.5
+    channels = mask.shape[0]
+    return torch.where(soft[channels:], IGNORE, soft[:channels].float())
