@@ -177,6 +177,11 @@ class ModelConfig:
     # G also reads the previous sampling step's x_0 estimate (self-conditioning, Chen et al. 2022,
     # "Analog Bits"; trained with it on half the samples); not in the paper.
     self_condition: bool = False
+    # A light head on F(I) (GroupNorm, SiLU, 3x3 conv to mask logits) trained with Dice + BCE beside
+    # the diffusion loss, weighted by train.aux_weight, so that F learns the image-to-mask mapping at
+    # a plain U-Net's pace (deep supervision, Lee et al. 2015); not in the paper. Training only:
+    # sampling never runs it. Needs an encoder F (kind "segdiff", conditioning other than image-concat).
+    aux_head: bool = False
     # Which model this config builds: "segdiff" (the fields above) or "unet", the plain U-Net
     # baseline (MONAI's BasicUNet with the widths below; it reads only in_channels and num_classes).
     kind: ModelKind = "segdiff"
@@ -193,6 +198,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_choice("conditioning", self.conditioning, CONDITIONINGS)
         _check_choice("kind", self.kind, MODEL_KINDS)
+        if self.aux_head and (self.kind != "segdiff" or self.conditioning == "image-concat"):
+            which = f"kind={self.kind!r}" if self.kind != "segdiff" else "conditioning='image-concat'"
+            raise ConfigError(f"aux_head=true supervises the image encoder F, which {which} does not have")
         if self.num_classes != 2:
             raise ConfigError(f"num_classes={self.num_classes}: only binary segmentation (num_classes=2) is "
                              "supported so far")
@@ -306,6 +314,10 @@ class TrainConfig:
     # probability, and the mask (monai's DiceLoss over the whole batch), the overlap loss the U-Net
     # baseline trains with. 0: the paper's plain MSE.
     dice_weight: float = 0.0
+    # Not in the paper: add this weight times Dice + binary cross-entropy of model.aux_head's logits
+    # (read from F(I)) against the mask, over the pixels that are not ignored; deep supervision of
+    # the image encoder. 0: off (and model.aux_head must then be false).
+    aux_weight: float = 0.0
     # TensorBoard event files in OUT_DIR/tensorboard (tensorboard_log.py): null writes them when the
     # tensorboard package is installed (the `tensorboard` extra), true requires it, false never writes them.
     tensorboard: bool | None = None
@@ -331,6 +343,8 @@ class TrainConfig:
             raise ConfigError(f"timestep_power={self.timestep_power} must be > 0 (1: uniform steps)")
         if not self.dice_weight >= 0:
             raise ConfigError(f"dice_weight={self.dice_weight} must be >= 0 (0: MSE alone, as in the paper)")
+        if not self.aux_weight >= 0:
+            raise ConfigError(f"aux_weight={self.aux_weight} must be >= 0 (0: no auxiliary head, as in the paper)")
 
 
 @dataclass(frozen=True)
@@ -379,6 +393,15 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     preset: str = "custom"
+
+    def __post_init__(self) -> None:
+        # Checks across sections. The auxiliary head and its weight go together: a weight without the
+        # head has nothing to train, and a head without a weight would hold parameters no loss
+        # reaches (DDP refuses those), kept in every checkpoint for nothing.
+        if self.train.aux_weight > 0 and not self.model.aux_head:
+            raise ConfigError(f"train.aux_weight={self.train.aux_weight} needs model.aux_head=true")
+        if self.model.aux_head and not self.train.aux_weight > 0:
+            raise ConfigError("model.aux_head=true needs train.aux_weight > 0 (the weight of the head's loss)")
 
     # --- presets -----------------------------------------------------------------------
     @classmethod

@@ -7,7 +7,8 @@ sampling loop live in `diffusion.py` and `sampling.py`.
 
 What depends on t is split from what does not: `cond = net.encode_image(image)` runs the image
 encoder F once per image, `net.denoise(x_t, t, cond)` runs at every step. Calling `net(x_t, t,
-image)` does both, for training.
+image)` does both, for training; with `model.aux_head` (not in the paper), `net(x_t, t, image,
+with_aux=True)` also returns the auxiliary head's mask logits read from the same run of F.
 
 Conventions: images enter in [0, 1] (mapped to [-1, 1] here, once); x_t is the noisy mask in
 diffusion space (B, 1, H, W); t holds integer steps 0..T-1 (the reference embeds the integer step,
@@ -253,6 +254,14 @@ class SegDiff(nn.Module):
                 self.output_blocks.append(Block(layers))
         self.out = nn.Sequential(norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(ch, config.mask_channels, 3, padding=1)))
 
+        # Deep supervision of F (config.aux_head): mask logits from F(I) at full resolution, before
+        # any cond_down. Built last, so that the layers above get the same initial weights with or
+        # without it; absent when off, so the paper's networks and their checkpoints are unchanged.
+        # Not zero-initialised: its loss must reach F from the first step.
+        self.aux_head = nn.Sequential(
+            norm(c, groups), nn.SiLU(), nn.Conv2d(c, config.mask_channels, 3, padding=1)
+        ) if config.aux_head else None
+
     # --- constructors -----------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "SegDiff":
@@ -292,10 +301,16 @@ class SegDiff(nn.Module):
 
         image: (B, C_in, H, W) in [0, 1]. Computed once per image and reused at every step.
         """
+        return self._to_cond(self._image_features(image))
+
+    def _image_features(self, image: Tensor) -> Tensor:
+        """F(I) at full resolution, (B, C, H, W) (the image in [-1, 1] for image-concat): what the
+        auxiliary head reads."""
         image = image * 2 - 1
-        if self.image_encoder is None:
-            return image
-        features = self.image_encoder(image)  # (B, C, H, W)
+        return image if self.image_encoder is None else self.image_encoder(image)
+
+    def _to_cond(self, features: Tensor) -> Tensor:
+        """F(I) brought to where it joins the U-Net (add-after-down-N: its resolution and width)."""
         return self.cond_down(features) if self.cond_down is not None else features
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor, x0_prev: Tensor | None = None) -> Tensor:
@@ -335,5 +350,19 @@ class SegDiff(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)
 
-    def forward(self, x_t: Tensor, t: Tensor, image: Tensor, x0_prev: Tensor | None = None) -> Tensor:
-        return self.denoise(x_t, t, self.encode_image(image), x0_prev)
+    def forward(self, x_t: Tensor, t: Tensor, image: Tensor, x0_prev: Tensor | None = None, *,
+                with_aux: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """`denoise(x_t, t, encode_image(image), x0_prev)`, the training call.
+
+        With `with_aux` (needs `config.aux_head`) it returns (that output, the auxiliary head's mask
+        logits (B, C_mask, H, W)), both from one run of F, which is a large part of a step. A flag
+        of forward, not a method of its own, so that a DDP wrapper passes it through and sees every
+        parameter used.
+        """
+        features = self._image_features(image)
+        output = self.denoise(x_t, t, self._to_cond(features), x0_prev)
+        if not with_aux:
+            return output
+        if self.aux_head is None:
+            raise ValueError("with_aux=True needs a network built with model.aux_head=true")
+        return output, self.aux_head(features)

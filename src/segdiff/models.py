@@ -6,7 +6,8 @@ model), and it defines its training loss. Evaluation, training validation, `segd
 the CLI call only this interface; none of them asks which kind it holds.
 
 - ``segdiff`` (`DiffusionSegmenter`): the SegDiff network and its DDPM schedule. Generations are
-  sampled (`sampling.sample_generations`); the loss is the paper's MSE against the noise (or x_0).
+  sampled (`sampling.sample_generations`); the loss is the paper's MSE against the noise (or x_0),
+  plus the optional Dice term (train.dice_weight) and auxiliary head on F (train.aux_weight).
 - ``unet`` (`UNetSegmenter`): the plain U-Net baseline (`baseline.UNetBaseline`), one forward
   pass, Dice + cross-entropy; its one "generation" is its probability.
 
@@ -100,9 +101,14 @@ class DiffusionSegmenter:
         x_t = self.scheduler.add_noise(x0, noise, t)
         x0_prev = (self_condition_input(net, self.scheduler, x_t, t, image, generator, train.batch_size, share)
                    if self.config.model.self_condition else None)
-        output = net(x_t, t, image, x0_prev)  # the noise, or x_0
-        return training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight,
-                             None if bool(valid.all()) else valid)
+        labelled = None if bool(valid.all()) else valid
+        if not train.aux_weight:
+            output = net(x_t, t, image, x0_prev)  # the noise, or x_0
+            return training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight, labelled)
+        # Deep supervision of F (model.aux_head): its head's logits come from the same run of F.
+        output, aux_logits = net(x_t, t, image, x0_prev, with_aux=True)
+        loss = training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight, labelled)
+        return loss + train.aux_weight * masked_dice_bce(aux_logits, mask)
 
 
 def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Tensor, scheduler: DDPMScheduler,
@@ -126,6 +132,30 @@ def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Ten
         # One ratio over the whole batch (batch=True), so a tile without foreground is no 0/0.
         loss = loss + dice_weight * DiceLoss(batch=True)(probability, truth)
     return loss
+
+
+def masked_dice_bce(logits: Tensor, mask: Tensor, smooth: float = 1e-5) -> Tensor:
+    """Soft Dice + binary cross-entropy of `logits` (B, C, H, W) against `mask` (B, C, H, W) in
+    {0, 1}, over the pixels whose mask is >= 0 (-1 marks an ignored, void pixel): the auxiliary
+    head's loss (train.aux_weight).
+
+    The BCE is the mean over the valid pixels; the Dice is one ratio per channel over the whole batch
+    (monai's DiceLoss(sigmoid=True, batch=True), smoothing 1e-5 above and below), with probabilities
+    and targets zeroed where ignored, then averaged over channels. One ratio over the batch, so a
+    tile without foreground is no 0/0. Without ignored pixels and with one channel it equals monai's
+    DiceCELoss(sigmoid=True, batch=True); the logits at ignored pixels never change it.
+    """
+    logits = logits.float()
+    valid = (mask >= 0).float()
+    target = mask.float().clamp(min=0) * valid
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * valid).sum() / valid.sum().clamp(min=1)
+    probability = torch.sigmoid(logits) * valid
+    dims = [0, *range(2, logits.ndim)]  # all but the channels
+    intersection = (probability * target).sum(dims)
+    denominator = probability.sum(dims) + target.sum(dims)
+    dice = (1 - (2 * intersection + smooth) / (denominator + smooth)).mean()
+    return dice + bce
 
 
 @torch.no_grad()

@@ -1,0 +1,170 @@
+"""Rerun docs/results.md, "Your own data": the `cpu` preset against the U-Net on data no preset was tuned on.
+
+    python experiments/camvid_tasks.py --data DATA --out TASKS            # the folder datasets
+    python experiments/own_data.py run --tasks-dir TASKS --task car --minutes 20
+    python experiments/own_data.py report --tasks car road --minutes 20   # the section of docs/results.md
+
+Each model of MODELS trains alone on the machine (2 threads) for the given minutes of wall time, the
+same data, input size and pipeline, then is scored on the task's test split at SCORE_SIZE px with the
+sampler settings its checkpoint holds (the preset's defaults). Every stage is logged to
+RUNS/TASK-MINm/logs/STAGE.log and marked done with STAGE.done: an interrupted run continues where it
+stopped. `report` reads the runs' log.jsonl and test summary.json and writes the "Your own data"
+section of docs/results.md (the text between the OWN_DATA markers) and one figure per task: the
+validation IoU of every run against its training minutes. Every number in it comes from those files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))  # segdiff's plotting, when run from a checkout without install
+
+SCORE_SIZE = 256  # as on Vaihingen: models at 64 px, probabilities resized bilinearly to 256 before the threshold
+# name -> (label in the report, the training command's arguments after `segdiff`)
+MODELS: dict[str, tuple[str, str]] = {
+    "segdiff": ("SegDiff `cpu` preset", "train --preset cpu"),
+    "unet": ("U-Net baseline", "baseline --preset cpu"),
+    "segdiff-noaux": ("SegDiff `cpu` without the auxiliary head",
+                      "train --preset cpu --set model.aux_head=false --set train.aux_weight=0"),
+}
+BEGIN, END = "<!-- OWN_DATA: written by experiments/own_data.py report -->", "<!-- /OWN_DATA -->"
+
+
+def stages(task: str, minutes: float, model: str, tasks_dir: str, runs: Path) -> list[tuple[str, str]]:
+    data = shlex.quote(f"{tasks_dir}/camvid-{task}")
+    run = shlex.quote(str(runs / model))
+    return [
+        (f"train-{model}", f"OMP_NUM_THREADS=2 segdiff {MODELS[model][1]} --data {data} --time-budget {minutes:g} "
+                           f"--out {run}"),
+        (f"test-{model}", f"OMP_NUM_THREADS=2 segdiff evaluate {run} --dataset folder --data {data} --split test "
+                          f"--score-size {SCORE_SIZE} --out {run}/test"),
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    runs = Path(args.runs) / f"{args.task}-{args.minutes:g}m"
+    logs = runs / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        for name, command in stages(args.task, args.minutes, model, args.tasks_dir, runs):
+            if (logs / f"{name}.done").exists():
+                print(f"skip {name}: {logs}/{name}.done exists")
+                continue
+            print(f"[{time.strftime('%H:%M:%S')}] {runs.name} {name}: {command}", flush=True)
+            with (logs / f"{name}.log").open("w") as log:
+                code = subprocess.run(command, shell=True, stdout=log, stderr=subprocess.STDOUT).returncode
+            if code != 0:
+                print(f"{name} failed (exit {code}); see {logs}/{name}.log", flush=True)
+                return 1
+            (logs / f"{name}.done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    return 0
+
+
+def read_log(run: Path) -> tuple[list[dict], list[dict]]:
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in records if r["event"] == "train"], [r for r in records if r["event"] == "val"]
+
+
+def report(args: argparse.Namespace) -> int:
+    from segdiff.plots import plot_training_curves
+
+    runs_root, page = Path(args.runs), Path(args.out)
+    figures = page.parent / "figures" / "own-data"
+    figures.mkdir(parents=True, exist_ok=True)
+    rows, pictures, machine = [], [], None
+    for task in args.tasks:
+        curves = {}
+        for minutes in args.minutes:
+            runs = runs_root / f"{task}-{minutes:g}m"
+            for model in args.models:
+                summary_path = runs / model / "test" / "summary.json"
+                if not summary_path.exists():
+                    continue
+                summary = json.loads(summary_path.read_text())
+                machine = machine or summary["machine"]
+                steps, vals = read_log(runs / model)
+                curves[f"{MODELS[model][0]}, {minutes:g} min"] = ([v["time"] / 60 for v in vals],
+                                                                   [v["val_iou"] for v in vals])
+                m = summary["metrics"]
+                rows.append(f"| {task} | {MODELS[model][0]} | {minutes:g} | {steps[-1]['step']} | "
+                            f"{100 * vals[-1]['val_iou']:.1f} | {100 * m['iou']:.2f} | {100 * m['f1']:.2f} | "
+                            f"{summary['num_generations']} | {summary['seconds_per_image']:.2f} |")
+        if curves:
+            figure = figures / f"camvid-{task}.png"
+            plot_training_curves(figure, curves, title=f"CamVid {task} against the rest, void ignored")
+            pictures.append(f"![validation IoU over time, {task}](figures/own-data/{figure.name})")
+    if not rows:
+        sys.exit(f"no test summaries under {runs_root}: run `python experiments/own_data.py run` first")
+    section = [
+        BEGIN,
+        "## Your own data",
+        "",
+        ("Binary tasks cut from CamVid, a dataset no preset was tuned on: one class against the rest, void "
+         "pixels ignored in training and scoring (`python experiments/camvid_tasks.py`). Train: CamVid's train "
+         "and val images (468, of which segdiff holds 10 % out for validation); test: its 233 test images, scored "
+         f"at {SCORE_SIZE} px. Both models use the `cpu` preset (64 px input, the same data pipeline) and train "
+         f"alone for the same wall time on {machine}; SegDiff is scored at the preset's K and steps. Written by "
+         "`python experiments/own_data.py report` from the runs' logs and `summary.json`."),
+        "",
+        "| task | model | minutes | steps | val IoU at the end | test mIoU | test F1 | K | test s/image |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        *[line for picture in pictures for line in (picture, "")],
+        "The recipe, for a folder of your own (`images/`, `masks/`, and a `classes.yaml` if masks have void):",
+        "",
+        "```",
+        "segdiff train --preset cpu --data MY_DATA --out runs/mine            # 20 minutes; --time-budget 60 for longer",
+        "segdiff baseline --preset cpu --data MY_DATA --out runs/mine-unet    # the U-Net, the same budget",
+        f"segdiff evaluate runs/mine --dataset folder --data MY_TEST --split test --score-size {SCORE_SIZE}",
+        "```",
+        "",
+        "Commands of these runs (TASKS is where `camvid_tasks.py` wrote the folders):",
+        "",
+        "```",
+        "python experiments/camvid_tasks.py --data DATA --out TASKS",
+        *(f"python experiments/own_data.py run --tasks-dir TASKS --task {t} --minutes {m:g}"
+          for t in args.tasks for m in args.minutes),
+        "```",
+        END,
+    ]
+    text = page.read_text() if page.exists() else ""
+    if BEGIN in text:
+        text = text[:text.index(BEGIN)] + "\n".join(section) + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+    page.write_text(text)
+    print(f"wrote {page}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train and test the models on one task")
+    p.add_argument("--tasks-dir", required=True, help="the folder camvid_tasks.py wrote")
+    p.add_argument("--task", required=True)
+    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--models", nargs="+", default=["segdiff", "unet"], choices=sorted(MODELS))
+    p.add_argument("--runs", default="runs/own-data")
+    p.set_defaults(func=run)
+    p = sub.add_parser("report", help="write the 'Your own data' section of docs/results.md")
+    p.add_argument("--tasks", nargs="+", default=["car", "road"])
+    p.add_argument("--minutes", nargs="+", type=float, default=[20.0])
+    p.add_argument("--models", nargs="+", default=["segdiff", "unet"], choices=sorted(MODELS))
+    p.add_argument("--runs", default="runs/own-data")
+    p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    p.set_defaults(func=report)
+    args = parser.parse_args()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
