@@ -31,8 +31,9 @@ SCORE_SIZE = 256  # as on Vaihingen: models at 64 px, probabilities resized bili
 MODELS: dict[str, tuple[str, str]] = {
     "segdiff": ("SegDiff `cpu` preset", "train --preset cpu"),
     "unet": ("U-Net baseline", "baseline --preset cpu"),
-    "segdiff-noaux": ("SegDiff `cpu` without the auxiliary head",
-                      "train --preset cpu --set model.aux_head=false --set train.aux_weight=0"),
+    "segdiff-aux": ("SegDiff `cpu` + auxiliary head on F(I)",
+                    "train --preset cpu --set model.aux_head=true --set train.aux_weight=1"),
+    "segdiff-dice": ("SegDiff `cpu` + Dice term", "train --preset cpu --set train.dice_weight=1"),
 }
 BEGIN, END = "<!-- OWN_DATA: written by experiments/own_data.py report -->", "<!-- /OWN_DATA -->"
 
