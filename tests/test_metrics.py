@@ -575,3 +575,63 @@ def test_pooled_ece_from_summed_bins_equals_the_ece_of_all_pixels_as_one_image()
     target = torch.rand(3, 6, 6, generator=g) > 0.5
     pooled = ece_from_bins(*(t.sum(dim=0) for t in _bin_sums(prob, target, 10)))
     assert pooled.item() == pytest.approx(expected_calibration_error(prob.reshape(1, -1), target.reshape(1, -1)).item())
+
+
+# ---------------------------------------------------------------------------------------------
+# Label maps: the confusion matrix against scikit-learn
+
+
+def _labels(seed: int, shape=(3, 12, 10), num_classes=4, ignore=255):
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, num_classes, shape)
+    target[rng.random(shape) < 0.15] = ignore
+    target[0][target[0] == 2] = 0  # class 2 absent from the first image
+    pred = rng.integers(0, num_classes, shape)
+    pred[:, :2] = 3
+    return pred, target
+
+
+def test_confusion_matrix_and_its_scores_match_scikit_learn_with_an_ignore_index():
+    from sklearn.metrics import confusion_matrix as sk_confusion, jaccard_score
+
+    pred, target = _labels(0)
+    counted = target != 255
+    matrix = metrics.confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), 4, ignore_index=255)
+    expected = sk_confusion(target[counted], pred[counted], labels=range(4))
+    assert np.array_equal(matrix.numpy(), expected)
+    scores = metrics.confusion_scores(matrix)
+    sk_iou = jaccard_score(target[counted], pred[counted], labels=range(4), average=None)
+    np.testing.assert_allclose(scores["iou"].numpy(), sk_iou, rtol=1e-12)
+    assert scores["miou"].item() == pytest.approx(sk_iou.mean())
+    assert scores["pixel_accuracy"].item() == pytest.approx((pred[counted] == target[counted]).mean())
+    recall = np.diag(expected) / expected.sum(axis=1)
+    assert scores["mean_class_accuracy"].item() == pytest.approx(recall.mean())
+    # predictions at ignored pixels change nothing
+    changed = pred.copy()
+    changed[~counted] = 0
+    assert torch.equal(metrics.confusion_matrix(changed, target, 4, ignore_index=255), matrix)
+
+
+def test_a_class_never_present_nor_predicted_is_left_out_of_the_mean():
+    target = np.array([[0, 0, 1, 1]])
+    pred = np.array([[0, 1, 1, 1]])
+    scores = metrics.confusion_scores(metrics.confusion_matrix(pred, target, 3))
+    assert scores["iou"][:2].tolist() == [pytest.approx(1 / 2), pytest.approx(2 / 3)]
+    assert np.isnan(scores["iou"][2].item()) and np.isnan(scores["class_accuracy"][2].item())
+    assert scores["miou"].item() == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_per_image_mean_iou_skips_classes_absent_from_both_and_counts_false_positives():
+    target = np.array([[[0, 0, 1, 1]], [[2, 2, 2, 255]]])  # (B=2, H=1, W=4)
+    pred = np.array([[[0, 0, 1, 1]], [[2, 2, 0, 1]]])
+    per_image = metrics.mean_iou_per_image(pred, target, 3, ignore_index=255)
+    # image 1: classes 0 and 1 perfect, class 2 absent from both: 1.0; image 2: class 2 IoU 2/3,
+    # class 0 predicted but absent: 0 (the pixel predicted 1 is ignored)
+    assert per_image.tolist() == [pytest.approx(1.0), pytest.approx((2 / 3 + 0) / 2)]
+
+
+def test_label_maps_out_of_range_or_floating_are_refused():
+    with pytest.raises(ValueError, match=r"target: class indices \[7\] outside 0..3"):
+        metrics.confusion_matrix(np.zeros((2, 2), int), np.array([[0, 7], [1, 1]]), 4)
+    with pytest.raises(ValueError, match="pred: expected integer class indices"):
+        metrics.confusion_matrix(np.zeros((2, 2)), np.zeros((2, 2), int), 4)

@@ -1,4 +1,5 @@
-"""Per-image metrics for binary segmentation, as the SegDiff paper reports them.
+"""Per-image metrics for binary segmentation, as the SegDiff paper reports them, and the
+confusion-matrix scores of label maps (multi-class, the Cityscapes/CamVid convention).
 
 Conventions (they hold for every function here):
 - Masks are torch tensors or numpy arrays of shape (B, H, W), or (H, W) for one image
@@ -13,6 +14,13 @@ Conventions (they hold for every function here):
 - Empty masks: when prediction and target are both empty the score is perfect (1.0); when
   exactly one is empty it is 0.0. Each docstring repeats what that means for its metric.
 - Inputs are never written to; nothing is cached between calls.
+
+Label maps (section "Label maps"): integer class maps (B, H, W), pixels equal to `ignore_index`
+left out. `confusion_matrix` counts (truth, prediction) pairs, summed over a split by the caller;
+`confusion_scores` gives per-class IoU TP / (TP + FP + FN), their mean (mIoU), pixel accuracy
+and mean class accuracy from it: one ratio per class over the whole split, so a class absent
+from an image costs nothing there. `mean_iou_per_image` is the second view: each image's mean
+over the classes present in its prediction or its target, then the mean over images.
 
 Two coverages are offered because the literature and the SegDiff reference code disagree:
 `weighted_coverage` is the definition the DSAC / DarNet tables use, `size_ratio_coverage` is
@@ -46,6 +54,9 @@ __all__ = [
     "ReliabilityDiagram",
     "mean_over_images",
     "mean_over_classes",
+    "confusion_matrix",
+    "confusion_scores",
+    "mean_iou_per_image",
 ]
 
 ArrayLike = Tensor | np.ndarray
@@ -425,3 +436,79 @@ def mean_over_classes(
             raise ValueError(f"mean_over_classes: class {name!r} has no scores")
         per_class[name] = values.mean()
     return per_class, torch.stack(list(per_class.values())).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Label maps
+
+
+def _label_pair(pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int | None) -> tuple[Tensor, Tensor]:
+    """Validate integer label maps; return flat int64 (pred, target) of the counted pixels, per image."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, found {num_classes!r}")
+    pred_t, target_t = _as_tensor(pred, "pred"), _as_tensor(target, "target")
+    _check_shapes(pred_t, target_t, ("pred", "target"))
+    for name, x in (("pred", pred_t), ("target", target_t)):
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"{name}: expected integer class indices, found {x.dtype}")
+    pred_t, target_t = pred_t.long(), target_t.long().to(pred_t.device)
+    counted = target_t != ignore_index if ignore_index is not None else torch.ones_like(target_t, dtype=torch.bool)
+    for name, x in (("pred", pred_t[counted]), ("target", target_t[counted])):
+        outside = (x < 0) | (x >= num_classes)
+        if bool(outside.any()):
+            bad = torch.unique(x[outside])[:8].tolist()
+            raise ValueError(f"{name}: class indices {bad} outside 0..{num_classes - 1}"
+                             + (f" (ignore index {ignore_index})" if ignore_index is not None else ""))
+    return pred_t, target_t
+
+
+def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int | None = None) -> Tensor:
+    """Counts of (true class i, predicted class j) over every counted pixel: int64 (C, C).
+
+    `pred`, `target`: integer label maps (B, H, W) or (H, W). Pixels whose target is `ignore_index`
+    are not counted (whatever is predicted there). Sum the matrices of a split's images, then
+    call `confusion_scores`.
+    """
+    p, g = _label_pair(pred, target, num_classes, ignore_index)
+    counted = g != ignore_index if ignore_index is not None else torch.ones_like(g, dtype=torch.bool)
+    index = g[counted] * num_classes + p[counted]
+    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def confusion_scores(matrix: Tensor) -> dict[str, Tensor]:
+    """Scores of a confusion matrix (rows: truth, columns: prediction), float64.
+
+    - "iou": per class TP / (TP + FP + FN), NaN for a class neither present nor predicted;
+    - "miou": the mean of the per-class IoUs that are not NaN;
+    - "pixel_accuracy": the diagonal's share of all counted pixels;
+    - "class_accuracy": per class TP / (TP + FN) (recall), NaN for a class absent from the truth;
+    - "mean_class_accuracy": the mean of those that are not NaN.
+    """
+    m = torch.as_tensor(matrix).to(torch.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"expected a square (C, C) confusion matrix, found shape {tuple(m.shape)}")
+    tp = m.diagonal()
+    truth, predicted = m.sum(dim=1), m.sum(dim=0)
+    union = truth + predicted - tp
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
+    accuracy = torch.where(truth > 0, tp / truth.clamp(min=1), nan)
+    total = m.sum()
+    return {"iou": iou, "miou": iou.nanmean(), "pixel_accuracy": tp.sum() / total if total > 0 else nan,
+            "class_accuracy": accuracy, "mean_class_accuracy": accuracy.nanmean()}
+
+
+def mean_iou_per_image(pred: ArrayLike, target: ArrayLike, num_classes: int,
+                       ignore_index: int | None = None) -> Tensor:
+    """Per image, the mean IoU over the classes present in its prediction or its target: float64 (B,).
+
+    The empty-class rule: a class that is neither in the image's target nor in its prediction is
+    left out of that image's mean (it would be 0/0); one predicted but absent from the target
+    scores 0. Ignored pixels are not counted. The mean over images is `mean_over_images`.
+    """
+    p, g = _label_pair(pred, target, num_classes, ignore_index)
+    p, g = (p[None], g[None]) if p.ndim == 2 else (p, g)
+    scores = []
+    for pi, gi in zip(p, g):
+        scores.append(confusion_scores(confusion_matrix(pi, gi, num_classes, ignore_index))["miou"])
+    return torch.stack(scores)
