@@ -443,9 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a dataset's val or test split, beside the paper",
-                       description="Run a dataset's test protocol (Vaihingen, folder, synthetic: at the model input; "
-                                   "MoNuSeg: 512 from four 256 quadrants; Cityscapes: probability resized to each "
-                                   "crop's original size before the 0.5 threshold), score F1, IoU, BoundF, both "
+                       description="Run a dataset's test protocol (Vaihingen, folder, nnunet, synthetic: at the model "
+                                   "input; MoNuSeg: 512 from four 256 quadrants; Cityscapes: probability resized to "
+                                   "each crop's original size before the 0.5 threshold), score F1, IoU, BoundF, both "
                                    "WCovs, calibration and ECE per image, and print them beside the paper's numbers. "
                                    "K generations are sampled once; the scores for every k <= K come from the mean "
                                    "of the first k. Writes per_image.csv, curve.csv, figures (metrics and "

@@ -249,7 +249,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "synthetic"  # vaihingen | monuseg | cityscapes | folder | synthetic
+    dataset: str = "synthetic"  # vaihingen | monuseg | cityscapes | folder | nnunet | synthetic
     root: str = ""  # data folder; empty means $SEGDIFF_DATA for the named benchmarks
     val_fraction: float = 0.1  # validation carved from the training split, fixed seed
     augment: bool = True

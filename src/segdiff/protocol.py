@@ -3,10 +3,10 @@
 One `Protocol` object per dataset (docs/paper.md, "Inference"), shared by training validation,
 `segdiff evaluate` and the U-Net baseline, so a change here moves every score alike:
 
-- ``vaihingen``, ``folder``, ``synthetic``: the whole image. The dataset is built at the scoring
-  side (`score_size`, default the model's input); an image larger than the input is resized to
-  it (bilinear, antialiased) for the model, and the probabilities are resized back (bilinear) to
-  the scoring size before any threshold.
+- ``vaihingen``, ``folder``, ``nnunet``, ``synthetic``: the whole image. The dataset is built at
+  the scoring side (`score_size`, default the model's input); an image larger than the input is
+  resized to it (bilinear, antialiased) for the model, and the probabilities are resized back
+  (bilinear) to the scoring size before any threshold.
 - ``monuseg``: items are the whole 2S x 2S image (512 for S = 256); its four S x S quadrants are
   segmented separately and stitched (`sliding.predict_quadrants`); scored at 2S.
 - ``cityscapes``: instance crops sampled at the model's input, the probability resized bilinearly
@@ -176,7 +176,8 @@ def protocol_for(dataset: str, image_size: int, *, score_size: int | None = None
     scored = (f"images and masks at the model input, {side}" if score_size in (None, image_size) else
               f"sampled at the model input {side}, the probabilities resized bilinearly to "
               f"{score_size}x{score_size} and scored against the {score_size}x{score_size} masks")
-    what = {"vaihingen": "Vaihingen buildings", "folder": "image folder", "synthetic": "built-in synthetic shapes"}
+    what = {"vaihingen": "Vaihingen buildings", "folder": "image folder", "nnunet": "nnU-Net raw dataset",
+            "synthetic": "built-in synthetic shapes"}
     return Protocol(dataset, image_size, "whole", score_size=score_size,
                     paper_key="vaihingen" if dataset == "vaihingen" else None,
                     description=f"{what.get(dataset, dataset)}: {scored}")

@@ -1,10 +1,12 @@
 """Datasets for SegDiff: Vaihingen buildings, MoNuSeg nuclei, Cityscapes instance crops, folders,
-and the built-in synthetic shapes; the registry and the one entry point, :func:`build_dataset`.
+nnU-Net raw dataset folders and the built-in synthetic shapes; the registry and the one entry
+point, :func:`build_dataset`.
 
 One concept per module: :mod:`.reading` (files, tensors, resizing), :mod:`.base` (splits, the
 dataset base class), :mod:`.augment`, then one module per dataset (:mod:`.vaihingen`,
-:mod:`.monuseg`, :mod:`.cityscapes`, :mod:`.folder`, :mod:`.synthetic`). Dependencies point one
-way: the dataset modules import reading/base/augment, this package imports the dataset modules.
+:mod:`.monuseg`, :mod:`.cityscapes`, :mod:`.folder`, :mod:`.nnunet`, :mod:`.synthetic`).
+Dependencies point one way: the dataset modules import reading/base/augment (:mod:`.nnunet`
+also :mod:`.folder`, to convert folders), this package imports the dataset modules.
 docs/datasets.md gives each dataset's layout and rules.
 
 Conventions (other modules depend on them):
@@ -43,6 +45,7 @@ from .base import SPLITS, SegmentationDataset, Split, carve_validation, check_sp
 from .cityscapes import CITYSCAPES_CLASSES, CityscapesInstances
 from .folder import FolderDataset
 from .monuseg import MoNuSeg, read_monuseg_xml
+from .nnunet import NNUNetRaw
 from .reading import (
     IMAGE_SUFFIXES,
     DataError,
@@ -60,7 +63,7 @@ from .vaihingen import Vaihingen
 
 __all__ = [
     "CITYSCAPES_CLASSES", "DATASETS", "IMAGE_SUFFIXES", "SPLITS", "CityscapesInstances", "DataError",
-    "FolderDataset", "MoNuSeg", "SegmentationDataset", "Split", "SyntheticShapes", "Vaihingen",
+    "FolderDataset", "MoNuSeg", "NNUNetRaw", "SegmentationDataset", "Split", "SyntheticShapes", "Vaihingen",
     "binarise_mask", "build_dataset", "carve_validation", "image_to_tensor", "make_dataset",
     "mask_to_tensor", "read_image", "read_mask", "read_monuseg_xml", "read_size", "resize_image",
     "resize_mask", "select_split",
@@ -80,6 +83,7 @@ _REGISTRY: dict[str, Callable[..., Dataset]] = {
     "monuseg": MoNuSeg,
     "cityscapes": CityscapesInstances,
     "folder": FolderDataset,
+    "nnunet": NNUNetRaw,
     "synthetic": _build_synthetic,
 }
 DATASETS: tuple[str, ...] = tuple(_REGISTRY)
@@ -124,7 +128,7 @@ def _config_options(d: DataConfig) -> dict[str, Any]:
         return {"setting": d.setting, "index_cache": d.index_cache or None}
     if d.dataset == "synthetic":
         return {"num_train": d.num_train, "num_test": d.num_test}
-    if d.dataset == "folder":
+    if d.dataset in ("folder", "nnunet"):
         return {}
     raise ValueError(f"unknown dataset {d.dataset!r}; valid names: {', '.join(DATASETS)}")
 

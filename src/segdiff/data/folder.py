@@ -13,7 +13,7 @@ from .base import SegmentationDataset, Split, select_split
 from .reading import (IMAGE_SUFFIXES, DataError, image_to_tensor, labels_to_mask, mask_to_tensor, read_image,
                       read_label_mask, read_mask, read_size, resize_image, resize_mask)
 
-__all__ = ["FolderDataset"]
+__all__ = ["FolderDataset", "pair_folder"]
 
 
 def _list_images(directory: Path) -> dict[str, Path]:
@@ -25,6 +25,31 @@ def _list_images(directory: Path) -> dict[str, Path]:
                                 "images and masks are paired by stem, so stems must be unique")
             found[p.stem] = p
     return found
+
+
+def pair_folder(directory: Path) -> dict[str, tuple[Path, Path]]:
+    """`directory`/images and `directory`/masks paired by stem, checked from the headers (every image has a
+    mask and vice versa, the same size); also what `nnunet.folder_to_nnunet` converts."""
+    image_dir, mask_dir = directory / "images", directory / "masks"
+    for d in (image_dir, mask_dir):
+        if not d.is_dir():
+            raise DataError(f"{d}: folder not found; expected {directory}/images/ and "
+                            f"{directory}/masks/ with files paired by stem")
+    images, masks = _list_images(image_dir), _list_images(mask_dir)
+    if not images:
+        raise DataError(f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    for stem, path in images.items():
+        if stem not in masks:
+            raise DataError(f"{path}: no mask with the same stem in {mask_dir}")
+    for stem, path in masks.items():
+        if stem not in images:
+            raise DataError(f"{path}: no image with the same stem in {image_dir}")
+    for stem, image_path in images.items():
+        image_hw, mask_hw = read_size(image_path), read_size(masks[stem])
+        if image_hw != mask_hw:
+            raise DataError(f"{masks[stem]}: mask is {mask_hw[1]}x{mask_hw[0]} (WxH) but its "
+                            f"image {image_path.name} is {image_hw[1]}x{image_hw[0]}")
+    return {stem: (images[stem], masks[stem]) for stem in images}
 
 
 class FolderDataset(SegmentationDataset):
@@ -74,34 +99,11 @@ class FolderDataset(SegmentationDataset):
         if self.classes is not None and self.classes.num_classes != 2:
             raise DataError(f"{class_file}: {self.classes.num_classes} classes; only binary segmentation "
                             "(two names) is supported so far")
-        pairs = self._pair(self.directory)
+        pairs = pair_folder(self.directory)
         ids = sorted(pairs)
         self._set_names(ids if split == "test"
                         else select_split(ids, split, val_fraction, seed, self.directory))
         self._pairs = [pairs[n] for n in self.names]
-
-    @staticmethod
-    def _pair(directory: Path) -> dict[str, tuple[Path, Path]]:
-        image_dir, mask_dir = directory / "images", directory / "masks"
-        for d in (image_dir, mask_dir):
-            if not d.is_dir():
-                raise DataError(f"{d}: folder not found; expected {directory}/images/ and "
-                                f"{directory}/masks/ with files paired by stem")
-        images, masks = _list_images(image_dir), _list_images(mask_dir)
-        if not images:
-            raise DataError(f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
-        for stem, path in images.items():
-            if stem not in masks:
-                raise DataError(f"{path}: no mask with the same stem in {mask_dir}")
-        for stem, path in masks.items():
-            if stem not in images:
-                raise DataError(f"{path}: no image with the same stem in {image_dir}")
-        for stem, image_path in images.items():
-            image_hw, mask_hw = read_size(image_path), read_size(masks[stem])
-            if image_hw != mask_hw:
-                raise DataError(f"{masks[stem]}: mask is {mask_hw[1]}x{mask_hw[0]} (WxH) but its "
-                                f"image {image_path.name} is {image_hw[1]}x{image_hw[0]}")
-        return {stem: (images[stem], masks[stem]) for stem in images}
 
     def verify(self) -> None:
         """Decode every image and mask of this split now, raising the first problem found."""
