@@ -34,8 +34,10 @@ class UNetBaseline(nn.Module):
 
     @torch.no_grad()
     def probability(self, image: Tensor, symmetry: str = "none") -> Tensor:
-        """Sigmoid of the logits; with `symmetry`, averaged over the flipped/rotated copies of the
-        image, each mapped back (the test-time augmentation `sampling.predict` gives SegDiff)."""
+        """Sigmoid of the logits (one channel: binary), or their softmax over the classes (C > 1
+        channels); with `symmetry`, averaged over the flipped/rotated copies of the image, each
+        mapped back (the test-time augmentation `sampling.predict` gives SegDiff)."""
         order = symmetry_order(symmetry, *image.shape[-2:])
-        return torch.stack([invert_symmetry(torch.sigmoid(self(apply_symmetry(image, g))), g)
+        act = torch.sigmoid if self.net.final_conv.out_channels == 1 else (lambda x: torch.softmax(x, dim=1))
+        return torch.stack([invert_symmetry(act(self(apply_symmetry(image, g))), g)
                             for g in range(order)]).mean(0)

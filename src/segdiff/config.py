@@ -28,6 +28,19 @@ CropSetting = Literal["expansion", "tight"]  # Cityscapes instance crops (docs/d
 CROP_SETTINGS: tuple[str, ...] = get_args(CropSetting)
 ModelKind = Literal["segdiff", "unet"]  # the registry in models.py maps each to its class
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
+MaskEncoding = Literal["onehot", "bits"]  # how C > 2 classes are denoised (encoding.py)
+MASK_ENCODINGS: tuple[str, ...] = get_args(MaskEncoding)
+
+
+def mask_channels(num_classes: int, encoding: str = "onehot") -> int:
+    """Channels of the signal the diffusion model denoises: 1 for binary (the paper's mask), C for
+    one-hot, ceil(log2 C) for analog bits (encoding.py)."""
+    if num_classes < 2:
+        raise ConfigError(f"num_classes={num_classes} must be >= 2 (background included)")
+    _check_choice("mask_encoding", encoding, MASK_ENCODINGS)
+    if num_classes == 2:
+        return 1
+    return num_classes if encoding == "onehot" else math.ceil(math.log2(num_classes))
 
 
 class ConfigError(ValueError):
@@ -187,13 +200,30 @@ class ModelConfig:
     kind: ModelKind = "segdiff"
     unet_features: tuple[int, ...] = (32, 32, 64, 128, 256, 32)  # BasicUNet's defaults, about 2 M parameters
     # Classes of the segmentation, background included. 2 is binary: one mask channel in {-1, +1},
-    # the paper's. (The channel count is `mask_channels`; more classes are not supported yet.)
+    # the paper's, and one probability channel (the foreground's). More classes are denoised as
+    # `mask_encoding` says ("onehot": C channels in {-1, +1}; "bits": ceil(log2 C) analog bits) and
+    # predicted as C class probabilities (encoding.py).
     num_classes: int = 2
+    mask_encoding: MaskEncoding = "onehot"
+    # The classes' names in index order (empty: "background", "foreground" for binary, else "class 0", ...).
+    class_names: tuple[str, ...] = ()
 
     @property
     def mask_channels(self) -> int:
-        """Channels of the mask signal the network denoises (and of every probability map): 1 for binary."""
+        """Channels of the mask signal the network denoises: 1 for binary (`config.mask_channels`)."""
+        return mask_channels(self.num_classes, self.mask_encoding)
+
+    @property
+    def prob_channels(self) -> int:
+        """Channels of every probability map: 1 for binary (the foreground), else C."""
         return 1 if self.num_classes == 2 else self.num_classes
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, index order."""
+        if self.class_names:
+            return self.class_names
+        return ("background", "foreground") if self.num_classes == 2 else tuple(f"class {i}" for i in range(self.num_classes))
 
     def __post_init__(self) -> None:
         _check_choice("conditioning", self.conditioning, CONDITIONINGS)
@@ -201,9 +231,13 @@ class ModelConfig:
         if self.aux_head and (self.kind != "segdiff" or self.conditioning == "image-concat"):
             which = f"kind={self.kind!r}" if self.kind != "segdiff" else "conditioning='image-concat'"
             raise ConfigError(f"aux_head=true supervises the image encoder F, which {which} does not have")
-        if self.num_classes != 2:
-            raise ConfigError(f"num_classes={self.num_classes}: only binary segmentation (num_classes=2) is "
-                             "supported so far")
+        if self.aux_head and self.num_classes != 2:
+            raise ConfigError(f"aux_head=true is binary only so far (num_classes={self.num_classes})")
+        mask_channels(self.num_classes, self.mask_encoding)  # checks both
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ConfigError(f"class_names has {len(self.class_names)} names for num_classes={self.num_classes}")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ConfigError(f"class_names repeat: {self.class_names}")
         if len(self.unet_features) != 6 or any(f < 1 for f in self.unet_features):
             raise ConfigError(f"unet_features={self.unet_features}: BasicUNet takes 6 positive widths "
                              "(5 encoder levels and the last decoder)")
@@ -249,7 +283,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "synthetic"  # vaihingen | monuseg | cityscapes | folder | nnunet | synthetic
+    dataset: str = "synthetic"  # vaihingen | monuseg | cityscapes | camvid | folder | nnunet | synthetic
     root: str = ""  # data folder; empty means $SEGDIFF_DATA for the named benchmarks
     val_fraction: float = 0.1  # validation carved from the training split, fixed seed
     augment: bool = True

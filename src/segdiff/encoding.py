@@ -17,25 +17,12 @@ they encode to does not train anything.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-__all__ = ["MASK_ENCODINGS", "decode", "encode", "entropy", "mask_channels", "mutual_information"]
+from .config import mask_channels
 
-MASK_ENCODINGS: tuple[str, ...] = ("onehot", "bits")
-
-
-def mask_channels(num_classes: int, encoding: str = "onehot") -> int:
-    """Channels of the denoised signal: 1 for binary, C for one-hot, ceil(log2 C) for bits."""
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, found {num_classes}")
-    if encoding not in MASK_ENCODINGS:
-        raise ValueError(f"encoding must be one of {', '.join(MASK_ENCODINGS)}, found {encoding!r}")
-    if num_classes == 2:
-        return 1
-    return num_classes if encoding == "onehot" else math.ceil(math.log2(num_classes))
+__all__ = ["decode", "encode", "entropy", "mask_channels", "mutual_information"]
 
 
 def _bit_table(num_classes: int, device: torch.device) -> Tensor:

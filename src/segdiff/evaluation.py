@@ -46,14 +46,14 @@ from torch import Tensor
 from . import metrics, plots, report_html
 from .config import SampleConfig
 from .device import describe_machine
-from .io import atomic_write, colormap, overlay, png_bytes
-from .labels import valid_pixels
+from .io import atomic_write, colormap, colour_labels, overlay, png_bytes
+from .labels import IGNORE, default_palette, valid_pixels
 from .progress import progress as progress_display
 from .protocol import PAPER_CITYSCAPES_IOU, PAPER_RESULTS, Protocol, item_names, resize_probabilities
 from .sampling import symmetry_order
 from .seeding import derive_seed
 
-__all__ = ["evaluate", "format_report", "score_probabilities", "METRICS"]
+__all__ = ["evaluate", "evaluate_labels", "format_report", "score_probabilities", "LABEL_METRICS", "METRICS"]
 
 # Per-image metrics, in report order; all fractions in [0, 1].
 METRICS: tuple[str, ...] = ("f1", "iou", "wcov", "wcov_size_ratio", "boundf", "calibration", "ece")
@@ -217,6 +217,9 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
     """
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1, found {max_images}")
+    if model.config.model.num_classes > 2:
+        return evaluate_labels(model, dataset, protocol, sample, seed=seed, out_dir=out_dir, progress=progress,
+                               max_images=max_images, metadata=metadata)
     config = model.config
     sample = sample or config.sample
     num_generations = model.num_generations(sample)
@@ -328,21 +331,216 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
     return summary
 
 
+# ---------------------------------------------------------------------------------------------
+# More than two classes: label maps
+
+
+LABEL_METRICS: tuple[str, ...] = ("miou", "pixel_accuracy", "mean_class_accuracy", "miou_per_image", "ece", "brier")
+LABEL_METRIC_LABELS = {
+    "miou": "mIoU (one confusion matrix over the split)",
+    "pixel_accuracy": "pixel accuracy",
+    "mean_class_accuracy": "mean class accuracy",
+    "miou_per_image": "mIoU per image, then the mean (classes in neither map skipped)",
+    "ece": "top-label ECE, pooled (lower is better)",
+    "brier": "Brier score (lower is better)",
+}
+_LABEL_PERCENT = ("miou", "pixel_accuracy", "mean_class_accuracy", "miou_per_image")
+
+
+def label_panels(image: Tensor, target: Tensor, prob: Tensor, uncertainty: Tensor, palette, *,
+                 side: int = _THUMBNAIL_SIDE) -> list[tuple[str, Tensor]]:
+    """Image, ground truth, prediction (argmax) and entropy of a multi-class prediction, (3, h, w) each,
+    the label maps in the classes' colours (ignored pixels black), at most `side` pixels on their
+    longer side. `target` (h, w) labels, `prob` (C, h, w), `uncertainty` (h, w) entropy in nats."""
+    h, w = target.shape
+    scale = min(1.0, side / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    image = F.interpolate(image[None].float().cpu(), size=size, mode="bilinear", align_corners=False,
+                          antialias=scale < 1)[0].clamp(0, 1)
+    near = lambda x: F.interpolate(x[None, None].float().cpu(), size=size, mode="nearest")[0, 0]  # noqa: E731
+    entropy = near(uncertainty) / math.log(prob.shape[0])  # 0..1: log C is the most a pixel can have
+    return [("image", image), ("ground truth", colour_labels(near(target), palette)),
+            ("prediction", colour_labels(near(prob.argmax(dim=0)), palette)),
+            ("entropy (/ log C)", colormap(entropy))]
+
+
+def evaluate_labels(model, dataset, protocol: Protocol, sample: SampleConfig | None = None, *, seed: int = 0,
+                    out_dir: str | Path | None = None, progress: bool = True, max_images: int | None = None,
+                    metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`evaluate` for models of more than two classes (label maps; called by `evaluate`).
+
+    Each of the K running means is a label map by its argmax; for every k one confusion matrix is
+    accumulated over the split (`metrics.confusion_matrix`, ignored pixels left out), giving per-class
+    IoU, mIoU, pixel and mean class accuracy (`metrics.confusion_scores`); the per-image mIoU is the
+    second view. Calibration: the top-label ECE pooled over all labelled pixels, and the Brier score
+    (the mean over images). Uncertainty: the entropy of the mean (per image, its mean is reported).
+    Files as `evaluate` writes them, the pictures colour-coded by class.
+    """
+    config = model.config
+    sample = sample or config.sample
+    m = config.model
+    num_classes, names = m.num_classes, m.classes
+    classes = getattr(dataset, "classes", None)
+    palette = (classes.colours if classes is not None and classes.colours else default_palette(num_classes))
+    k_total = model.num_generations(sample)
+    symmetry_order(sample.symmetry, protocol.image_size, protocol.image_size)
+    protocol.check_dataset(dataset)
+    count = len(dataset) if max_images is None else min(len(dataset), max_images)
+    if count == 0:
+        raise ValueError(f"{protocol.name}: the dataset has no images to evaluate")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and (out / "summary.json").exists():
+        (out / "summary.json").unlink()
+    item_ids = item_names(dataset)
+    ignore = int(IGNORE)
+
+    started = time.monotonic()
+    matrices = torch.zeros(k_total, num_classes, num_classes, dtype=torch.int64)  # per k, over the split
+    bins = torch.zeros(k_total, 3, 10, dtype=torch.float64)  # per k: count, confidence sum, correct
+    brier = torch.zeros(k_total, dtype=torch.float64)  # per k: sum over images of the per-image Brier
+    per_image_miou = torch.zeros(k_total, dtype=torch.float64)
+    rows: list[dict[str, Any]] = []
+    extremes = _Extremes(_NUM_EXAMPLES)
+    thumbnails = _Thumbnails(_HTML_THUMBNAIL_SIDE) if out is not None else None
+    bar = progress_display(count, f"evaluate {protocol.name}", enabled=progress, every_s=30.0, unit="image")
+    for i in range(count):
+        name = item_ids[i]
+        image_seed = derive_seed(seed, name)
+        image, mask = dataset[i]
+        protocol.check_item(name, image, mask)
+        target = protocol.target(dataset, i, mask)[0].long()  # (h, w) labels, -1 ignored
+        means, uncertainty = protocol.predict_item(model, image, sample, image_seed, tuple(target.shape))
+        predicted = means.argmax(dim=1)  # (K, h, w)
+        try:
+            for k in range(k_total):
+                matrices[k] += metrics.confusion_matrix(predicted[k], target, num_classes, ignore_index=ignore).cpu()
+                bins[k] += torch.stack(metrics.top_label_bins(means[k], target, ignore_index=ignore)).cpu()
+            brier += metrics.brier_score(means, target.expand(k_total, -1, -1), ignore_index=ignore).cpu()
+            image_miou = metrics.mean_iou_per_image(predicted, target.expand(k_total, -1, -1), num_classes,
+                                                    ignore_index=ignore).cpu()
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        per_image_miou += image_miou
+        labelled = target != ignore
+        row = {"index": i, "name": name, "height": target.shape[0], "width": target.shape[1],
+               "miou": float(image_miou[-1]),
+               "pixel_accuracy": float((predicted[-1] == target)[labelled].double().mean()) if labelled.any() else None,
+               "mean_entropy": float(uncertainty[0].mean()), "seed": image_seed}
+        rows.append(row)
+        scored_image = resize_probabilities(image, tuple(target.shape))
+        shown = (scored_image, target, means[-1], uncertainty[0])
+        extremes.offer(row["miou"], i, name, lambda: label_panels(*shown, palette))
+        if thumbnails is not None:
+            thumbnails.by_name[name] = [(title, png_bytes(picture)) for title, picture
+                                        in label_panels(*shown, palette, side=thumbnails.side)]
+        bar.set_postfix(miou=f"{sum(r['miou'] for r in rows) / len(rows):.4f}")
+        bar.update(1)
+    bar.close()
+    elapsed = time.monotonic() - started
+
+    curve: dict[str, list[float]] = {"num_generations": list(range(1, k_total + 1))}
+    by_k = [metrics.confusion_scores(matrices[k]) for k in range(k_total)]
+    for key in ("miou", "pixel_accuracy", "mean_class_accuracy"):
+        curve[key] = [float(scores[key]) for scores in by_k]
+    curve["miou_per_image"] = (per_image_miou / count).tolist()
+    curve["ece"] = [float(metrics.ece_from_bins(*bins[k])) for k in range(k_total)]
+    curve["brier"] = (brier / count).tolist()
+    final = by_k[-1]
+    count_, conf_sum, correct = bins[-1]
+    reliability = {
+        "bin_edges": torch.linspace(0, 1, 11, dtype=torch.float64).tolist(),
+        "mean_prob": [float(p / n) if n > 0 else None for p, n in zip(conf_sum, count_)],
+        "fraction_positive": [float(q / n) if n > 0 else None for q, n in zip(correct, count_)],
+        "count": [int(n) for n in count_],
+        "pooled_ece": curve["ece"][-1],
+    }
+    summary: dict[str, Any] = {
+        "protocol": protocol.name,
+        "protocol_description": protocol.description,
+        "split": getattr(dataset, "split", None),
+        "num_images": count,
+        "dataset_size": len(dataset),
+        "num_generations": k_total,
+        **model.sampling_summary(sample),
+        "clip_x0": sample.clip_x0,
+        "symmetry": sample.symmetry,
+        "score_size": None,
+        "model": model.kind,
+        "num_classes": num_classes,
+        "classes": list(names),
+        "sample": asdict(sample),
+        "seed": seed,
+        "max_batch": sample.max_batch,
+        "metrics": {key: curve[key][-1] for key in LABEL_METRICS},
+        "per_class": {n: {"iou": None if math.isnan(v) else float(v),
+                          "accuracy": None if math.isnan(a) else float(a),
+                          "pixels": int(matrices[-1][c].sum())}
+                      for c, (n, v, a) in enumerate(zip(names, final["iou"].tolist(), final["class_accuracy"].tolist()))},
+        "confusion_matrix": matrices[-1].tolist(),
+        "curve": curve,
+        "reliability": reliability,
+        "paper": {"source": "", "metrics": {}, "per_class_iou": {}},
+        "elapsed_s": round(elapsed, 2),
+        "seconds_per_image": round(elapsed / count, 3),
+        "machine": describe_machine(model.device),
+        **(metadata or {}),
+        "config": config.to_dict(),
+    }
+    if out is not None:
+        _write_label_outputs(out, summary, rows, extremes, thumbnails, palette)
+    return summary
+
+
+def _write_label_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], extremes: _Extremes,
+                         thumbnails: _Thumbnails, palette) -> None:
+    """`_write_outputs` for label maps: the same files, their content multi-class."""
+    out.mkdir(parents=True, exist_ok=True)
+    header = list(rows[0])
+    atomic_write(out / "per_image.csv", lambda p: _write_csv(p, header, [[r[h] for h in header] for r in rows]))
+    curve = summary["curve"]
+    atomic_write(out / "curve.csv", lambda p: _write_csv(
+        p, ["num_generations", *LABEL_METRICS],
+        [[k, *(curve[m][k - 1] for m in LABEL_METRICS)] for k in curve["num_generations"]]))
+    title = " ".join(str(x) for x in (summary["protocol"], summary["split"]) if x)
+    title += f", {summary['num_images']} images, K={summary['num_generations']}, {summary['sampler']}"
+    plots.plot_metrics_vs_generations(out / "generations_metrics.png", curve,
+                                      ("miou", "miou_per_image", "pixel_accuracy", "mean_class_accuracy"),
+                                      LABEL_METRIC_LABELS, title=title)
+    plots.plot_calibration_vs_generations(out / "generations_calibration.png", curve, title=title,
+                                          names=("ece", "brier"), labels=LABEL_METRIC_LABELS)
+    plots.plot_reliability(out / "reliability.png", summary["reliability"], title=title, top_label=True)
+    plots.plot_examples(out / "examples.png", extremes.rows(), title=title,
+                        legend=list(zip(summary["classes"], palette)))
+    report = format_report(summary)
+    atomic_write(out / "report.md", lambda p: p.write_text(report + "\n"))
+    columns = [("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"), ("mean_entropy", "mean entropy")]
+    page = report_html.render(
+        report_tables(summary),
+        figures=[(name, (out / name).read_bytes())
+                 for name in ("generations_metrics.png", "generations_calibration.png", "reliability.png")],
+        columns=columns,
+        rows=[{"name": r["name"], "thumbnails": thumbnails.by_name[r["name"]],
+               "cells": [(_cell(key, r[key]), r[key]) for key, _ in columns]} for r in rows],
+        classes=list(zip(summary["classes"], palette)))
+    atomic_write(out / "report.html", lambda p: p.write_text(page, encoding="utf-8"))
+    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+
+
+def _write_csv(path: Path, header: list[str], lines: list[list[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(lines)
+
+
 def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], extremes: _Extremes,
                    thumbnails: _Thumbnails) -> None:
     """Write every file; summary.json last, so its presence means the rest is complete."""
     out.mkdir(parents=True, exist_ok=True)
-
-    def write_csv(path: Path, header: list[str], lines: list[list[Any]]) -> None:
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(lines)
-
     header = list(rows[0])
-    atomic_write(out / "per_image.csv", lambda p: write_csv(p, header, [[r[h] for h in header] for r in rows]))
+    atomic_write(out / "per_image.csv", lambda p: _write_csv(p, header, [[r[h] for h in header] for r in rows]))
     curve = summary["curve"]
-    atomic_write(out / "curve.csv", lambda p: write_csv(
+    atomic_write(out / "curve.csv", lambda p: _write_csv(
         p, ["num_generations", *METRICS], [[k, *(curve[m][k - 1] for m in METRICS)] for k in curve["num_generations"]]))
     title = " ".join(str(x) for x in (summary["protocol"], summary["split"]) if x)
     title += f", {summary['num_images']} images, K={summary['num_generations']}, {summary['sampler']}"
@@ -374,7 +572,7 @@ def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]
 def _cell(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:.2f}" if metric in _PERCENT_METRICS else f"{value:.4f}"
+    return f"{100 * value:.2f}" if metric in _PERCENT_METRICS + _LABEL_PERCENT else f"{value:.4f}"
 
 
 def report_tables(summary: dict[str, Any]) -> dict[str, Any]:
@@ -384,6 +582,8 @@ def report_tables(summary: dict[str, Any]) -> dict[str, Any]:
     [(class (instances), mIoU, F1, BoundF, calibration, paper mIoU)], "per_class_note": str or
     None, "notes": [lines]}; numbers are shown as the paper does (percent; calibration raw).
     """
+    if summary.get("num_classes", 2) > 2:
+        return _label_report_tables(summary)
     paper, paper_classes = summary["paper"]["metrics"], summary["paper"]["per_class_iou"]
     steps = f", {summary['num_steps']} steps" if summary.get("num_steps") else ""
     if summary.get("symmetry", "none") != "none":
@@ -419,7 +619,38 @@ def report_tables(summary: dict[str, Any]) -> dict[str, Any]:
     notes.append(f"pooled ECE over all pixels: {summary['reliability']['pooled_ece']:.4f}; "
                  f"{summary['seconds_per_image']:.2f} s per image")
     return {"heading": heading, "metrics": table, "per_class": per_class, "per_class_note": per_class_note,
+            "per_class_header": ["class (instances)", "mIoU", "F1", "BoundF", "calibration", "paper mIoU"],
             "notes": notes}
+
+
+def _heading(summary: dict[str, Any]) -> list[str]:
+    steps = f", {summary['num_steps']} steps" if summary.get("num_steps") else ""
+    if summary.get("symmetry", "none") != "none":
+        steps += f", {summary['symmetry']} symmetry"
+    split = f" {summary['split']} split" if summary["split"] else ""
+    return [f"segdiff evaluate: {summary['protocol']}{split}, {summary['num_images']} of "
+            f"{summary['dataset_size']} images, K={summary['num_generations']} generations "
+            f"({summary['sampler']}{steps}), seed {summary['seed']}",
+            f"protocol: {summary['protocol_description']}"]
+
+
+def _label_report_tables(summary: dict[str, Any]) -> dict[str, Any]:
+    """`report_tables` of a multi-class summary: the split's scores and the per-class table."""
+    published = summary["paper"]["metrics"]
+    table = [(m, LABEL_METRIC_LABELS[m], summary["metrics"][m], _cell(m, summary["metrics"][m]),
+              f"{published[m]:.2f}" if m in published else "-") for m in LABEL_METRICS]
+    per_class = [(name, _cell("miou", v["iou"]), _cell("miou", v["accuracy"]), str(v["pixels"]))
+                 for name, v in summary["per_class"].items()]
+    curve, ks = summary["curve"], summary["curve"]["num_generations"]
+    notes = []
+    if summary["paper"]["source"]:
+        notes.append(f"published: {summary['paper']['source']}")
+    if len(ks) > 1:
+        shown_k = [k for k in ks if k <= 3 or k in (5, 9, 10, 20, 30) or k == ks[-1]]
+        notes.append("mIoU by K: " + ", ".join(f"K={k}: {100 * curve['miou'][k - 1]:.2f}" for k in shown_k))
+    notes.append(f"{summary['seconds_per_image']:.2f} s per image")
+    return {"heading": _heading(summary), "metrics": table, "per_class": per_class, "per_class_note": None,
+            "per_class_header": ["class", "IoU", "accuracy (recall)", "labelled pixels"], "notes": notes}
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -428,8 +659,8 @@ def format_report(summary: dict[str, Any]) -> str:
     lines = [*tables["heading"], "", "| metric | this run | paper |", "|---|---:|---:|"]
     lines += [f"| {label} | {shown} | {paper} |" for _, label, _, shown, paper in tables["metrics"]]
     if tables["per_class"]:
-        lines += ["", "| class (instances) | mIoU | F1 | BoundF | calibration | paper mIoU |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        header = tables["per_class_header"]
+        lines += ["", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         lines += ["| " + " | ".join(cells) + " |" for cells in tables["per_class"]]
         if tables["per_class_note"]:
             lines.append(tables["per_class_note"])

@@ -10,7 +10,7 @@ import os
 import tempfile
 from io import BytesIO
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +73,14 @@ def colormap(values: Tensor) -> Tensor:
     lo = pos.floor().long().clamp(max=len(stops) - 2)
     frac = (pos - lo)[..., None]
     return (stops[lo] * (1 - frac) + stops[lo + 1] * frac).permute(2, 0, 1)
+
+
+def colour_labels(labels: Tensor, palette: Sequence[Sequence[int]], ignored=(0, 0, 0)) -> Tensor:
+    """Label map (H, W) of class indices (negative: ignored) -> (3, H, W) RGB in [0, 1] by `palette`
+    (one 0..255 RGB triple per class); ignored pixels in `ignored`."""
+    table = torch.tensor([*palette, ignored], dtype=torch.float32, device=labels.device) / 255
+    index = torch.where(labels < 0, len(palette), labels.long().clamp(max=len(palette) - 1))
+    return table[index].permute(2, 0, 1)
 
 
 def overlay(image: Tensor, mask: Tensor, color=(1.0, 0.15, 0.1), alpha: float = 0.45) -> Tensor:

@@ -9,6 +9,8 @@
 
       names: [background, car]     # index 0, 1, ...
       ignore_index: 255            # optional: pixels never trained on or scored
+      colours: [[0, 0, 0], [64, 0, 128]]   # optional: RGB per class, for colour-coded masks and pictures
+      ignore_colour: [255, 255, 255]       # optional, with ignore_index: the colour of ignored pixels
 
   Without a class file a folder's masks are binary images (`data.reading.binarise_mask`).
 """
@@ -23,7 +25,8 @@ import numpy as np
 import yaml
 from torch import Tensor
 
-__all__ = ["CLASS_FILES", "IGNORE", "ClassList", "find_class_file", "read_class_file", "valid_pixels"]
+__all__ = ["CLASS_FILES", "IGNORE", "ClassList", "default_palette", "find_class_file", "read_class_file",
+           "valid_pixels"]
 
 IGNORE = -1.0  # the mask value of an ignored pixel
 CLASS_FILES: tuple[str, ...] = ("classes.yaml", "classes.yml", "classes.json")
@@ -44,6 +47,8 @@ class ClassList:
 
     names: tuple[str, ...]
     ignore_index: int | None = None
+    colours: tuple[tuple[int, int, int], ...] = ()  # RGB per class (empty: none given)
+    ignore_colour: tuple[int, int, int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -78,9 +83,10 @@ def read_class_file(path: Path) -> ClassList:
         raise ClassFileError(f"{path}: cannot read the class file ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
         raise ClassFileError(f"{path}: expected a mapping with 'names' (and optionally 'ignore_index')")
-    unknown = sorted(set(data) - {"names", "ignore_index"})
+    keys = ("names", "ignore_index", "colours", "ignore_colour")
+    unknown = sorted(set(data) - set(keys))
     if unknown:
-        raise ClassFileError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: names, ignore_index")
+        raise ClassFileError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(keys)}")
     names = data.get("names")
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
         raise ClassFileError(f"{path}: 'names' must list at least two class names (strings), found {names!r}")
@@ -91,4 +97,37 @@ def read_class_file(path: Path) -> ClassList:
                                or ignore < len(names)):
         raise ClassFileError(f"{path}: ignore_index must be an integer in {len(names)}..255 (not a class index), "
                              f"found {ignore!r}")
-    return ClassList(tuple(names), ignore)
+    colours = tuple(_colour(path, "colours", c) for c in data.get("colours") or [])
+    if colours and len(colours) != len(names):
+        raise ClassFileError(f"{path}: {len(colours)} colours for {len(names)} names; give one [r, g, b] per class")
+    if len(set(colours)) != len(colours):
+        raise ClassFileError(f"{path}: two classes share a colour")
+    ignore_colour = data.get("ignore_colour")
+    if ignore_colour is not None:
+        if ignore is None:
+            raise ClassFileError(f"{path}: ignore_colour needs an ignore_index")
+        ignore_colour = _colour(path, "ignore_colour", ignore_colour)
+        if ignore_colour in colours:
+            raise ClassFileError(f"{path}: ignore_colour {list(ignore_colour)} is also a class's colour")
+    return ClassList(tuple(names), ignore, colours, ignore_colour)
+
+
+def _colour(path: Path, key: str, value) -> tuple[int, int, int]:
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)):
+        raise ClassFileError(f"{path}: {key}: expected [r, g, b] with integers 0..255, found {value!r}")
+    return tuple(value)
+
+
+def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """Distinct RGB colours for classes without their own (class 0 black, as masks usually draw it):
+    the PASCAL VOC colour map, bits of the index spread over the three channels."""
+    palette = []
+    for index in range(num_classes):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r, g, b = r | ((c >> 0) & 1) << shift, g | ((c >> 1) & 1) << shift, b | ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.append((r, g, b))
+    return tuple(palette)

@@ -57,6 +57,8 @@ __all__ = [
     "confusion_matrix",
     "confusion_scores",
     "mean_iou_per_image",
+    "top_label_bins",
+    "brier_score",
 ]
 
 ArrayLike = Tensor | np.ndarray
@@ -512,3 +514,42 @@ def mean_iou_per_image(pred: ArrayLike, target: ArrayLike, num_classes: int,
     for pi, gi in zip(p, g):
         scores.append(confusion_scores(confusion_matrix(pi, gi, num_classes, ignore_index))["miou"])
     return torch.stack(scores)
+
+
+def _class_probs(prob: ArrayLike, target: ArrayLike, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate class probabilities (B, C, H, W) or (C, H, W) and labels (B, H, W) or (H, W); return
+    (prob (B, C, H, W), labels (B, H, W) int64, counted (B, H, W) bool)."""
+    p, g = _as_tensor(prob, "prob"), _as_tensor(target, "target")
+    p, g = (p[None], g[None]) if p.ndim == 3 else (p, g)
+    if p.ndim != 4 or g.shape != p.shape[:1] + p.shape[2:]:
+        raise ValueError(f"expected prob (B, C, H, W) and target (B, H, W), found {tuple(p.shape)} and {tuple(g.shape)}")
+    if not p.is_floating_point() or not bool(((p >= 0) & (p <= 1)).all()):
+        raise ValueError("prob: expected class probabilities in [0, 1]")
+    g = g.long().to(p.device)
+    counted = g != ignore_index if ignore_index is not None else torch.ones_like(g, dtype=torch.bool)
+    if bool(((g[counted] < 0) | (g[counted] >= p.shape[1])).any()):
+        raise ValueError(f"target: class indices outside 0..{p.shape[1] - 1}")
+    return p, g, counted
+
+
+def top_label_bins(prob: ArrayLike, target: ArrayLike, num_bins: int = 10,
+                   ignore_index: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-label calibration of class probabilities, pooled over the counted pixels of every image:
+    per bin of confidence (the top class's probability, bins as in `calibration_score`), the pixel
+    count, the confidence sum and the number of pixels whose top class is right, float64 (num_bins,)
+    each. `ece_from_bins` turns them into the top-label ECE (Guo et al. 2017); sum them over a split.
+    """
+    p, g, counted = _class_probs(prob, target, ignore_index)
+    confidence, top = p.max(dim=1)
+    conf, right = confidence[counted], (top == g)[counted]
+    count, conf_sum, correct = _bin_sums(conf[None], right[None], num_bins)
+    return count[0], conf_sum[0], correct[0]
+
+
+def brier_score(prob: ArrayLike, target: ArrayLike, ignore_index: int | None = None) -> Tensor:
+    """Multi-class Brier score per image, float64 (B,): the mean over counted pixels of
+    sum_c (p_c - [c is the pixel's class])^2, from 0 (sure and right) to 2 (sure and wrong)."""
+    p, g, counted = _class_probs(prob, target, ignore_index)
+    onehot = torch.nn.functional.one_hot(g.clamp(min=0, max=p.shape[1] - 1), p.shape[1]).permute(0, 3, 1, 2)
+    per_pixel = (p.double() - onehot.double()).square().sum(dim=1)  # (B, H, W)
+    return (per_pixel * counted).flatten(1).sum(1) / counted.flatten(1).sum(1).clamp(min=1)

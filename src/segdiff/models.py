@@ -27,9 +27,10 @@ from torch import Tensor, nn
 
 from .baseline import UNetBaseline
 from .config import MODEL_KINDS, ExperimentConfig, SampleConfig, TrainConfig
-from .diffusion import DDPMScheduler, from_signed, to_signed
+from .diffusion import DDPMScheduler, from_signed
+from .encoding import encode
 from .hub import load_weights, read_source
-from .labels import valid_pixels
+from .labels import IGNORE, valid_pixels
 from .model import SegDiff
 from .sampling import sample_generations, symmetry_order
 
@@ -94,7 +95,8 @@ class DiffusionSegmenter:
         # t and the noise are drawn for the whole global batch, the same on every rank; each rank
         # takes its slice, so N ranks make the single-process update.
         valid = valid_pixels(mask)  # pixels with a label; ignored ones (IGNORE) are left out of the loss
-        x0 = to_signed(mask.clamp(min=0))
+        m = self.config.model
+        x0 = encode(mask, m.num_classes, m.mask_encoding)  # binary: the paper's {-1, +1} mask
         t = self.scheduler.sample_timesteps(train.batch_size, power=train.timestep_power, generator=generator,
                                             device=x0.device)[share]
         noise = torch.randn((train.batch_size, *x0.shape[1:]), generator=generator, device=x0.device)[share]
@@ -124,6 +126,7 @@ def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Ten
     if valid is None:
         loss = F.mse_loss(output.float(), target)
     else:
+        valid = valid.expand_as(target)  # one map for every channel of the signal
         loss = (output.float() - target).square().mul(valid).sum() / valid.sum().clamp(min=1)
     if dice_weight:
         probability, truth = from_signed(scheduler.to_x0(output.float(), t, x_t)), from_signed(x0)
@@ -186,11 +189,15 @@ class UNetSegmenter:
     def __init__(self, config: ExperimentConfig, net: UNetBaseline | None = None):
         self.config = config
         m = config.model
-        self.net = net if net is not None else UNetBaseline(m.in_channels, m.unet_features, m.mask_channels)
-        # Dice + binary cross-entropy on the logits, MONAI's DiceCELoss (sigmoid per channel); with
+        self.net = net if net is not None else UNetBaseline(m.in_channels, m.unet_features, m.prob_channels)
+        # Binary: Dice + binary cross-entropy on the logits, MONAI's DiceCELoss (sigmoid); with
         # ignored pixels, MONAI's MaskedDiceLoss and the cross-entropy's mean over labelled pixels.
+        # C > 2 classes: the softmax's Dice over the one-hot classes (MaskedDiceLoss, ignored pixels
+        # masked) + cross-entropy with ignored pixels left out.
+        self.multiclass = m.prob_channels > 1
         self._loss = DiceCELoss(sigmoid=True)
-        self._masked_dice = MaskedDiceLoss(sigmoid=True)
+        self._masked_dice = (MaskedDiceLoss(softmax=True, to_onehot_y=True) if self.multiclass
+                             else MaskedDiceLoss(sigmoid=True))
 
     @property
     def device(self) -> torch.device:
@@ -211,6 +218,10 @@ class UNetSegmenter:
              train: TrainConfig, share: slice) -> Tensor:
         logits = net(image).float()
         valid = valid_pixels(mask)
+        if self.multiclass:
+            labels = mask.long()  # IGNORE (-1) becomes the cross-entropy's ignore_index
+            ce = F.cross_entropy(logits, labels[:, 0], ignore_index=int(IGNORE)) if bool(valid.any()) else logits.sum() * 0
+            return self._masked_dice(logits, labels.clamp(min=0), mask=valid) + ce
         if bool(valid.all()):
             return self._loss(logits, mask)
         truth = mask.clamp(min=0)

@@ -58,17 +58,21 @@ def plot_metrics_vs_generations(path: str | Path, curve: Mapping[str, Sequence[f
 
 
 def plot_calibration_vs_generations(path: str | Path, curve: Mapping[str, Sequence[float]], *,
-                                    title: str = "") -> None:
-    """The paper's calibration score and the ECE against K (lower is better)."""
+                                    title: str = "", names: tuple[str, str] = ("calibration", "ece"),
+                                    labels: Mapping[str, str] | None = None) -> None:
+    """Two calibration measures against K (lower is better), each on its own axis: by default the
+    paper's calibration score and the ECE; `names` picks others from `curve` (e.g. ECE and Brier)."""
+    labels = labels or {"calibration": "calibration score (paper: mean over bins of squared gap)", "ece": "ECE"}
+    first, second = names
     ks = list(curve["num_generations"])
     fig = _figure(6.4, 4.2)
     axes = fig.add_subplot()
-    axes.plot(ks, curve["calibration"], marker="o", markersize=3, color="tab:red",
-              label="calibration score (paper: mean over bins of squared gap)")
-    axes.set_ylabel("calibration score, lower is better")
+    axes.plot(ks, curve[first], marker="o", markersize=3, color="tab:red", label=labels.get(first, first))
+    axes.set_ylabel(f"{first}, lower is better")
     twin = axes.twinx()
-    twin.plot(ks, curve["ece"], marker="s", markersize=3, color="tab:blue", linestyle="--", label="ECE")
-    twin.set_ylabel("ECE, lower is better")
+    twin.plot(ks, curve[second], marker="s", markersize=3, color="tab:blue", linestyle="--",
+              label=labels.get(second, second))
+    twin.set_ylabel(f"{second}, lower is better")
     _k_axis(axes, ks)
     axes.set_title(f"Calibration of the mean of K generations\n{title}", fontsize=10)
     handles = axes.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
@@ -76,13 +80,17 @@ def plot_calibration_vs_generations(path: str | Path, curve: Mapping[str, Sequen
     _save(fig, path)
 
 
-def plot_reliability(path: str | Path, reliability: Mapping[str, Any], *, title: str = "") -> None:
+def plot_reliability(path: str | Path, reliability: Mapping[str, Any], *, title: str = "",
+                     top_label: bool = False) -> None:
     """Reliability diagram: fraction of foreground pixels per bin of predicted probability.
 
     `reliability` holds bin_edges, mean_prob, fraction_positive (None for empty bins) and count,
     as `evaluation.evaluate` stores it. Bars show the fraction of positives at each bin's centre;
     dots mark the bin's mean probability; the lower panel shows the pixel counts (log scale).
+    `top_label`: the multi-class diagram, accuracy of the top class per bin of its probability.
     """
+    what = "fraction of pixels whose top class is right" if top_label else "fraction of foreground pixels"
+    along = "probability of the top class" if top_label else "predicted probability"
     edges = list(reliability["bin_edges"])
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
     width = edges[1] - edges[0]
@@ -90,12 +98,12 @@ def plot_reliability(path: str | Path, reliability: Mapping[str, Any], *, title:
     fig = _figure(5.2, 6.0)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.bar([centres[i] for i in filled], [reliability["fraction_positive"][i] for i in filled], width=width * 0.9,
-            color="tab:blue", alpha=0.7, edgecolor="black", label="fraction of foreground pixels")
+            color="tab:blue", alpha=0.7, edgecolor="black", label=what)
     top.plot([reliability["mean_prob"][i] for i in filled], [reliability["fraction_positive"][i] for i in filled],
              "o", color="tab:orange", markersize=4, label="(mean probability, fraction)")
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set_ylim(0, 1)
-    top.set_ylabel("fraction of foreground pixels")
+    top.set_ylabel(what)
     top.set_title(f"Reliability (pooled ECE {reliability['pooled_ece']:.4f})\n{title}", fontsize=10)
     top.legend(fontsize=8, loc="upper left")
     top.grid(True, alpha=0.3)
@@ -103,14 +111,15 @@ def plot_reliability(path: str | Path, reliability: Mapping[str, Any], *, title:
                color="grey", edgecolor="black")
     bottom.set_yscale("log")
     bottom.set_ylabel("pixels")
-    bottom.set_xlabel("predicted probability (mean of the K generations)")
+    bottom.set_xlabel(f"{along} (mean of the K generations)")
     bottom.set_xlim(0, 1)
     _save(fig, path)
 
 
 def plot_examples(path: str | Path, rows: Sequence[tuple[str, Sequence[tuple[str, Tensor]]]], *,
-                  title: str = "") -> None:
-    """A grid of pictures: one row per (row title, [(panel title, (3, H, W) in [0, 1]), ...])."""
+                  title: str = "", legend: Sequence[tuple[str, Sequence[int]]] = ()) -> None:
+    """A grid of pictures: one row per (row title, [(panel title, (3, H, W) in [0, 1]), ...]);
+    `legend`: (class name, 0..255 RGB) swatches drawn under the grid (colour-coded label maps)."""
     if not rows:
         raise ValueError("plot_examples needs at least one row")
     columns = max(len(panels) for _, panels in rows)
@@ -131,6 +140,11 @@ def plot_examples(path: str | Path, rows: Sequence[tuple[str, Sequence[tuple[str
             if c == 0:
                 axes.set_ylabel(row_title, fontsize=8)
     fig.suptitle(f"Best and worst images by IoU: {title}", fontsize=10)
+    if legend:
+        from matplotlib.patches import Patch
+
+        fig.legend(handles=[Patch(facecolor=[v / 255 for v in rgb], edgecolor="black", label=name)
+                            for name, rgb in legend], loc="outside lower center", ncols=min(6, len(legend)), fontsize=8)
     _save(fig, path)
 
 

@@ -9,6 +9,8 @@ One `Protocol` object per dataset (docs/paper.md, "Inference"), shared by traini
   (bilinear) to the scoring size before any threshold.
 - ``monuseg``: items are the whole 2S x 2S image (512 for S = 256); its four S x S quadrants are
   segmented separately and stitched (`sliding.predict_quadrants`); scored at 2S.
+- ``camvid``: the whole frame, resized to S x S for the model; the class probabilities are resized
+  bilinearly back to the 480x360 labels (`dataset.original_mask(i)`) before the argmax.
 - ``cityscapes``: instance crops sampled at the model's input, the probability resized bilinearly
   to each crop's original size and scored against `dataset.original_mask(i)`; the mean over each
   class's instances, then over classes.
@@ -173,6 +175,12 @@ def protocol_for(dataset: str, image_size: int, *, score_size: int | None = None
                         description=f"Cityscapes instance crops ({setting}): sampled at {side}, the probability "
                         "resized bilinearly to each crop's original size before the 0.5 threshold; mean over "
                         "the instances of each class, then over classes")
+    if dataset == "camvid":
+        if score_size is not None:
+            raise ValueError("score_size: the camvid protocol scores at the labels' own 480x360")
+        return Protocol("camvid", image_size, "whole", target_from_dataset=True,
+                        description=f"CamVid: sampled at {side}, the class probabilities resized bilinearly to "
+                        "the 480x360 labels before the argmax; void ignored; one confusion matrix over the split")
     scored = (f"images and masks at the model input, {side}" if score_size in (None, image_size) else
               f"sampled at the model input {side}, the probabilities resized bilinearly to "
               f"{score_size}x{score_size} and scored against the {score_size}x{score_size} masks")

@@ -43,12 +43,13 @@ def _legend(grey: bool) -> str:
 
 
 def render(tables: dict[str, Any], *, figures: Sequence[tuple[str, bytes]], columns: Sequence[tuple[str, str]],
-           rows: Sequence[dict[str, Any]]) -> str:
+           rows: Sequence[dict[str, Any]], classes: Sequence[tuple[str, Sequence[int]]] = ()) -> str:
     """The page's HTML text.
 
     `tables` is `evaluation.report_tables(summary)`; `figures` are (file name, PNG bytes);
     `columns` are the per-image table's (key, header) after the name; each of `rows` is
-    {"name", "cells": [(text, sort value)] per column, "thumbnails": [(title, PNG bytes)]}.
+    {"name", "cells": [(text, sort value)] per column, "thumbnails": [(title, PNG bytes)]};
+    `classes`: (name, 0..255 RGB) of a multi-class model, shown as the label maps' colour legend.
     """
     return _ENVIRONMENT.get_template("report.html.j2").render(
         tables=tables,
@@ -57,4 +58,5 @@ def render(tables: dict[str, Any], *, figures: Sequence[tuple[str, bytes]], colu
         rows=[{"name": r["name"], "cells": r["cells"],
                "thumbnails": [(title, data_uri(png)) for title, png in r["thumbnails"]]} for r in rows],
         legend={"probability": _legend(grey=True), "uncertainty": _legend(grey=False)},
+        classes=[(name, "#{:02x}{:02x}{:02x}".format(*rgb)) for name, rgb in classes],
     )

@@ -47,7 +47,8 @@ import torch
 from torch import Tensor
 
 from .config import SAMPLER_NAMES, SYMMETRY_NAMES, SampleConfig
-from .diffusion import DDPMScheduler, _gather, ancestral_step, from_signed
+from .diffusion import DDPMScheduler, _gather, ancestral_step
+from .encoding import decode, entropy, mutual_information
 from .seeding import derive_seed
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
@@ -239,25 +240,45 @@ def invert_symmetry(x: Tensor, g: int) -> Tensor:
 class Prediction:
     """The ensemble of K generations per image; every map carries the class axis (B, C, H, W).
 
-    C is the mask's channel count (`ModelConfig.mask_channels`; 1 for binary, the paper's case, where
-    the channel is the foreground probability).
-    prob: the mean of the generations, in [0, 1]; mask: prob > 0.5 (the reference's soft vote);
-    uncertainty: the per-pixel standard deviation across generations (0 when K = 1).
+    Binary (the paper's case): C = 1, the foreground probability. prob: the mean of the generations,
+    in [0, 1]; mask: prob > 0.5 (the reference's soft vote); uncertainty: the per-pixel standard
+    deviation across generations (0 when K = 1).
+    C > 1 classes (`ModelConfig.prob_channels`): prob holds C class probabilities summing to 1;
+    mask is the one-hot argmax; uncertainty is the entropy of the mean (B, 1, H, W), in nats; and
+    disagreement the mutual information between the generations and the class (B, 1, H, W): the
+    part of that entropy that comes from the generations disagreeing (`encoding.mutual_information`).
+    labels: the class index of every pixel (B, 1, H, W) int64, for both (binary: the mask).
     generations: (B, K, C, H, W), kept when asked for (e.g. to score every K from one run).
     """
 
     prob: Tensor
     mask: Tensor
     uncertainty: Tensor
+    labels: Tensor
+    disagreement: Tensor | None = None
     generations: Tensor | None = None
 
     @classmethod
     def from_generations(cls, generations: Tensor, *, keep: bool = False) -> "Prediction":
         """Average (B, K, C, H, W) generations in [0, 1] into a Prediction (Amit et al. sec. 3.3)."""
         prob = generations.mean(dim=1)
-        uncertainty = generations.std(dim=1, unbiased=False)
-        return cls(prob=prob, mask=(prob > 0.5).float(), uncertainty=uncertainty,
-                   generations=generations if keep else None)
+        if prob.shape[1] == 1:
+            return cls.from_maps(prob, generations.std(dim=1, unbiased=False), generations=generations if keep else None)
+        return cls.from_maps(prob, entropy(prob), mutual_information(generations),
+                             generations=generations if keep else None)
+
+    @classmethod
+    def from_maps(cls, prob: Tensor, uncertainty: Tensor, disagreement: Tensor | None = None, *,
+                  generations: Tensor | None = None) -> "Prediction":
+        """A Prediction from its mean probability and uncertainty maps (e.g. blended windows): the
+        mask and labels follow from `prob`."""
+        if prob.shape[1] == 1:
+            mask = (prob > 0.5).float()
+            return cls(prob=prob, mask=mask, uncertainty=uncertainty, labels=mask.long(), generations=generations)
+        labels = prob.argmax(dim=1, keepdim=True)
+        mask = torch.zeros_like(prob).scatter_(1, labels, 1.0)
+        return cls(prob=prob, mask=mask, uncertainty=uncertainty, labels=labels, disagreement=disagreement,
+                   generations=generations)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:
@@ -326,7 +347,9 @@ def sample_generations(model, images: Tensor, scheduler: DDPMScheduler, sample: 
     order = symmetry_order(sample.symmetry, h, w)
     config = getattr(model, "config", None)
     self_condition = getattr(config, "self_condition", False)
-    channels = getattr(config, "mask_channels", 1)
+    channels = getattr(config, "mask_channels", 1)  # of the denoised signal ...
+    num_classes, encoding = getattr(config, "num_classes", 2), getattr(config, "mask_encoding", "onehot")
+    classes_out = getattr(config, "prob_channels", 1)  # ... and of the class probabilities read from it
     rows_total = b * k
     if len(seeds) != rows_total:
         raise ValueError(f"{len(seeds)} seeds for {b} image(s) x {k} generations = {rows_total} rows")
@@ -340,7 +363,7 @@ def sample_generations(model, images: Tensor, scheduler: DDPMScheduler, sample: 
     cond = cond.contiguous(memory_format=layout)
     owner = torch.arange(b, device=device).repeat_interleave(k)  # image of each row
     transform = torch.arange(k, device=device).repeat(b) % order  # its symmetry g
-    out = torch.empty(rows_total, channels, h, w, device=device)
+    out = torch.empty(rows_total, classes_out, h, w, device=device)
     for start in range(0, rows_total, sample.max_batch):
         rows = owner[start:start + sample.max_batch]
         row_transforms = transform[start:start + sample.max_batch]
@@ -359,11 +382,11 @@ def sample_generations(model, images: Tensor, scheduler: DDPMScheduler, sample: 
 
         x0 = sample_fn(denoise, scheduler, (len(rows), channels, h, w), generator=row_generators, device=device,
                        num_steps=num_steps, **options)
-        x0 = from_signed(x0.float())
+        x0 = decode(x0.float(), num_classes, encoding)  # binary: from_signed, the paper's soft vote
         if order > 1:
             x0 = torch.stack([invert_symmetry(x, int(g)) for x, g in zip(x0, row_transforms)])
         out[start:start + len(rows)] = x0
-    return out.reshape(b, k, channels, h, w)
+    return out.reshape(b, k, classes_out, h, w)
 
 
 @torch.no_grad()

@@ -126,9 +126,10 @@ def predict_sliding(model, image: Tensor, sample: SampleConfig | None = None, *,
         seeds = draw_seeds(len(windows) * k, generator)
 
     # Blending happens on the CPU in float64 (exact for a single window's weight 1; MPS has no float64).
-    channels = model.config.model.mask_channels
+    channels = model.config.model.prob_channels
     prob_sum = torch.zeros(channels, ph, pw, dtype=torch.float64)
-    unc_sum = torch.zeros_like(prob_sum)
+    unc_sum = torch.zeros(1 if channels > 1 else channels, ph, pw, dtype=torch.float64)  # multi-class: entropy
+    dis_sum = torch.zeros(1, ph, pw, dtype=torch.float64) if channels > 1 else None  # multi-class: mutual information
     weight_sum = torch.zeros(ph, pw, dtype=torch.float64)
     per_call = max(1, sample.max_batch // k)  # windows per call: F(I) memory stays bounded too
     for first in range(0, len(windows), per_call):
@@ -140,10 +141,12 @@ def predict_sliding(model, image: Tensor, sample: SampleConfig | None = None, *,
             window = (slice(rows[i], rows[i] + tile), slice(cols[j], cols[j] + tile))
             prob_sum[(slice(None), *window)] += weight * pred.prob[n].cpu()
             unc_sum[(slice(None), *window)] += weight * pred.uncertainty[n].cpu()
+            if dis_sum is not None:
+                dis_sum[(slice(None), *window)] += weight * pred.disagreement[n].cpu()
             weight_sum[window] += weight
-    prob = (prob_sum / weight_sum)[:, :h, :w].float()[None]
-    uncertainty = (unc_sum / weight_sum)[:, :h, :w].float()[None]
-    return Prediction(prob=prob, mask=(prob > 0.5).float(), uncertainty=uncertainty)
+    blended = [(total / weight_sum)[:, :h, :w].float()[None] if total is not None else None
+               for total in (prob_sum, unc_sum, dis_sum)]
+    return Prediction.from_maps(*blended)
 
 
 def quadrants(x: torch.Tensor) -> torch.Tensor:

@@ -62,11 +62,11 @@ from .checkpoint import (
     step_checkpoints,
 )
 from .config import ConfigError, ExperimentConfig, SampleConfig
-from .data import DataError, make_dataset
+from .data import DataError, make_dataset, with_dataset_classes
 from .device import resolve_device
 from .io import atomic_write
-from .labels import valid_pixels
-from .metrics import iou
+from .labels import IGNORE, valid_pixels
+from .metrics import confusion_matrix, confusion_scores, iou
 from .models import build_model
 from .progress import progress as progress_display
 from .protocol import Protocol, item_names, protocol_for
@@ -190,7 +190,8 @@ class Horizon:
 def validation_iou(model, dataset, protocol: Protocol, sample: SampleConfig, ranks: distributed.Ranks,
                    device: torch.device, *, seed: int, max_images: int = 64,
                    on_item: Callable[[int, Tensor, Tensor, Tensor, Tensor], None] | None = None) -> float:
-    """Mean foreground IoU over the first `max_images` items of `dataset`, scored with `protocol`.
+    """Mean foreground IoU over the first `max_images` items of `dataset`, scored with `protocol`
+    (more than two classes: the mIoU of one confusion matrix over those items, argmax labels).
 
     Each item's generations are seeded from its name (`protocol`). The items are sampled in fixed
     chunks of consecutive items (as many as `sample.max_batch` rows hold), and the chunks are dealt
@@ -203,6 +204,8 @@ def validation_iou(model, dataset, protocol: Protocol, sample: SampleConfig, ran
     names = item_names(dataset)
     chunk = max(1, sample.max_batch // model.num_generations(sample))
     scores = torch.zeros(n, dtype=torch.float64, device=device if ranks.enabled else "cpu")
+    num_classes = model.config.model.num_classes
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=scores.device)  # C > 2 classes
     for first in range(ranks.rank * chunk, n, ranks.world_size * chunk):
         indices = range(first, min(n, first + chunk))
         items = [dataset[i] for i in indices]
@@ -211,10 +214,17 @@ def validation_iou(model, dataset, protocol: Protocol, sample: SampleConfig, ran
                                          [derive_seed(seed, names[i]) for i in indices],
                                          [tuple(t.shape[-2:]) for t in targets])
         for i, (image, _), (means, uncertainty), target in zip(indices, items, results, targets):
-            labelled = valid_pixels(target[0])  # ignored pixels are background in both masks
-            scores[i] = iou((means[-1, 0] > 0.5) & labelled, target[0].clamp(min=0)).item()  # binary: channel 0
+            if num_classes > 2:  # label maps: one confusion matrix over the items (exact sums of counts)
+                matrix += confusion_matrix(means[-1].argmax(dim=0), target[0].long(), num_classes,
+                                           ignore_index=int(IGNORE)).to(matrix)
+            else:
+                labelled = valid_pixels(target[0])  # ignored pixels are background in both masks
+                scores[i] = iou((means[-1, 0] > 0.5) & labelled, target[0].clamp(min=0)).item()  # channel 0
             if on_item is not None:
                 on_item(i, image, target, means, uncertainty)
+    if num_classes > 2:
+        distributed.all_reduce_sum(matrix, ranks)
+        return confusion_scores(matrix.cpu())["miou"].item()
     distributed.all_reduce_sum(scores, ranks)  # each slot has one contributor: exact
     return scores.cpu().sum().item() / n
 
@@ -274,6 +284,9 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
     """
     tc = cfg.train
     out_dir = Path(tc.out_dir)
+    # The data's classes (CamVid's 11, a folder's class file) become the model's when the config names none.
+    train_set = make_dataset(cfg, "train", augment=cfg.data.augment)
+    cfg = with_dataset_classes(cfg, train_set)
 
     # --- resume: everything is checked before anything is written ---------------------------------
     ckpt = None
@@ -308,7 +321,6 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
         print("segdiff train: resolved config\n" + json.dumps(cfg.to_dict(), indent=2), flush=True)
 
     # --- data -----------------------------------------------------------------------------------------------
-    train_set = make_dataset(cfg, "train", augment=cfg.data.augment)
     val_set = make_dataset(cfg, "val") if tc.val_every else None
     for dataset in (train_set, val_set):  # a user's folder is decoded whole before the first step
         if hasattr(dataset, "verify"):

@@ -1,19 +1,22 @@
-"""Datasets for SegDiff: Vaihingen buildings, MoNuSeg nuclei, Cityscapes instance crops, folders,
+"""Datasets for SegDiff: Vaihingen buildings, MoNuSeg nuclei, Cityscapes instance crops, CamVid road
+scenes (11 classes), folders,
 nnU-Net raw dataset folders and the built-in synthetic shapes; the registry and the one entry
 point, :func:`build_dataset`.
 
 One concept per module: :mod:`.reading` (files, tensors, resizing), :mod:`.base` (splits, the
 dataset base class), :mod:`.augment`, then one module per dataset (:mod:`.vaihingen`,
-:mod:`.monuseg`, :mod:`.cityscapes`, :mod:`.folder`, :mod:`.nnunet`, :mod:`.synthetic`).
+:mod:`.monuseg`, :mod:`.cityscapes`, :mod:`.camvid`, :mod:`.folder`, :mod:`.nnunet`, :mod:`.synthetic`).
 Dependencies point one way: the dataset modules import reading/base/augment (:mod:`.nnunet`
 also :mod:`.folder`, to convert folders), this package imports the dataset modules.
 docs/datasets.md gives each dataset's layout and rules.
 
 Conventions (other modules depend on them):
 - Every dataset is a ``torch.utils.data.Dataset`` whose ``__getitem__`` returns ``(image, mask)``:
-  image float32 (3, H, W) in [0, 1]; mask float32 (1, H, W) with values exactly {0., 1.}; both
-  square at ``image_size`` unless a test protocol says otherwise (MoNuSeg test/val: the full
-  2 * image_size image, see :class:`MoNuSeg`). ``.names`` lists the sample ids in item order.
+  image float32 (3, H, W) in [0, 1]; mask float32 (1, H, W) with values exactly {0., 1.} (binary)
+  or the class indices of a label map (more classes: CamVid, folders with a class file), and
+  ``labels.IGNORE`` (-1) on ignored pixels; both square at ``image_size`` unless a test protocol
+  says otherwise (MoNuSeg test/val: the full 2 * image_size image, see :class:`MoNuSeg`).
+  ``.names`` lists the sample ids in item order; datasets with a class list have ``.classes``.
 - One entry point, :func:`build_dataset`; ``DATASETS`` holds the valid names.
   :func:`make_dataset` builds the dataset an :class:`~segdiff.config.ExperimentConfig` describes.
 - Splits: ``train`` and ``test`` are the benchmark's own; ``val`` is carved from the training
@@ -34,14 +37,16 @@ Conventions (other modules depend on them):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
-from ..config import DataConfig, ExperimentConfig
+from ..config import ConfigError, DataConfig, ExperimentConfig
 from .base import SPLITS, SegmentationDataset, Split, carve_validation, check_split, select_split
+from .camvid import CAMVID_CLASSES, CamVid
 from .cityscapes import CITYSCAPES_CLASSES, CityscapesInstances
 from .folder import FolderDataset
 from .monuseg import MoNuSeg, read_monuseg_xml
@@ -62,11 +67,11 @@ from .synthetic import SPLIT_SEEDS, SyntheticShapes
 from .vaihingen import Vaihingen
 
 __all__ = [
-    "CITYSCAPES_CLASSES", "DATASETS", "IMAGE_SUFFIXES", "SPLITS", "CityscapesInstances", "DataError",
+    "CAMVID_CLASSES", "CamVid", "CITYSCAPES_CLASSES", "DATASETS", "IMAGE_SUFFIXES", "SPLITS", "CityscapesInstances", "DataError",
     "FolderDataset", "MoNuSeg", "NNUNetRaw", "SegmentationDataset", "Split", "SyntheticShapes", "Vaihingen",
     "binarise_mask", "build_dataset", "carve_validation", "image_to_tensor", "make_dataset",
     "mask_to_tensor", "read_image", "read_mask", "read_monuseg_xml", "read_size", "resize_image",
-    "resize_mask", "select_split",
+    "resize_mask", "select_split", "with_dataset_classes",
 ]
 
 
@@ -82,6 +87,7 @@ _REGISTRY: dict[str, Callable[..., Dataset]] = {
     "vaihingen": Vaihingen,
     "monuseg": MoNuSeg,
     "cityscapes": CityscapesInstances,
+    "camvid": CamVid,
     "folder": FolderDataset,
     "nnunet": NNUNetRaw,
     "synthetic": _build_synthetic,
@@ -128,9 +134,28 @@ def _config_options(d: DataConfig) -> dict[str, Any]:
         return {"setting": d.setting, "index_cache": d.index_cache or None}
     if d.dataset == "synthetic":
         return {"num_train": d.num_train, "num_test": d.num_test}
-    if d.dataset in ("folder", "nnunet"):
+    if d.dataset in ("folder", "nnunet", "camvid"):
         return {}
     raise ValueError(f"unknown dataset {d.dataset!r}; valid names: {', '.join(DATASETS)}")
+
+
+def with_dataset_classes(cfg: ExperimentConfig, dataset: Dataset) -> ExperimentConfig:
+    """`cfg` with the class count and names of `dataset` (a CamVid, a folder with a class file, ...).
+
+    A config that names no classes (binary, no `class_names`: the defaults) takes the dataset's;
+    one that names them must agree, or ConfigError says what differs. Datasets without a class
+    list (binary masks) leave `cfg` as it is.
+    """
+    classes = getattr(dataset, "classes", None)
+    m = cfg.model
+    if classes is None or (m.num_classes, m.class_names) == (classes.num_classes, classes.names):
+        return cfg
+    if m.num_classes == 2 and not m.class_names:
+        return dataclasses.replace(cfg, model=dataclasses.replace(m, num_classes=classes.num_classes,
+                                                                  class_names=classes.names))
+    raise ConfigError(f"the config's classes ({m.num_classes}: {', '.join(m.classes)}) differ from the data's "
+                      f"({classes.num_classes}: {', '.join(classes.names)}); set model.num_classes and "
+                      "model.class_names to the data's, or leave them at their defaults to take the data's")
 
 
 def make_dataset(cfg: ExperimentConfig, split: Split, *, augment: bool = False,

@@ -8,7 +8,9 @@ reference code gets them from torchvision on PIL images and the global RNG. Here
   cannot drift apart. Pixels that come from outside the input are 0 in both (black image,
   background mask), as torchvision's ``RandomAffine`` fills them.
 - The mask is resampled bilinearly and thresholded at 0.5 (``mask_mode="bilinear"``, default:
-  smoother edges than nearest, still exactly {0, 1}) or resampled with nearest neighbour.
+  smoother edges than nearest, still exactly {0, 1}) or resampled with nearest neighbour. Label
+  maps of more than two classes (``mask_mode="labels"``) are resampled with nearest neighbour and
+  never thresholded, and pixels from outside the input are ignored (`labels.IGNORE`), not class 0.
 - Colour jitter follows torchvision's ``ColorJitter`` definitions on [0, 1] RGB (brightness,
   contrast, saturation factors drawn from [max(0, 1 - v), 1 + v], hue shift from [-h, h], the four
   applied in a random order) and never touches the mask.
@@ -49,7 +51,7 @@ __all__ = [
     "adjust_hue",
 ]
 
-MaskMode = Literal["bilinear", "nearest"]
+MaskMode = Literal["bilinear", "nearest", "labels"]
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ class AugmentSpec:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
-        if self.mask_mode not in ("bilinear", "nearest"):
-            raise ValueError(f"mask_mode must be 'bilinear' or 'nearest', got {self.mask_mode!r}")
+        if self.mask_mode not in ("bilinear", "nearest", "labels"):
+            raise ValueError(f"mask_mode must be 'bilinear', 'nearest' or 'labels', got {self.mask_mode!r}")
 
 
 # The paper's per-dataset augmentations (docs/paper.md, "Training"; reference code datasets/*.py).
@@ -162,7 +164,8 @@ def apply_affine(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply one geometric transform to an image (C, H, W) and its mask (1, H, W) together.
 
-    The mask comes back exactly {0, 1}: bilinear resampling thresholded at 0.5, or nearest.
+    The mask comes back exactly {0, 1}: bilinear resampling thresholded at 0.5, or nearest; a label
+    map ("labels") keeps its class indices (nearest), with IGNORE where the input had no pixel.
     Ignored pixels (`labels.IGNORE`) are resampled as a map of their own and win where at least
     half of a pixel's footprint was ignored; pixels brought in from outside the image are background.
     """
@@ -175,14 +178,18 @@ def apply_affine(
         image = F.grid_sample(
             image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )[0].clamp_(0.0, 1.0)
-        ignored = mask < 0
-        maps = torch.cat([mask.clamp(min=0), ignored.float()]) if ignored.any() else mask
-        sampled = F.grid_sample(
-            maps[None].float(), grid, mode=mask_mode, padding_mode="zeros", align_corners=False
-        )[0] >= 0.5
-        channels = mask.shape[0]
-        mask = (torch.where(sampled[channels:], IGNORE, sampled[:channels].float()) if ignored.any()
-                else sampled.float())
+        if mask_mode == "labels":  # shifted by one so the zero padding comes back as IGNORE (-1)
+            mask = F.grid_sample((mask - IGNORE)[None].float(), grid, mode="nearest", padding_mode="zeros",
+                                 align_corners=False)[0] + IGNORE
+        else:
+            ignored = mask < 0
+            maps = torch.cat([mask.clamp(min=0), ignored.float()]) if ignored.any() else mask
+            sampled = F.grid_sample(
+                maps[None].float(), grid, mode=mask_mode, padding_mode="zeros", align_corners=False
+            )[0] >= 0.5
+            channels = mask.shape[0]
+            mask = (torch.where(sampled[channels:], IGNORE, sampled[:channels].float()) if ignored.any()
+                    else sampled.float())
     if params.hflip:
         image, mask = image.flip(-1), mask.flip(-1)
     if params.vflip:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from ..labels import ClassFileError, ClassList, find_class_file, read_class_file
 from .augment import FOLDER_AUGMENT, AugmentSpec, augment_pair
 from .base import SegmentationDataset, Split, select_split
 from .reading import (IMAGE_SUFFIXES, DataError, image_to_tensor, labels_to_mask, mask_to_tensor, read_image,
-                      read_label_mask, read_mask, read_size, resize_image, resize_mask)
+                      read_label_mask, read_mask, read_size, resize_image, resize_labels, resize_mask)
 
 __all__ = ["FolderDataset", "pair_folder"]
 
@@ -62,9 +63,10 @@ class FolderDataset(SegmentationDataset):
     ``ROOT/test/`` each holding ``images/`` + ``masks/``. ``val`` is carved from train.
 
     With a class file in ROOT (`labels.CLASS_FILES`: names and an optional ignore index) the masks
-    are label masks, one class index per pixel (8-bit single-channel or palette PNG/TIFF); pixels
-    with the ignore index are marked `labels.IGNORE` and never trained on or scored. Two classes
-    for now (index 1 is the foreground).
+    are label masks: one class index per pixel (8-bit single-channel or palette PNG/TIFF), or RGB
+    colour-coded with the class file's colours; pixels with the ignore index (or ignore colour) are
+    marked `labels.IGNORE` and never trained on or scored. Two classes: index 1 is the foreground;
+    more: the mask is a label map, resized with nearest neighbour (never thresholded).
 
     The whole folder is checked when the dataset is built, from file headers only: every
     image has a mask and vice versa, both are readable and the same size. Pixel values are
@@ -96,9 +98,10 @@ class FolderDataset(SegmentationDataset):
             self.classes: ClassList | None = read_class_file(class_file) if class_file else None
         except ClassFileError as exc:
             raise DataError(str(exc)) from None
-        if self.classes is not None and self.classes.num_classes != 2:
-            raise DataError(f"{class_file}: {self.classes.num_classes} classes; only binary segmentation "
-                            "(two names) is supported so far")
+        # More than two classes: label maps, resized with nearest neighbour and augmented as labels.
+        self.multiclass = self.classes is not None and self.classes.num_classes > 2
+        if self.multiclass and self.augment_spec is not None:
+            self.augment_spec = replace(self.augment_spec, mask_mode="labels")
         pairs = pair_folder(self.directory)
         ids = sorted(pairs)
         self._set_names(ids if split == "test"
@@ -121,7 +124,7 @@ class FolderDataset(SegmentationDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_np, mask = self._decode(index)
         image = resize_image(image_to_tensor(image_np), self.image_size)
-        mask = resize_mask(mask, self.image_size)
+        mask = resize_labels(mask, self.image_size) if self.multiclass else resize_mask(mask, self.image_size)
         if self.augment_spec is not None:
             image, mask = augment_pair(image, mask, self.augment_spec, self._next_generator(index))
         return image, mask

@@ -3,12 +3,14 @@
 Conventions (every dataset module and ``segdiff predict`` rely on them):
 - Images decode to uint8 (H, W, 3); masks to bool (H, W). As tensors: image float32 (3, H, W) in
   [0, 1], mask float32 (1, H, W) with values exactly {0., 1.}, and `labels.IGNORE` (-1) on
-  ignored pixels when the mask came with a class file (`read_label_mask`, `labels_to_mask`).
+  ignored pixels when the mask came with a class file (`read_label_mask`, `labels_to_mask`); with
+  more than two classes the mask holds each pixel's class index (a label map).
 - TIFFs are read with tifffile (1-bit MinIsWhite polarity applied here), everything else with
   Pillow. Other bit depths and ambiguous masks are refused, not guessed at.
 - Resizing ("clean"): image bilinear with antialiasing; mask bilinear with antialiasing, then
   >= 0.5, i.e. a pixel is foreground when at least half of its footprint was (ignored pixels
-  likewise: ignored when at least half of the footprint was).
+  likewise: ignored when at least half of the footprint was). Label maps of more than two
+  classes: nearest neighbour (`resize_labels`).
 - Bad input raises :class:`DataError` (a ``ValueError``) naming the file and the problem. No file
   handle stays open.
 """
@@ -27,7 +29,8 @@ from PIL import Image, UnidentifiedImageError
 from ..labels import IGNORE, ClassList
 
 __all__ = ["DataError", "IMAGE_SUFFIXES", "binarise_mask", "check_file", "image_to_tensor", "labels_to_mask",
-           "mask_to_tensor", "read_image", "read_label_mask", "read_mask", "read_size", "resize_image", "resize_mask"]
+           "mask_to_tensor", "read_image", "read_label_mask", "read_mask", "read_size", "resize_image", "resize_labels",
+           "resize_mask"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -196,6 +199,8 @@ def read_label_mask(path: str | Path, classes: ClassList) -> np.ndarray:
         array, mode = _read_pil(path, for_image=False)
     if array.ndim == 3 and mode in ("LA", "PA") and array.shape[2] == 2:
         array = array[:, :, 0]  # an alpha band carries no labels
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
+        return _colours_to_labels(array[:, :, :3], classes, path)
     if array.ndim != 2 or array.dtype != np.uint8:
         raise DataError(f"{path}: expected an 8-bit single-channel label mask (class indices), found shape "
                         f"{array.shape} of {array.dtype}")
@@ -206,13 +211,34 @@ def read_label_mask(path: str | Path, classes: ClassList) -> np.ndarray:
     return array
 
 
+def _colours_to_labels(rgb: np.ndarray, classes: ClassList, path: Path) -> np.ndarray:
+    """A colour-coded RGB mask -> uint8 labels by the class file's colours (and ignore_colour)."""
+    if not classes.colours:
+        raise DataError(f"{path}: an RGB mask, but the class file gives no colours; add colours: "
+                        "[[r, g, b], ...] (one per class), or save masks as class indices")
+    table = {c: i for i, c in enumerate(classes.colours)}
+    if classes.ignore_colour is not None:
+        table[classes.ignore_colour] = classes.ignore_index
+    codes = (rgb[:, :, 0].astype(np.int32) << 16) | (rgb[:, :, 1].astype(np.int32) << 8) | rgb[:, :, 2]
+    found, inverse = np.unique(codes, return_inverse=True)
+    lookup = np.zeros(found.size, dtype=np.uint8)
+    unknown = []
+    for n, code in enumerate(found.tolist()):
+        colour = (code >> 16, (code >> 8) & 255, code & 255)
+        if colour in table:
+            lookup[n] = table[colour]
+        else:
+            unknown.append(list(colour))
+    if unknown:
+        shown = ", ".join(map(str, unknown[:6])) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
+        raise DataError(f"{path}: colour(s) {shown} not in the class file's colours")
+    return lookup[inverse.reshape(codes.shape)]
+
+
 def labels_to_mask(labels: np.ndarray, classes: ClassList) -> torch.Tensor:
-    """A binary class list's labels (H, W) -> float32 (1, H, W): 1 for class 1, 0 for class 0, IGNORE
-    where the label is the ignore index."""
-    if classes.num_classes != 2:
-        raise DataError(f"{classes.num_classes} classes ({', '.join(classes.names)}): only binary "
-                        "segmentation (two classes) is supported so far")
-    mask = torch.from_numpy((labels == 1).astype(np.float32))[None]
+    """Label masks (H, W) -> float32 (1, H, W): the class index of each pixel (binary: 1 foreground,
+    0 background), IGNORE where the label is the ignore index."""
+    mask = torch.from_numpy(labels.astype(np.float32))[None]
     if classes.ignore_index is not None:
         mask[0][torch.from_numpy(labels == classes.ignore_index)] = IGNORE
     return mask
@@ -254,6 +280,15 @@ def resize_image(image: torch.Tensor, size: int | tuple[int, int], *, mode: str 
         return F.interpolate(image[None], size=size, mode="nearest")[0]
     out = F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)
     return out[0].clamp_(0.0, 1.0)
+
+
+def resize_labels(labels: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize a label map (1, H, W) of class indices (and IGNORE) with nearest neighbour: every
+    pixel keeps a label that was there, never a blend or a threshold of two."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(labels.shape[-2:]) == size:
+        return labels
+    return F.interpolate(labels[None], size=size, mode="nearest-exact")[0]
 
 
 def resize_mask(mask: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
