@@ -196,3 +196,26 @@ def test_a_run_takes_the_datas_classes_and_evaluate_writes_the_per_class_report(
     for name in ("report.html", "report.md", "per_image.csv", "curve.csv", "examples.png", "reliability.png"):
         assert (tmp_path / "eval" / name).is_file(), name
     assert "car" in (tmp_path / "eval" / "report.html").read_text()
+
+
+def test_predict_writes_an_indexed_label_png_at_the_input_size_with_the_classes_colours(tmp_path):
+    from segdiff.cli import main
+
+    write_multiclass_folder(tmp_path / "data", "rgb", count=6, size=32)
+    cfg = ExperimentConfig.tiny().override([
+        "data.dataset=folder", f"data.root={tmp_path / 'data'}", "diffusion.num_steps=25", "train.batch_size=4",
+        "train.max_steps=2", "train.val_every=0", "train.device=cpu", f"train.out_dir={tmp_path / 'run'}",
+        "sample.num_generations=2", "sample.sampler=ddim", "sample.num_sampling_steps=2"])
+    train(cfg, progress=False)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 45, 3), dtype=np.uint8)).save(photo)
+    assert main(["predict", str(tmp_path / "run"), str(photo), "--out", str(tmp_path / "pred"), "--class-probs"]) == 0
+    labels = Image.open(tmp_path / "pred" / "photo_labels.png")
+    assert labels.mode == "P" and labels.size == (45, 30)
+    assert labels.getpalette()[:12] == sum(COLOURS, [])  # the class file's colours
+    assert set(np.unique(np.array(labels)).tolist()) <= {0, 1, 2, 3}
+    probs = [np.array(Image.open(tmp_path / "pred" / f"photo_prob_{n}.png"), dtype=float) / 255
+             for n in ("sky", "road", "car", "tree")]
+    assert np.allclose(sum(probs), 1.0, atol=4 / 255)  # four rounded probabilities sum to one
+    for kind in ("overlay", "entropy"):
+        assert Image.open(tmp_path / "pred" / f"photo_{kind}.png").size == (45, 30)

@@ -15,7 +15,9 @@ or a Hugging Face Hub repo id "user/name" (segdiff.hub).
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -33,7 +35,7 @@ from .device import resolve_device
 from .evaluation import evaluate, format_report
 from .export import export_model
 from .hub import source_config
-from .io import colormap, overlay, save_png
+from .io import colormap, colour_labels, overlay, save_labels, save_png
 from .models import load_model
 from .protocol import protocol_for, resize_probabilities
 from .sampling import Prediction, generation_seeds
@@ -177,7 +179,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # This process's share, and what is left to do.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     out = Path(args.out)
-    kinds = ("mask", "prob", "uncertainty", "overlay")
+    multiclass = source_config(args.checkpoint).model.num_classes > 2
+    kinds = ("labels", "overlay", "entropy") if multiclass else ("mask", "prob", "uncertainty", "overlay")
     mine = sorted(paths, key=lambda p: p.stem)[rank::world]
     todo = [p for p in mine if args.overwrite or not all((out / f"{p.stem}_{k}.png").exists() for k in kinds)]
     who = f"rank {rank}/{world}: " if world > 1 else ""
@@ -214,6 +217,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             else:
                 pred = Prediction.from_generations(model.generations(
                     resize_image(image, size)[None], generation_seeds(image_seed, k), sample))
+            if multiclass:
+                _save_label_outputs(out, path.stem, image, pred, model.config.model, args.class_probs)
+                print(f"{who}[{n}/{len(todo)}] {path} -> {out}/{path.stem}_{{labels,overlay,entropy}}.png")
+                continue
             # Probabilities and uncertainty back at the input's size (bilinear) before the 0.5 threshold.
             prob = resize_probabilities(pred.prob[0, 0].cpu(), (h, w))
             unc = resize_probabilities(pred.uncertainty[0, 0].cpu(), (h, w))
@@ -224,6 +231,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{who}[{n}/{len(todo)}] {path} -> {out}/{path.stem}_{{mask,prob,uncertainty,overlay}}.png "
                   f"(foreground {100 * (prob > 0.5).float().mean():.1f} %)")
     return 0
+
+
+def _save_label_outputs(out: Path, stem: str, image: torch.Tensor, pred: Prediction, model_config,
+                        class_probs: bool) -> None:
+    """A multi-class prediction at the input's size: the class probabilities resized bilinearly, then
+    the argmax. STEM_labels.png (indexed PNG: pixel value = class, palette = the classes' colours),
+    STEM_overlay.png (the image half-tinted by class), STEM_entropy.png (entropy / log C on the colour
+    ramp) and, with --class-probs, STEM_prob_CLASS.png per class (grey, 0..1)."""
+    h, w = image.shape[-2:]
+    prob = resize_probabilities(pred.prob[0].cpu(), (h, w))  # (C, h, w)
+    labels = prob.argmax(dim=0)
+    entropy = resize_probabilities(pred.uncertainty[0, 0].cpu(), (h, w)) / math.log(prob.shape[0])
+    palette = model_config.palette
+    save_labels(out / f"{stem}_labels.png", labels, palette)
+    save_png(out / f"{stem}_overlay.png", 0.5 * image + 0.5 * colour_labels(labels, palette))
+    save_png(out / f"{stem}_entropy.png", colormap(entropy))
+    if class_probs:
+        for name, channel in zip(model_config.classes, prob):
+            save_png(out / f"{stem}_prob_{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}.png", channel)
 
 
 # --- evaluate -----------------------------------------------------------------------------------------
@@ -418,7 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "before the 0.5 threshold. With --tile the image is segmented at its native "
                                    "resolution by overlapping windows of the model's input size, blended (see "
                                    "segdiff.sliding). Writes NAME_mask.png, NAME_prob.png, NAME_uncertainty.png and "
-                                   "NAME_overlay.png into --out, skipping images whose four outputs exist. Under "
+                                   "NAME_overlay.png into --out, skipping images whose four outputs exist (a multi-class model: "
+                                   "NAME_labels.png, an indexed PNG of class indices with the classes' colours, "
+                                   "NAME_overlay.png and NAME_entropy.png; the class probabilities are resized "
+                                   "before the argmax). Under "
                                    "torchrun --nproc_per_node=N each process takes every N-th image.",
                        epilog="examples: segdiff predict runs/vai photos/ --out pred --sampler sde-dpm-solver++ --steps 10; "
                               "MoNuSeg's test protocol (512 from four 256 quadrants): segdiff predict runs/mon "
@@ -432,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "resizing to the model's input")
     p.add_argument("--overlap", type=int, default=None, help="with --tile: minimum overlap of neighbouring windows in "
                    "pixels (default: a quarter of the window)")
+    p.add_argument("--class-probs", action="store_true", help="multi-class models: also write "
+                   "NAME_prob_CLASS.png, each class's probability (grey, 0..1)")
     p.add_argument("--blend", default="linear", choices=BLENDS, help="with --tile: how overlapping "
                    "windows are blended (default: %(default)s; linear is exact stitching at --overlap 0)")
     p.add_argument("--resize", type=int, default=None, metavar="SIZE", help="with --tile: first resize the image to "

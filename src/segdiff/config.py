@@ -18,6 +18,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .labels import default_palette
+
 Conditioning = Literal["sum", "concat", "image-concat", "add-after-down-1", "add-after-down-3", "add-after-down-5"]
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
 Sampler = Literal["ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"]  # the functions in sampling.py
@@ -205,8 +207,10 @@ class ModelConfig:
     # predicted as C class probabilities (encoding.py).
     num_classes: int = 2
     mask_encoding: MaskEncoding = "onehot"
-    # The classes' names in index order (empty: "background", "foreground" for binary, else "class 0", ...).
+    # The classes' names in index order (empty: "background", "foreground" for binary, else "class 0", ...),
+    # and their RGB colours for label pictures (empty: labels.default_palette).
     class_names: tuple[str, ...] = ()
+    class_colours: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def mask_channels(self) -> int:
@@ -217,6 +221,11 @@ class ModelConfig:
     def prob_channels(self) -> int:
         """Channels of every probability map: 1 for binary (the foreground), else C."""
         return 1 if self.num_classes == 2 else self.num_classes
+
+    @property
+    def palette(self) -> tuple[tuple[int, int, int], ...]:
+        """The classes' RGB colours: `class_colours`, else `labels.default_palette`."""
+        return self.class_colours or default_palette(self.num_classes)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -238,6 +247,10 @@ class ModelConfig:
             raise ConfigError(f"class_names has {len(self.class_names)} names for num_classes={self.num_classes}")
         if len(set(self.class_names)) != len(self.class_names):
             raise ConfigError(f"class_names repeat: {self.class_names}")
+        if self.class_colours and (len(self.class_colours) != self.num_classes or any(
+                len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.class_colours)):
+            raise ConfigError(f"class_colours: expected {self.num_classes} [r, g, b] triples of 0..255, "
+                              f"found {self.class_colours}")
         if len(self.unet_features) != 6 or any(f < 1 for f in self.unet_features):
             raise ConfigError(f"unet_features={self.unet_features}: BasicUNet takes 6 positive widths "
                              "(5 encoder levels and the last decoder)")

@@ -47,7 +47,7 @@ from . import metrics, plots, report_html
 from .config import SampleConfig
 from .device import describe_machine
 from .io import atomic_write, colormap, colour_labels, overlay, png_bytes
-from .labels import IGNORE, default_palette, valid_pixels
+from .labels import IGNORE, valid_pixels
 from .progress import progress as progress_display
 from .protocol import PAPER_CITYSCAPES_IOU, PAPER_RESULTS, Protocol, item_names, resize_probabilities
 from .sampling import symmetry_order
@@ -380,8 +380,7 @@ def evaluate_labels(model, dataset, protocol: Protocol, sample: SampleConfig | N
     sample = sample or config.sample
     m = config.model
     num_classes, names = m.num_classes, m.classes
-    classes = getattr(dataset, "classes", None)
-    palette = (classes.colours if classes is not None and classes.colours else default_palette(num_classes))
+    palette = m.palette
     k_total = model.num_generations(sample)
     symmetry_order(sample.symmetry, protocol.image_size, protocol.image_size)
     protocol.check_dataset(dataset)

@@ -140,6 +140,14 @@ def save_prediction(out_dir: str | Path, name: str, image: Tensor, prob: Tensor,
     return paths
 
 
+def save_labels(path: str | Path, labels: Tensor, palette: Sequence[Sequence[int]]) -> None:
+    """Save a label map (H, W) of class indices as an indexed PNG whose palette is `palette`: the
+    pixel values are the classes (read back with any tool), the viewer shows their colours."""
+    img = Image.fromarray(labels.detach().cpu().numpy().astype(np.uint8), mode="P")
+    img.putpalette([v for rgb in palette for v in rgb] + [0] * (3 * (256 - len(palette))))
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
 def save_sheet(path: str | Path, rows: list[list[Tensor]], scale: int = 1) -> None:
     """One PNG of equally sized pictures, a row per list; (H, W) pictures are shown in grey."""
     as_rgb = lambda x: x.expand(3, -1, -1) if x.ndim == 3 else x[None].expand(3, -1, -1)  # noqa: E731

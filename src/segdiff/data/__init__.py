@@ -152,7 +152,8 @@ def with_dataset_classes(cfg: ExperimentConfig, dataset: Dataset) -> ExperimentC
         return cfg
     if m.num_classes == 2 and not m.class_names:
         return dataclasses.replace(cfg, model=dataclasses.replace(m, num_classes=classes.num_classes,
-                                                                  class_names=classes.names))
+                                                                  class_names=classes.names,
+                                                                  class_colours=classes.colours))
     raise ConfigError(f"the config's classes ({m.num_classes}: {', '.join(m.classes)}) differ from the data's "
                       f"({classes.num_classes}: {', '.join(classes.names)}); set model.num_classes and "
                       "model.class_names to the data's, or leave them at their defaults to take the data's")
