@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from .checkpoint import CheckpointError, run_checkpoint
 from .evaluation import format_report
 from .hub import (
-    CARD_NAME, CLASS_NAMES, CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, ModelSource, folder_config,
+    CARD_NAME, CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, ModelSource, folder_config,
     load_weights, read_source,
 )
 from .io import atomic_write
@@ -151,7 +151,9 @@ def model_card(source: ModelSource, summary: dict[str, Any] | None) -> str:
         "",
         f"- **Model**: {kind}.",
         f"- **Input**: {m.in_channels}-channel images resized to {m.image_size} x {m.image_size}, values in [0, 1].",
-        f"- **Classes**: {', '.join(CLASS_NAMES[m.num_classes])} (binary; the output is the foreground probability).",
+        f"- **Classes**: {', '.join(m.classes)} "
+        + ("(binary; the output is the foreground probability)." if m.num_classes == 2 else
+           f"({m.num_classes} classes, denoised as {m.mask_encoding}; the output is per-class probabilities)."),
         f"- **Training data**: {what}; {data_line}.",
         f"- **Data terms**: {terms}",
         f"- **Trained**: {training.get('steps', 'unknown')} steps, {_duration(training.get('elapsed_s'))} "

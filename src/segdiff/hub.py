@@ -44,8 +44,6 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)  # everything a model folder holds
 
-# Class names by ModelConfig.num_classes, background first (binary is the only case so far).
-CLASS_NAMES: dict[int, tuple[str, ...]] = {2: ("background", "foreground")}
 # config.json's keys beside the ExperimentConfig's own.
 _CONFIG_SECTIONS = ("model", "diffusion", "data", "train", "sample", "preset")
 _EXTRA_KEYS = ("format", "format_version", "model_kind", "classes", "input_size", "training")
@@ -82,7 +80,7 @@ def folder_config(config: ExperimentConfig, training: dict[str, Any]) -> dict[st
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_kind": config.model.kind,
-        "classes": list(CLASS_NAMES[config.model.num_classes]),
+        "classes": list(config.model.classes),
         "input_size": config.model.image_size,
         "training": training,
         **config.to_dict(),
@@ -110,7 +108,7 @@ def read_folder_config(path: Path) -> tuple[ExperimentConfig, dict[str, Any]]:
         raise CheckpointError(f"{path}: {exc}") from None
     # The summary keys restate the config; a file where they disagree was edited by hand.
     expected = {"model_kind": config.model.kind, "input_size": config.model.image_size,
-                "classes": list(CLASS_NAMES[config.model.num_classes])}
+                "classes": list(config.model.classes)}
     for key, value in expected.items():
         if key in data and data[key] != value:
             raise CheckpointError(f"{path}: {key}={data[key]!r} disagrees with its config, which gives {value!r}")
