@@ -187,7 +187,7 @@ def test_channel_counts_segdiff_cannot_read_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("labels, problem", [
-    ({"background": 0, "a": 1, "b": 2}, "3 classes (background, a, b); only binary segmentation"),
+    ({"background": 0}, "at least two labels"),
     ({"background": 0, "tumour": [1, 2]}, "region-based labels (tumour) are not supported"),
     ({"background": 0, "polyp": 2}, "consecutive 0, 1, 2"),
     ({"background": 0, "polyp": 1, "ignore": 1}, "'ignore' label (1) must have the highest value"),
@@ -315,3 +315,33 @@ def test_segdiff_train_runs_on_an_nnunet_folder(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in records if r["event"] == "train")
     assert [r for r in records if r["event"] == "val"]
+
+
+def test_a_multiclass_folder_round_trips_through_nnunet_as_label_maps(tmp_path):
+    """Three classes and void: folder -> nnU-Net (labels 0..2, ignore 3) -> folder, and the nnU-Net
+    dataset gives the folder dataset's label maps."""
+    source = tmp_path / "mine"
+    (source / "images").mkdir(parents=True)
+    (source / "masks").mkdir()
+    (source / "classes.json").write_text(json.dumps({"names": ["sky", "road", "car"], "ignore_index": 255}))
+    for i in range(4):
+        labels = np.zeros((20, 20), np.uint8)
+        labels[8:, :] = 1
+        labels[12:, 5 + i:12] = 2
+        labels[:2, :2] = 255
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+            source / "images" / f"s{i}.png")
+        Image.fromarray(labels).save(source / "masks" / f"s{i}.png")
+    converted = folder_to_nnunet(source, tmp_path / "raw", name="Dataset007_Road")
+    spec = json.loads((converted.path / "dataset.json").read_text())
+    assert spec["labels"] == {"background": 0, "road": 1, "car": 2, "ignore": 3}
+    raw = NNUNetRaw(converted.path, "train", image_size=20, val_fraction=0.25)
+    mine = FolderDataset(source, "train", image_size=20, val_fraction=0.25)
+    assert raw.names == mine.names and raw.classes.num_classes == 3
+    for i in range(len(raw)):
+        assert torch.equal(raw[i][1], mine[i][1])  # the same label maps, void included
+    back = nnunet_to_folder(converted.path, tmp_path / "back")
+    again = FolderDataset(back.path, "train", image_size=20, val_fraction=0.25)
+    assert again.classes.names == ("background", "road", "car")  # nnU-Net's name for label 0
+    for i in range(len(again)):
+        assert torch.equal(again[i][1], mine[i][1])

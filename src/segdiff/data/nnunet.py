@@ -13,7 +13,8 @@ directly lets SegDiff train on the very cases nnU-Net is compared on, without a 
   segdiff models read RGB, so 3 channels, or 1 (replicated to RGB as the folder dataset does).
 - Labels: ``{"background": 0, "polyp": 1, "ignore": 2}``. Class values must be 0..C-1 with
   ``background`` at 0 (nnU-Net's rules); the optional label named ``ignore`` (the highest value)
-  becomes `labels.IGNORE`, never trained on or scored. Binary only for now (C = 2); region-based
+  becomes `labels.IGNORE`, never trained on or scored. Two or more classes (more than two: label
+  maps, resized with nearest neighbour); region-based
   labels (lists of values) are refused.
 - Layout, names, channel counts and sizes are checked from file headers when the dataset is built;
   label values when a label file is decoded (`NNUNetRaw.verify` decodes everything up front).
@@ -33,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -47,7 +48,7 @@ from .augment import FOLDER_AUGMENT, AugmentSpec, augment_pair
 from .base import SegmentationDataset, Split, select_split
 from .folder import pair_folder
 from .reading import (IMAGE_SUFFIXES, DataError, image_to_tensor, labels_to_mask, read_image, read_label_mask,
-                      read_mask, read_size, resize_image, resize_mask)
+                      read_mask, read_size, resize_image, resize_labels, resize_mask)
 
 __all__ = ["DATASET_JSON", "Converted", "NNUNetCase", "NNUNetRaw", "NNUNetSpec", "folder_to_nnunet", "main",
            "nnunet_to_folder", "read_cases", "read_case_image", "read_dataset_json"]
@@ -102,9 +103,8 @@ def _read_labels(path: Path, labels: object, data: dict) -> ClassList:
     if ignore is not None and ignore <= values[-1]:
         raise _json_error(path, f"the 'ignore' label ({ignore}) must have the highest value, above every class "
                           f"(0..{values[-1]})")
-    if len(classes) != 2:
-        raise _json_error(path, f"{len(classes)} classes ({', '.join(name for _, name in classes)}); only binary "
-                          "segmentation (background and one class, plus an optional 'ignore') is supported so far")
+    if len(classes) < 2:
+        raise _json_error(path, "at least two labels are needed (background and a class)")
     return ClassList(tuple(name for _, name in classes), ignore)
 
 
@@ -282,6 +282,10 @@ class NNUNetRaw(SegmentationDataset):
         self.augment_spec = augment_spec if augment and split == "train" else None
         self.spec = read_dataset_json(root)
         self.classes: ClassList = self.spec.classes
+        # More than two classes: label maps, resized with nearest neighbour and augmented as labels.
+        self.multiclass = self.classes.num_classes > 2
+        if self.multiclass and self.augment_spec is not None:
+            self.augment_spec = replace(self.augment_spec, mask_mode="labels")
         cases = read_cases(root, self.spec, "Ts" if split == "test" else "Tr")
         ids = sorted(cases)
         self._set_names(ids if split == "test" else select_split(ids, split, val_fraction, seed, root / "imagesTr"))
@@ -304,7 +308,7 @@ class NNUNetRaw(SegmentationDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_np, mask = self._decode(index)
         image = resize_image(image_to_tensor(image_np), self.image_size)
-        mask = resize_mask(mask, self.image_size)
+        mask = resize_labels(mask, self.image_size) if self.multiclass else resize_mask(mask, self.image_size)
         if self.augment_spec is not None:
             image, mask = augment_pair(image, mask, self.augment_spec, self._next_generator(index))
         return image, mask
@@ -384,15 +388,15 @@ def folder_to_nnunet(folder_root: str | Path, out_dir: str | Path, name: str = "
         classes = read_class_file(class_file) if class_file else None
     except ClassFileError as exc:
         raise DataError(str(exc)) from None
-    if classes is not None and classes.num_classes != 2:
-        raise DataError(f"{class_file}: {classes.num_classes} classes; only binary segmentation is supported so far")
-    foreground = classes.names[1] if classes is not None else "foreground"
-    if foreground in ("background", IGNORE_NAME):
-        raise DataError(f"{class_file}: class 1 is named {foreground!r}, a name nnU-Net reserves; rename it")
+    names = list(classes.names[1:]) if classes is not None else ["foreground"]
+    for reserved in set(names) & {"background", IGNORE_NAME}:
+        raise DataError(f"{class_file}: a class is named {reserved!r}, a name nnU-Net reserves for another label; "
+                        "rename it")
     pairs = {part: pair_folder(directory) for part, directory in parts.items()}  # checks before writing
-    labels = {"background": 0, foreground: 1}
+    labels = {"background": 0, **{class_name: value for value, class_name in enumerate(names, 1)}}
+    ignore_value = len(names) + 1  # nnU-Net: the ignore label is the highest
     if classes is not None and classes.ignore_index is not None:
-        labels[IGNORE_NAME] = 2
+        labels[IGNORE_NAME] = ignore_value
 
     def write(folder: Path) -> None:
         for part, cases in pairs.items():
@@ -403,7 +407,7 @@ def folder_to_nnunet(folder_root: str | Path, out_dir: str | Path, name: str = "
                 else:
                     label = read_label_mask(mask_path, classes)
                     if classes.ignore_index is not None:
-                        label = np.where(label == classes.ignore_index, 2, label).astype(np.uint8)
+                        label = np.where(label == classes.ignore_index, ignore_value, label).astype(np.uint8)
                 _save_png(label, folder / f"labels{part}" / f"{case}.png")
         dataset = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": labels,
                    "numTraining": len(pairs["Tr"]), "file_ending": ".png", "name": name.split("_", 1)[1],
@@ -443,14 +447,16 @@ def nnunet_to_folder(nnunet_root: str | Path, out_dir: str | Path) -> Converted:
             for case in cases.values():
                 _save_png(read_case_image(case), base / "images" / f"{case.name}.png")
                 raw = read_label_mask(case.label, classes)
-                if classes.ignore_index is None:
+                if classes.ignore_index is None and classes.num_classes == 2:
                     mask = np.where(raw == 1, 255, 0).astype(np.uint8)
+                elif classes.ignore_index is None:
+                    mask = raw
                 else:
                     mask = np.where(raw == classes.ignore_index, 255, raw).astype(np.uint8)
                 _save_png(mask, base / "masks" / f"{case.name}.png")
-        if classes.ignore_index is not None:
-            (folder / "classes.json").write_text(json.dumps({"names": list(classes.names), "ignore_index": 255})
-                                                 + "\n", encoding="utf-8")
+        if classes.ignore_index is not None or classes.num_classes > 2:
+            found = {"names": list(classes.names), **({"ignore_index": 255} if classes.ignore_index is not None else {})}
+            (folder / "classes.json").write_text(json.dumps(found) + "\n", encoding="utf-8")
 
     _write_atomically(dest, write)
     return Converted(dest, {split: len(cases) for split, cases in parts.items()}, notes)
