@@ -17,7 +17,7 @@ from PIL import Image
 from segdiff.cli import main as segdiff_main
 from segdiff.data import DATASETS, DataError, build_dataset
 from segdiff.data.folder import FolderDataset
-from segdiff.data.nnunet import NNUNetRaw, folder_to_nnunet, main, nnunet_to_folder
+from segdiff.data.nnunet import NNUNetRaw, folder_to_nnunet, nnunet_to_folder
 from segdiff.data.reading import labels_to_mask, read_image, read_label_mask, read_mask
 from segdiff.labels import IGNORE, read_class_file
 
@@ -293,11 +293,12 @@ def test_conversion_refuses_a_non_empty_destination_and_writing_into_the_source(
 
 def test_the_command_line_converts_both_ways_and_reports_errors(tmp_path, capsys):
     _write_folder(tmp_path / "mine", ["a", "b", "c"], void=False)
-    assert main(["to-nnunet", str(tmp_path / "mine"), str(tmp_path / "raw"), "--name", "Dataset003_Cli"]) == 0
+    assert segdiff_main(["convert", "to-nnunet", str(tmp_path / "mine"), str(tmp_path / "raw"), "--name",
+                         "Dataset003_Cli"]) == 0
     assert "Dataset003_Cli (train 3 cases)" in capsys.readouterr().out
-    assert main(["to-folder", str(tmp_path / "raw" / "Dataset003_Cli"), str(tmp_path / "back")]) == 0
+    assert segdiff_main(["convert", "to-folder", str(tmp_path / "raw" / "Dataset003_Cli"), str(tmp_path / "back")]) == 0
     assert "back (train 3 cases)" in capsys.readouterr().out
-    assert main(["to-folder", str(tmp_path / "mine"), str(tmp_path / "other")]) == 2
+    assert segdiff_main(["convert", "to-folder", str(tmp_path / "mine"), str(tmp_path / "other")]) == 2
     assert "dataset.json: not found" in capsys.readouterr().err
 
 

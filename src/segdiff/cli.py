@@ -30,6 +30,7 @@ import yaml
 from .checkpoint import CheckpointError, load_resume_checkpoint
 from .config import CONDITIONINGS, CROP_SETTINGS, PRESETS, SAMPLER_NAMES, SYMMETRY_NAMES, ConfigError, ExperimentConfig, SampleConfig
 from .data import DATASETS, IMAGE_SUFFIXES, DataError, image_to_tensor, make_dataset, read_image, resize_image
+from .data.nnunet import folder_to_nnunet, nnunet_to_folder
 from .demo import run_demo
 from .device import resolve_device
 from .evaluation import evaluate, format_report
@@ -325,6 +326,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    if args.direction == "to-nnunet":
+        print(folder_to_nnunet(args.source, args.destination, args.name))
+    else:
+        print(nnunet_to_folder(args.source, args.destination))
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------------------
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """The flags that describe a training run's config (train, baseline)."""
@@ -522,6 +531,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR when it exists and is not empty")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="convert a folder dataset to an nnU-Net raw dataset, or back",
+                       description="to-nnunet: a segdiff folder dataset (images/ + masks/, or train/ and test/ "
+                                   "holding them, with its class file if any) -> DESTINATION/NAME in nnU-Net v2's "
+                                   "raw layout (dataset.json, imagesTr/, labelsTr/, imagesTs/, labelsTs/). "
+                                   "to-folder: an nnU-Net raw dataset -> a segdiff folder dataset. Written to a "
+                                   "temporary sibling and renamed; never into the source; the destination must be "
+                                   "new or empty.",
+                       epilog="examples: segdiff convert to-nnunet my_data/ nnUNet_raw/ --name Dataset501_Mine; "
+                              "segdiff convert to-folder nnUNet_raw/Dataset501_Mine/ my_copy/")
+    p.add_argument("direction", choices=("to-nnunet", "to-folder"))
+    p.add_argument("source", help="the dataset to convert")
+    p.add_argument("destination", help="to-nnunet: where the folder NAME goes (e.g. $nnUNet_raw); "
+                   "to-folder: a new or empty folder")
+    p.add_argument("--name", default="Dataset001_Mine", help="to-nnunet: the dataset folder, DatasetNNN_Name")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

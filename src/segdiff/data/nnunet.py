@@ -21,22 +21,18 @@ directly lets SegDiff train on the very cases nnU-Net is compared on, without a 
 
 `folder_to_nnunet` and `nnunet_to_folder` convert both ways, also from the shell::
 
-    python -m segdiff.data.nnunet to-nnunet my_data/ nnUNet_raw/ --name Dataset501_Mine
-    python -m segdiff.data.nnunet to-folder nnUNet_raw/Dataset501_Mine/ my_copy/
+    segdiff convert to-nnunet my_data/ nnUNet_raw/ --name Dataset501_Mine
+    segdiff convert to-folder nnUNet_raw/Dataset501_Mine/ my_copy/
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
-import sys
 import tempfile
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import tifffile
@@ -50,7 +46,7 @@ from .folder import pair_folder
 from .reading import (IMAGE_SUFFIXES, DataError, image_to_tensor, labels_to_mask, read_image, read_label_mask,
                       read_mask, read_size, resize_image, resize_labels, resize_mask)
 
-__all__ = ["DATASET_JSON", "Converted", "NNUNetCase", "NNUNetRaw", "NNUNetSpec", "folder_to_nnunet", "main",
+__all__ = ["DATASET_JSON", "Converted", "NNUNetCase", "NNUNetRaw", "NNUNetSpec", "folder_to_nnunet",
            "nnunet_to_folder", "read_cases", "read_case_image", "read_dataset_json"]
 
 DATASET_JSON = "dataset.json"
@@ -460,40 +456,3 @@ def nnunet_to_folder(nnunet_root: str | Path, out_dir: str | Path) -> Converted:
 
     _write_atomically(dest, write)
     return Converted(dest, {split: len(cases) for split, cases in parts.items()}, notes)
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-# `python -m segdiff.data.nnunet` runs this module a second time as __main__ after segdiff.data has imported
-# it; runpy's warning about that is harmless here (main uses no class identity across the two copies).
-warnings.filterwarnings("ignore", message=r"'segdiff\.data\.nnunet' found in sys\.modules", category=RuntimeWarning)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m segdiff.data.nnunet to-nnunet SRC DST [--name DatasetNNN_Name]` or `to-folder SRC DST`."""
-    parser = argparse.ArgumentParser(prog="python -m segdiff.data.nnunet",
-                                     description="Convert between segdiff folder datasets and nnU-Net raw datasets.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("to-nnunet", help="a segdiff folder dataset -> DST/NAME in nnU-Net's raw layout")
-    p.add_argument("source", help="folder dataset: images/ + masks/, or train/ and test/ holding them")
-    p.add_argument("destination", help="where to write the dataset folder NAME (e.g. $nnUNet_raw)")
-    p.add_argument("--name", default="Dataset001_Mine", help="the dataset folder, DatasetNNN_Name")
-    p = sub.add_parser("to-folder", help="an nnU-Net raw dataset -> a segdiff folder dataset DST")
-    p.add_argument("source", help="nnU-Net raw dataset folder (dataset.json, imagesTr/, labelsTr/)")
-    p.add_argument("destination", help="a new or empty folder")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "to-nnunet":
-            result = folder_to_nnunet(args.source, args.destination, args.name)
-        else:
-            result = nnunet_to_folder(args.source, args.destination)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(result)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
