@@ -73,6 +73,28 @@ def read_log(run: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in records if r["event"] == "train"], [r for r in records if r["event"] == "val"]
 
 
+def screening_table(screens: list[str]) -> list[str]:
+    """Lines of the short screening runs' table (LABEL=RUN_FOLDER each), from their log.jsonl."""
+    if not screens:
+        return []
+    rows = []
+    for item in screens:
+        label, _, folder = item.partition("=")
+        steps, vals = read_log(Path(folder))
+        config = json.loads((Path(folder) / "config.json").read_text())
+        rows.append(f"| {label} | {config['train']['time_budget_min']:g} | {steps[-1]['step']} | "
+                    f"{100 * vals[-1]['val_iou']:.1f} |")
+    return [
+        ("What was tried, on the car task at a shorter budget: each run on one thread, two side by side on "
+         "the same machine; validation IoU at the last step (the runs' log.jsonl)."),
+        "",
+        "| SegDiff variant | minutes | steps | val IoU at the end |",
+        "|---|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
 def report(args: argparse.Namespace) -> int:
     from segdiff.plots import plot_training_curves
 
@@ -119,6 +141,7 @@ def report(args: argparse.Namespace) -> int:
         *rows,
         "",
         *[line for picture in pictures for line in (picture, "")],
+        *screening_table(args.screens),
         "The recipe, for a folder of your own (`images/`, `masks/`, and a `classes.yaml` if masks have void):",
         "",
         "```",
@@ -162,6 +185,8 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=["segdiff", "unet"], choices=sorted(MODELS))
     p.add_argument("--runs", default="runs/own-data")
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument("--screens", nargs="*", default=[], metavar="LABEL=RUN",
+                   help="short screening runs to tabulate (their log.jsonl and config.json)")
     p.set_defaults(func=report)
     args = parser.parse_args()
     return args.func(args)

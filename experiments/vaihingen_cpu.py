@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+OWN_DATA_BEGIN = "<!-- OWN_DATA"  # where experiments/own_data.py's section of the page starts
 UNET_STEPS = 20_000  # what an hour on 2 cores fits for the U-Net (5.9 steps/s), so its cosine lr ends too
 K_SHOWN = (1, 3, 9, 30)
 
@@ -161,6 +162,9 @@ def report(args: argparse.Namespace) -> int:
         *([BEFORE_REDESIGN, ""] if any("sample" not in s for s in summaries.values()) else []),
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
+    kept = out.read_text() if out.exists() else ""
+    if OWN_DATA_BEGIN in kept:  # the "Your own data" section experiments/own_data.py writes stays
+        lines += ["", kept[kept.index(OWN_DATA_BEGIN):].rstrip("\n"), ""]
     out.write_text("\n".join(lines))
     print(f"wrote {out}")
     return 0

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError
-from .evaluation import panels
+from .evaluation import label_panels, panels
 from .protocol import item_names, resize_probabilities
 
 __all__ = ["SCALAR_TAGS", "summary_writer_class", "open_writer", "write_scalars", "ValidationExamples",
@@ -71,8 +71,9 @@ class ValidationExamples:
     (the mean of the K generations) and uncertainty (std x2, coloured), side by side.
     """
 
-    def __init__(self, dataset, count: int = NUM_EXAMPLES) -> None:
+    def __init__(self, dataset, count: int = NUM_EXAMPLES, palette=None) -> None:
         self.names, self.count = item_names(dataset), count
+        self.palette = palette  # a multi-class model's class colours: label maps, prediction and entropy
         self.pictures: list[tuple[str, Tensor]] = []
 
     def __call__(self, index: int, image: Tensor, target: Tensor, means: Tensor, uncertainty: Tensor) -> None:
@@ -83,7 +84,9 @@ class ValidationExamples:
         image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
         # The binary path's one channel is the foreground (channel 0); evaluate's panels at full size,
         # without the overlay.
-        shown = panels(image, target[0], means[-1, 0], uncertainty[0], side=max(size))[:4]
+        shown = (label_panels(image, target[0], means[-1], uncertainty[0], self.palette, side=max(size))
+                 if self.palette is not None else panels(image, target[0], means[-1, 0], uncertainty[0],
+                                                         side=max(size))[:4])
         self.pictures.append((self.names[index], torch.cat([picture for _, picture in shown], dim=2)))
 
 

@@ -596,7 +596,9 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
             paused = _clock()  # validation and checkpoints do not count in samples_per_s
             if val_set is not None and not interrupted and (step % tc.val_every == 0 or last):
                 # Rank 0 pictures the first validation items from the predictions it scores.
-                examples = tensorboard_log.ValidationExamples(val_set) if tb_writer is not None else None
+                palette = cfg.model.palette if cfg.model.num_classes > 2 else None  # multi-class: colour-coded
+                examples = (tensorboard_log.ValidationExamples(val_set, palette=palette)
+                            if tb_writer is not None else None)
                 val_iou = validation_iou(evaluated, val_set, protocol, val_sample, ranks, device, seed=tc.seed,
                                          on_item=examples)
                 log({"step": step, "event": "val", "val_iou": val_iou, "time": elapsed()})
