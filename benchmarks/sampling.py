@@ -35,6 +35,7 @@ Examples (the figures in docs/performance.md)::
     python benchmarks/sampling.py --checkpoint runs/tiny1500/last.safetensors --images 32 --generations 8 --autocast
     python benchmarks/sampling.py --preset small --images 1 --generations 4 --autocast
     python benchmarks/sampling.py --memory-preset vaihingen --generations 30 --max-batch 2 --memory-steps 1
+    python benchmarks/sampling.py --classes-preset cpu --classes 11 --images 2 --generations 9 --threads 2
 
 (add ``--threads N`` to fix torch's thread count; the docs' runs used ``--threads 1``).
 """
@@ -50,7 +51,7 @@ import os
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -59,7 +60,7 @@ from segdiff.data import make_dataset
 from segdiff.diffusion import DDPMScheduler, from_signed
 from segdiff.metrics import iou
 from segdiff.model import SegDiff
-from segdiff.models import load_model
+from segdiff.models import build_model, load_model
 from segdiff.sampling import generation_seeds, predict, sample_ddpm
 from segdiff.seeding import derive_seed
 from segdiff.data.synthetic import make_sample
@@ -384,6 +385,48 @@ def memory(args: argparse.Namespace, device: torch.device) -> None:
           f"(model weights: {params * 4 / 2**20:.0f} MiB); {elapsed:.1f} s")
 
 
+def classes_cost(args: argparse.Namespace, device: torch.device) -> None:
+    """Sampling cost of a C-class network against the binary one of the same preset, side by side.
+
+    Only G (its input channels) and the output layer grow with C, so the ratio should stay near 1.
+    The two networks (random weights) sample the same images with the same sampler, steps and K;
+    rounds alternate between them and the median of each is reported.
+    """
+    base = ExperimentConfig.from_preset(args.classes_preset)
+    size = base.model.image_size
+    images = torch.rand(args.images, base.model.in_channels, size, size)
+    sample = replace(base.sample, num_generations=args.generations, sampler="sde-dpm-solver++",
+                     num_sampling_steps=args.solver_steps, max_batch=args.max_batch)
+    models = {}
+    for label, classes, encoding in (("binary", 2, "onehot"), (f"{args.classes} classes, one-hot", args.classes, "onehot"),
+                                     (f"{args.classes} classes, analog bits", args.classes, "bits")):
+        cfg = replace(base, model=replace(base.model, num_classes=classes, mask_encoding=encoding))
+        torch.manual_seed(0)
+        models[label] = build_model(cfg)
+        models[label].net.to(device).eval()
+    seeds = list(range(args.images * args.generations))
+    times: dict[str, list[float]] = {label: [] for label in models}
+    for label, model in models.items():  # warm-up
+        model.generations(images, seeds, sample)
+    for _ in range(max(3, args.rounds)):
+        for label, model in models.items():
+            start = time.perf_counter()
+            with torch.no_grad():
+                model.generations(images, seeds, sample)
+            sync(device)
+            times[label].append(time.perf_counter() - start)
+    print(f"segdiff sampling cost by number of classes on {describe_machine(device)}, torch threads "
+          f"{torch.get_num_threads()}")
+    print(f"preset {args.classes_preset} ({size}x{size}), {args.images} image(s) x K={args.generations}, "
+          f"SDE-DPM-Solver++ {args.solver_steps} steps, median of {max(3, args.rounds)} alternating rounds")
+    binary = statistics.median(times["binary"])
+    for label, model in models.items():
+        params = sum(p.numel() for p in model.net.parameters())
+        median = statistics.median(times[label])
+        print(f"  {label:28s} {params / 1e6:6.3f} M parameters  {median / args.images:7.3f} s/image  "
+              f"{median / binary:5.3f}x binary")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="a trained checkpoint: speed and IoU on its test split")
@@ -401,6 +444,9 @@ def main() -> None:
                         "one denoise in float32 and under autocast")
     parser.add_argument("--memory-preset", help="measure the peak memory of K generations at this preset instead")
     parser.add_argument("--memory-steps", type=int, default=1)
+    parser.add_argument("--classes-preset", help="compare the sampling cost of a --classes network with the binary "
+                        "one of this preset instead")
+    parser.add_argument("--classes", type=int, default=11, help="with --classes-preset (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=1, help="time every method this many times, round-robin; "
                         "the table gives each method's median")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -415,7 +461,9 @@ def main() -> None:
     device = torch.device(args.device)
     if args.no_tf32:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    if args.memory_preset:
+    if args.classes_preset:
+        classes_cost(args, device)
+    elif args.memory_preset:
         memory(args, device)
     else:
         speed(args, device)

@@ -73,13 +73,24 @@ def read_log(run: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in records if r["event"] == "train"], [r for r in records if r["event"] == "val"]
 
 
+def gap_lines(scores: dict) -> list[str]:
+    """The issue's target, SegDiff within 3 test-mIoU points of the U-Net, checked per task and budget."""
+    gaps = [(task, minutes, 100 * (scores[(task, minutes, "unet")] - scores[(task, minutes, "segdiff")]))
+            for (task, minutes, model) in scores if model == "segdiff" and (task, minutes, "unet") in scores]
+    if not gaps:
+        return []
+    return ["U-Net minus SegDiff, test mIoU points (the target is at most 3): "
+            + "; ".join(f"{task}, {minutes:g} min: {gap:+.2f} ({'met' if gap <= 3 else 'missed'})"
+                        for task, minutes, gap in gaps) + ".", ""]
+
+
 def screening_table(screens: list[str]) -> list[str]:
     """Lines of the short screening runs' table (LABEL=RUN_FOLDER each), from their log.jsonl."""
     if not screens:
         return []
     rows = []
     for item in screens:
-        label, _, folder = item.partition("=")
+        label, _, folder = item.rpartition("=")
         steps, vals = read_log(Path(folder))
         config = json.loads((Path(folder) / "config.json").read_text())
         rows.append(f"| {label} | {config['train']['time_budget_min']:g} | {steps[-1]['step']} | "
@@ -101,7 +112,7 @@ def report(args: argparse.Namespace) -> int:
     runs_root, page = Path(args.runs), Path(args.out)
     figures = page.parent / "figures" / "own-data"
     figures.mkdir(parents=True, exist_ok=True)
-    rows, pictures, machine = [], [], None
+    rows, pictures, machine, scores = [], [], None, {}
     for task in args.tasks:
         curves = {}
         for minutes in args.minutes:
@@ -116,6 +127,7 @@ def report(args: argparse.Namespace) -> int:
                 curves[f"{MODELS[model][0]}, {minutes:g} min"] = ([v["time"] / 60 for v in vals],
                                                                    [v["val_iou"] for v in vals])
                 m = summary["metrics"]
+                scores[(task, minutes, model)] = m["iou"]
                 rows.append(f"| {task} | {MODELS[model][0]} | {minutes:g} | {steps[-1]['step']} | "
                             f"{100 * vals[-1]['val_iou']:.1f} | {100 * m['iou']:.2f} | {100 * m['f1']:.2f} | "
                             f"{summary['num_generations']} | {summary['seconds_per_image']:.2f} |")
@@ -140,6 +152,7 @@ def report(args: argparse.Namespace) -> int:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
+        *gap_lines(scores),
         *[line for picture in pictures for line in (picture, "")],
         *screening_table(args.screens),
         "The recipe, for a folder of your own (`images/`, `masks/`, and a `classes.yaml` if masks have void):",

@@ -219,3 +219,27 @@ def test_predict_writes_an_indexed_label_png_at_the_input_size_with_the_classes_
     assert np.allclose(sum(probs), 1.0, atol=4 / 255)  # four rounded probabilities sum to one
     for kind in ("overlay", "entropy"):
         assert Image.open(tmp_path / "pred" / f"photo_{kind}.png").size == (45, 30)
+
+
+def test_the_multiclass_synthetic_data_is_reproducible_and_leaves_the_binary_task_unchanged():
+    from segdiff.data.synthetic import SyntheticShapes, make_sample
+
+    first, again = make_sample(3, 7, 32, num_classes=4), make_sample(3, 7, 32, num_classes=4)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert set(first[1].unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
+    data = SyntheticShapes(8, 32, seed=1, num_classes=4)
+    assert data.classes.names == ("background", "shape 1", "shape 2", "shape 3")
+    binary = make_sample(3, 7, 32)
+    assert set(binary[1].unique().tolist()) <= {0.0, 1.0} and not hasattr(SyntheticShapes(2, 32), "classes")
+
+
+def test_demo_with_classes_trains_scores_per_class_and_refuses_one_class(tmp_path, capsys):
+    from segdiff.cli import main
+
+    assert main(["demo", "--classes", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--classes 1: a segmentation needs at least 2 classes" in capsys.readouterr().err
+    assert main(["demo", "--classes", "3", "--steps", "4", "--num-test", "4", "--generations", "2",
+                 "--out", str(tmp_path / "demo")]) == 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert set(summary["per_class_iou"]) == {"background", "shape 1", "shape 2"}
+    assert 0.0 <= summary["held_out_miou"] <= 1.0 and (tmp_path / "demo" / "examples.png").is_file()

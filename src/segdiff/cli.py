@@ -54,7 +54,8 @@ class UserError(Exception):
 # --- demo ---------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(args.out, steps=args.steps, time_budget_min=args.time_budget, num_generations=args.generations,
-             num_test=args.num_test, num_pictures=args.num_pictures, seed=args.seed, device=args.device)
+             num_test=args.num_test, num_pictures=args.num_pictures, seed=args.seed, device=args.device,
+             num_classes=args.classes)
     return 0
 
 
@@ -394,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generations", type=int, default=8, help="K samples averaged per image (default: %(default)s)")
     p.add_argument("--num-test", type=int, default=32, help="held-out images to score (default: %(default)s)")
     p.add_argument("--num-pictures", type=int, default=8, help="examples written as PNG (default: %(default)s)")
+    p.add_argument("--classes", type=int, default=2, help="2: binary shapes (default); N > 2: shapes of N - 1 "
+                   "classes told apart by texture, scored with per-class IoU and mIoU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: %(default)s)")
     p.set_defaults(func=cmd_demo)

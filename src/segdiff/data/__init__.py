@@ -76,11 +76,12 @@ __all__ = [
 
 
 def _build_synthetic(root: Path, split: Split, image_size: int, *, num_train: int = 2000, num_test: int = 64,
-                     val_fraction: float = 0.1, **_: Any) -> Dataset:
+                     val_fraction: float = 0.1, num_classes: int = 2, **_: Any) -> Dataset:
     """The built-in generated dataset (synthetic.py); `root` is unused. It needs no augmentation:
-    every image is new. Each split has its own generator seed, so the splits are disjoint."""
+    every image is new. Each split has its own generator seed, so the splits are disjoint.
+    `num_classes` > 2 gives the multi-class variant (`make_dataset` passes the model's count)."""
     length = {"train": num_train, "val": max(16, round(num_train * val_fraction)), "test": num_test}[split]
-    return SyntheticShapes(length, image_size, SPLIT_SEEDS[split])
+    return SyntheticShapes(length, image_size, SPLIT_SEEDS[split], num_classes)
 
 
 _REGISTRY: dict[str, Callable[..., Dataset]] = {
@@ -142,7 +143,7 @@ def _config_options(d: DataConfig) -> dict[str, Any]:
 def with_dataset_classes(cfg: ExperimentConfig, dataset: Dataset) -> ExperimentConfig:
     """`cfg` with the class count and names of `dataset` (a CamVid, a folder with a class file, ...).
 
-    A config that names no classes (binary, no `class_names`: the defaults) takes the dataset's;
+    A config that names no classes (no `class_names`, and binary or the dataset's count) takes the dataset's;
     one that names them must agree, or ConfigError says what differs. Datasets without a class
     list (binary masks) leave `cfg` as it is.
     """
@@ -150,7 +151,7 @@ def with_dataset_classes(cfg: ExperimentConfig, dataset: Dataset) -> ExperimentC
     m = cfg.model
     if classes is None or (m.num_classes, m.class_names) == (classes.num_classes, classes.names):
         return cfg
-    if m.num_classes == 2 and not m.class_names:
+    if not m.class_names and m.num_classes in (2, classes.num_classes):
         return dataclasses.replace(cfg, model=dataclasses.replace(m, num_classes=classes.num_classes,
                                                                   class_names=classes.names,
                                                                   class_colours=classes.colours))
@@ -172,6 +173,8 @@ def make_dataset(cfg: ExperimentConfig, split: Split, *, augment: bool = False,
     root = d.root or os.environ.get("SEGDIFF_DATA", "")
     if not root and d.dataset != "synthetic":
         raise DataError(f"dataset {d.dataset!r} needs a data folder: pass --data DIR or set SEGDIFF_DATA")
+    options = _config_options(d)
+    if d.dataset == "synthetic":
+        options["num_classes"] = cfg.model.num_classes  # the generated data has the model's classes
     return build_dataset(d.dataset, root, split, cfg.model.image_size if image_size is None else image_size,
-                         augment=augment, val_fraction=d.val_fraction, seed=cfg.train.seed,
-                         **_config_options(d))
+                         augment=augment, val_fraction=d.val_fraction, seed=cfg.train.seed, **options)
