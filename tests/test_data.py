@@ -68,8 +68,8 @@ def test_carve_validation_is_deterministic_disjoint_and_order_independent():
 
 
 def test_build_dataset_rejects_unknown_names_listing_the_valid_ones():
-    assert set(DATASETS) == {"vaihingen", "monuseg", "cityscapes", "folder", "nnunet", "synthetic"}
-    with pytest.raises(ValueError, match="vaihingen, monuseg, cityscapes, folder, nnunet, synthetic"):
+    assert set(DATASETS) == {"vaihingen", "monuseg", "cityscapes", "camvid", "folder", "nnunet", "synthetic"}
+    with pytest.raises(ValueError, match="vaihingen, monuseg, cityscapes, camvid, folder, nnunet, synthetic"):
         build_dataset("kitti", "/nonexistent", "train", 64)
     with pytest.raises(ValueError, match="split"):
         build_dataset("folder", "/nonexistent", "training", 64)  # type: ignore[arg-type]

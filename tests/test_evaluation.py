@@ -279,7 +279,7 @@ def test_not_a_checkpoint_is_exit_2_naming_the_file(tmp_path, capsys):
 def test_unknown_dataset_is_exit_2_listing_the_names(run, tmp_path, capsys):
     assert main(["evaluate", str(run), "--dataset", "pascal", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "'pascal'" in err and "vaihingen, monuseg, cityscapes, folder, nnunet, synthetic" in err
+    assert "'pascal'" in err and "vaihingen, monuseg, cityscapes, camvid, folder, nnunet, synthetic" in err
 
 
 def test_split_other_than_val_or_test_is_exit_2_naming_the_argument(run, tmp_path, capsys):

@@ -90,10 +90,12 @@ def test_a_label_value_outside_the_class_list_names_the_file_and_the_value(tmp_p
             FolderDataset(tmp_path, split, image_size=24, val_fraction=0.34).verify()
 
 
-def test_more_than_two_classes_is_refused_up_front_for_now(tmp_path):
-    write_label_folder(tmp_path, count=3, classes={"names": ["a", "b", "c"]})
-    with pytest.raises(DataError, match="only binary segmentation"):
-        FolderDataset(tmp_path, "train", image_size=24, val_fraction=0.34)
+def test_three_names_make_the_masks_label_maps_with_void(tmp_path):
+    write_label_folder(tmp_path, count=3, classes={"names": ["a", "b", "c"], "ignore_index": 255})
+    data = FolderDataset(tmp_path, "train", image_size=12, val_fraction=0.34)
+    assert data.multiclass and data.classes.num_classes == 3
+    _, mask = data[0]  # 24 -> 12 px with nearest neighbour: labels stay labels
+    assert set(mask.unique().tolist()) == {IGNORE, 0.0, 1.0}
 
 
 # ----------------------------------------------------------------------------------------------

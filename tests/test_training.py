@@ -552,9 +552,9 @@ def test_training_with_a_dice_weight_logs_mse_plus_the_weighted_dice(tmp_path, m
     masks = []
     original = models.training_loss
 
-    def spy(output, x0, noise, t, x_t, scheduler, dice_weight=0.0):
+    def spy(output, x0, noise, t, x_t, scheduler, dice_weight=0.0, valid=None):
         masks.append(((x0 + 1) / 2).detach())
-        return original(output, x0, noise, t, x_t, scheduler, dice_weight)
+        return original(output, x0, noise, t, x_t, scheduler, dice_weight, valid)
 
     monkeypatch.setattr(models, "training_loss", spy)
     train(tiny(tmp_path, "diffusion.prediction=sample", "train.max_steps=1", "train.log_every=1",

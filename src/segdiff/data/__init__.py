@@ -45,6 +45,7 @@ from typing import Any, Callable
 from torch.utils.data import Dataset
 
 from ..config import ConfigError, DataConfig, ExperimentConfig
+from ..labels import ClassList
 from .base import SPLITS, SegmentationDataset, Split, carve_validation, check_split, select_split
 from .camvid import CAMVID_CLASSES, CamVid
 from .cityscapes import CITYSCAPES_CLASSES, CityscapesInstances
@@ -149,7 +150,9 @@ def with_dataset_classes(cfg: ExperimentConfig, dataset: Dataset) -> ExperimentC
     """
     classes = getattr(dataset, "classes", None)
     m = cfg.model
-    if classes is None or (m.num_classes, m.class_names) == (classes.num_classes, classes.names):
+    if not isinstance(classes, ClassList):  # binary masks; Cityscapes' `classes` are its instance classes
+        return cfg
+    if (m.num_classes, m.class_names) == (classes.num_classes, classes.names):
         return cfg
     if not m.class_names and m.num_classes in (2, classes.num_classes):
         return dataclasses.replace(cfg, model=dataclasses.replace(m, num_classes=classes.num_classes,
