@@ -243,3 +243,11 @@ def test_demo_with_classes_trains_scores_per_class_and_refuses_one_class(tmp_pat
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert set(summary["per_class_iou"]) == {"background", "shape 1", "shape 2"}
     assert 0.0 <= summary["held_out_miou"] <= 1.0 and (tmp_path / "demo" / "examples.png").is_file()
+
+
+def test_a_model_of_c_classes_is_refused_on_data_with_another_c(tmp_path):
+    write_multiclass_folder(tmp_path / "data", "index", count=4, size=32)
+    model = build_model(ExperimentConfig.tiny().override(["model.num_classes=3"]))
+    data = FolderDataset(tmp_path / "data", "train", image_size=32, val_fraction=0.25)
+    with pytest.raises(ValueError, match=r"the model segments 3 classes .* but the data has 4 \(sky, road, car, tree\)"):
+        evaluate(model, data, protocol_for("folder", 32), progress=False)

@@ -44,10 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import metrics, plots, report_html
-from .config import SampleConfig
+from .config import ConfigError, SampleConfig
 from .device import describe_machine
 from .io import atomic_write, colormap, colour_labels, overlay, png_bytes
-from .labels import IGNORE, valid_pixels
+from .labels import IGNORE, ClassList, valid_pixels
 from .progress import progress as progress_display
 from .protocol import PAPER_CITYSCAPES_IOU, PAPER_RESULTS, Protocol, item_names, resize_probabilities
 from .sampling import symmetry_order
@@ -196,6 +196,26 @@ def _aggregate(values: Tensor, classes: Sequence[str] | None) -> tuple[float, di
 
 
 @torch.no_grad()
+def _prepare(model, dataset, protocol: Protocol, sample: SampleConfig | None, max_images: int | None,
+             out_dir: str | Path | None) -> tuple[SampleConfig, int, int, Path | None]:
+    """What both evaluations check and set up before sampling: (sample, K, images scored, out folder)."""
+    sample = sample or model.config.sample
+    data_classes = getattr(dataset, "classes", None)
+    if isinstance(data_classes, ClassList) and data_classes.num_classes != model.config.model.num_classes:
+        raise ConfigError(f"the model segments {model.config.model.num_classes} classes "
+                         f"({', '.join(model.config.model.classes)}) but the data has {data_classes.num_classes} "
+                         f"({', '.join(data_classes.names)}); evaluate it on data with its classes")
+    symmetry_order(sample.symmetry, protocol.image_size, protocol.image_size)  # a bad name fails before sampling
+    protocol.check_dataset(dataset)
+    count = len(dataset) if max_images is None else min(len(dataset), max_images)
+    if count == 0:
+        raise ValueError(f"{protocol.name}: the dataset has no images to evaluate")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and (out / "summary.json").exists():
+        (out / "summary.json").unlink()  # a stale summary must not vouch for this run's files
+    return sample, model.num_generations(sample), count, out
+
+
 def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = None, *, seed: int = 0,
              out_dir: str | Path | None = None, progress: bool = True, max_images: int | None = None,
              metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -221,16 +241,7 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
         return evaluate_labels(model, dataset, protocol, sample, seed=seed, out_dir=out_dir, progress=progress,
                                max_images=max_images, metadata=metadata)
     config = model.config
-    sample = sample or config.sample
-    num_generations = model.num_generations(sample)
-    symmetry_order(sample.symmetry, protocol.image_size, protocol.image_size)  # a bad name fails before sampling
-    protocol.check_dataset(dataset)
-    count = len(dataset) if max_images is None else min(len(dataset), max_images)
-    if count == 0:
-        raise ValueError(f"{protocol.name}: the dataset has no images to evaluate")
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and (out / "summary.json").exists():
-        (out / "summary.json").unlink()  # a stale summary must not vouch for this run's files
+    sample, num_generations, count, out = _prepare(model, dataset, protocol, sample, max_images, out_dir)
     names = item_names(dataset)
     records = getattr(dataset, "records", None)
     classes = [records[i].label for i in range(count)] if protocol.per_class else None
@@ -377,19 +388,9 @@ def evaluate_labels(model, dataset, protocol: Protocol, sample: SampleConfig | N
     Files as `evaluate` writes them, the pictures colour-coded by class.
     """
     config = model.config
-    sample = sample or config.sample
+    sample, k_total, count, out = _prepare(model, dataset, protocol, sample, max_images, out_dir)
     m = config.model
-    num_classes, names = m.num_classes, m.classes
-    palette = m.palette
-    k_total = model.num_generations(sample)
-    symmetry_order(sample.symmetry, protocol.image_size, protocol.image_size)
-    protocol.check_dataset(dataset)
-    count = len(dataset) if max_images is None else min(len(dataset), max_images)
-    if count == 0:
-        raise ValueError(f"{protocol.name}: the dataset has no images to evaluate")
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and (out / "summary.json").exists():
-        (out / "summary.json").unlink()
+    num_classes, names, palette = m.num_classes, m.classes, m.palette
     item_ids = item_names(dataset)
     ignore = int(IGNORE)
 

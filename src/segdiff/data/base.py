@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -87,6 +88,15 @@ class SegmentationDataset(Dataset):
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.seed = int(seed)
+
+    def _set_augmentation(self, spec, augment: bool, classes) -> None:
+        """`augment_spec` (training split only) and `multiclass`: with more than two classes (`classes`,
+        a ClassList or None) masks are label maps, so they are augmented as labels (nearest, never
+        thresholded)."""
+        self.multiclass = classes is not None and classes.num_classes > 2
+        self.augment_spec = spec if augment and self.split == "train" else None
+        if self.multiclass and self.augment_spec is not None:
+            self.augment_spec = replace(self.augment_spec, mask_mode="labels")
 
     def _set_names(self, names: list[str]) -> None:
         """Set the sample ids; creates the draw counters, so it must run in the main process."""

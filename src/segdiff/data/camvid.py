@@ -13,7 +13,6 @@ protocol scores against (the camvid protocol resizes the probabilities back to i
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +55,7 @@ class CamVid(SegmentationDataset):
         del val_fraction  # CamVid has its own val split
         self.directory = _find_camvid_dir(Path(root))
         self.image_size = image_size
-        self.augment_spec = replace(augment_spec, mask_mode="labels") if augment and split == "train" else None
+        self._set_augmentation(augment_spec, augment, self.classes)  # 11 classes: label maps
         listing = self.directory / f"{split}.txt"
         check_file(listing)
         pairs = []

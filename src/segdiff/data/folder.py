@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +79,6 @@ class FolderDataset(SegmentationDataset):
         if not root.is_dir():
             raise DataError(f"{root}: folder does not exist")
         self.image_size = image_size
-        self.augment_spec = augment_spec if augment and split == "train" else None
         has_split_dirs = (root / "train").is_dir() or (root / "test").is_dir()
         if has_split_dirs:
             self.directory = root / ("test" if split == "test" else "train")
@@ -98,10 +96,7 @@ class FolderDataset(SegmentationDataset):
             self.classes: ClassList | None = read_class_file(class_file) if class_file else None
         except ClassFileError as exc:
             raise DataError(str(exc)) from None
-        # More than two classes: label maps, resized with nearest neighbour and augmented as labels.
-        self.multiclass = self.classes is not None and self.classes.num_classes > 2
-        if self.multiclass and self.augment_spec is not None:
-            self.augment_spec = replace(self.augment_spec, mask_mode="labels")
+        self._set_augmentation(augment_spec, augment, self.classes)  # more than two classes: label maps
         pairs = pair_folder(self.directory)
         ids = sorted(pairs)
         self._set_names(ids if split == "test"

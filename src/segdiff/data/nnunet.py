@@ -31,7 +31,7 @@ import json
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -275,13 +275,9 @@ class NNUNetRaw(SegmentationDataset):
             raise DataError(f"{root}: folder does not exist")
         self.root = root
         self.image_size = image_size
-        self.augment_spec = augment_spec if augment and split == "train" else None
         self.spec = read_dataset_json(root)
         self.classes: ClassList = self.spec.classes
-        # More than two classes: label maps, resized with nearest neighbour and augmented as labels.
-        self.multiclass = self.classes.num_classes > 2
-        if self.multiclass and self.augment_spec is not None:
-            self.augment_spec = replace(self.augment_spec, mask_mode="labels")
+        self._set_augmentation(augment_spec, augment, self.classes)  # more than two classes: label maps
         cases = read_cases(root, self.spec, "Ts" if split == "test" else "Tr")
         ids = sorted(cases)
         self._set_names(ids if split == "test" else select_split(ids, split, val_fraction, seed, root / "imagesTr"))
