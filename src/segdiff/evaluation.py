@@ -216,6 +216,20 @@ def _prepare(model, dataset, protocol: Protocol, sample: SampleConfig | None, ma
     return sample, model.num_generations(sample), count, out
 
 
+def _predictions(model, dataset, protocol: Protocol, sample: SampleConfig, seed: int, count: int):
+    """The first `count` items, each predicted by the protocol: yields (index, name, image seed, image,
+    target (C, h, w), running means (K, C, h, w), uncertainty) in item order."""
+    names = item_names(dataset)
+    for i in range(count):
+        name = names[i]
+        image_seed = derive_seed(seed, name)
+        image, mask = dataset[i]
+        protocol.check_item(name, image, mask)
+        target = protocol.target(dataset, i, mask)  # (C, h, w)
+        means, uncertainty = protocol.predict_item(model, image, sample, image_seed, tuple(target.shape[-2:]))
+        yield i, name, image_seed, image, target, means, uncertainty
+
+
 def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = None, *, seed: int = 0,
              out_dir: str | Path | None = None, progress: bool = True, max_images: int | None = None,
              metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -242,7 +256,6 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
                                max_images=max_images, metadata=metadata)
     config = model.config
     sample, num_generations, count, out = _prepare(model, dataset, protocol, sample, max_images, out_dir)
-    names = item_names(dataset)
     records = getattr(dataset, "records", None)
     classes = [records[i].label for i in range(count)] if protocol.per_class else None
 
@@ -254,13 +267,8 @@ def evaluate(model, dataset, protocol: Protocol, sample: SampleConfig | None = N
     bins = [torch.zeros(10, dtype=torch.float64) for _ in range(3)]  # count, prob sum, positives
     # A bar on a terminal; in a file or CI log, a plain line every 30 s.
     bar = progress_display(count, f"evaluate {protocol.name}", enabled=progress, every_s=30.0, unit="image")
-    for i in range(count):
-        name = names[i]
-        image_seed = derive_seed(seed, name)
-        image, mask = dataset[i]
-        protocol.check_item(name, image, mask)
-        target = protocol.target(dataset, i, mask)  # (C, h, w)
-        means, uncertainty = protocol.predict_item(model, image, sample, image_seed, tuple(target.shape[-2:]))
+    for i, name, image_seed, image, target, means, uncertainty in _predictions(model, dataset, protocol, sample,
+                                                                              seed, count):
         try:
             # (K, C) per metric; the binary path's one channel is the foreground (C = 1).
             scores = {m: s[:, 0] for m, s in score_probabilities(means, target).items()}
@@ -391,7 +399,6 @@ def evaluate_labels(model, dataset, protocol: Protocol, sample: SampleConfig | N
     sample, k_total, count, out = _prepare(model, dataset, protocol, sample, max_images, out_dir)
     m = config.model
     num_classes, names, palette = m.num_classes, m.classes, m.palette
-    item_ids = item_names(dataset)
     ignore = int(IGNORE)
 
     started = time.monotonic()
@@ -403,13 +410,9 @@ def evaluate_labels(model, dataset, protocol: Protocol, sample: SampleConfig | N
     extremes = _Extremes(_NUM_EXAMPLES)
     thumbnails = _Thumbnails(_HTML_THUMBNAIL_SIDE) if out is not None else None
     bar = progress_display(count, f"evaluate {protocol.name}", enabled=progress, every_s=30.0, unit="image")
-    for i in range(count):
-        name = item_ids[i]
-        image_seed = derive_seed(seed, name)
-        image, mask = dataset[i]
-        protocol.check_item(name, image, mask)
-        target = protocol.target(dataset, i, mask)[0].long()  # (h, w) labels, -1 ignored
-        means, uncertainty = protocol.predict_item(model, image, sample, image_seed, tuple(target.shape))
+    for i, name, image_seed, image, target, means, uncertainty in _predictions(model, dataset, protocol, sample,
+                                                                              seed, count):
+        target = target[0].long()  # (h, w) labels, -1 ignored
         predicted = means.argmax(dim=1)  # (K, h, w)
         try:
             for k in range(k_total):
