@@ -64,13 +64,7 @@ def run_demo(out: str | Path = "segdiff-demo", *, steps: int | None = None, time
     if num_classes > 2:
         return _multiclass_results(run, out, num_generations, num_pictures, seed, device, started)
 
-    model = load_model(run / "last.safetensors", device=resolve_device(device))
-    test_set = make_dataset(model.config, "test")
-    images, masks = (torch.stack(x) for x in zip(*(test_set[i] for i in range(len(test_set)))))
-    sample = replace(model.config.sample, num_generations=num_generations, max_batch=256)
-    print(f"sampling {len(test_set)} held-out images: {sample.describe()} (T={model.config.diffusion.num_steps})")
-    seeds = draw_seeds(len(images) * num_generations, torch.Generator().manual_seed(seed))
-    pred = Prediction.from_generations(model.generations(images, seeds, sample))
+    _, test_set, images, masks, pred = _sample_held_out(run, num_generations, seed, device)
     pred_mask, prob, uncertainty = pred.mask[:, 0].cpu(), pred.prob[:, 0].cpu(), pred.uncertainty[:, 0].cpu()
     scores = iou(pred_mask, masks[:, 0])
 
@@ -94,18 +88,24 @@ def run_demo(out: str | Path = "segdiff-demo", *, steps: int | None = None, time
     return summary
 
 
+def _sample_held_out(run: Path, num_generations: int, seed: int, device: str):
+    """The trained run's model, the held-out set, its images and masks stacked, and their Prediction
+    (K = `num_generations`, seeds drawn from `seed`)."""
+    model = load_model(run / "last.safetensors", device=resolve_device(device))
+    test_set = make_dataset(model.config, "test")
+    images, masks = (torch.stack(x) for x in zip(*(test_set[i] for i in range(len(test_set)))))
+    sample = replace(model.config.sample, num_generations=num_generations, max_batch=256)
+    print(f"sampling {len(test_set)} held-out images: {sample.describe()} (T={model.config.diffusion.num_steps})")
+    seeds = draw_seeds(len(images) * num_generations, torch.Generator().manual_seed(seed))
+    return model, test_set, images, masks, Prediction.from_generations(model.generations(images, seeds, sample))
+
+
 def _multiclass_results(run: Path, out: Path, num_generations: int, num_pictures: int, seed: int, device: str,
                         started: float) -> dict:
     """The multi-class demo's second half: sample the held-out images, score them with one confusion
     matrix (per-class IoU, mIoU), write colour-coded pictures (image, truth, prediction, entropy)."""
-    model = load_model(run / "last.safetensors", device=resolve_device(device))
+    model, test_set, images, labels, pred = _sample_held_out(run, num_generations, seed, device)
     m = model.config.model
-    test_set = make_dataset(model.config, "test")
-    images, labels = (torch.stack(x) for x in zip(*(test_set[i] for i in range(len(test_set)))))
-    sample = replace(model.config.sample, num_generations=num_generations, max_batch=256)
-    print(f"sampling {len(test_set)} held-out images: {sample.describe()} (T={model.config.diffusion.num_steps})")
-    seeds = draw_seeds(len(images) * num_generations, torch.Generator().manual_seed(seed))
-    pred = Prediction.from_generations(model.generations(images, seeds, sample))
     matrix = confusion_matrix(pred.labels[:, 0].cpu(), labels[:, 0].long(), m.num_classes)
     scores = confusion_scores(matrix)
     rows = [[images[i], colour_labels(labels[i, 0], m.palette), colour_labels(pred.labels[i, 0].cpu(), m.palette),
