@@ -129,7 +129,7 @@ def test_the_card_reports_an_evaluation_with_its_command(exported, tmp_path):
     run_evaluation(exported["segdiff"], "synthetic", "", "test", evaluation, overrides=FAST, device="cpu")
     folder = export_model(exported["segdiff"], tmp_path / "with-scores", evaluation=evaluation)
     card = (folder / "README.md").read_text()
-    assert "| metric | this run | paper |" in card
+    assert "| metric | this run | published |" in card
     assert "segdiff evaluate MODEL --dataset synthetic --split test --generations 2 --sampler ddim --steps 4" in card
 
 

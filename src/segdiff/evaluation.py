@@ -49,7 +49,7 @@ from .device import describe_machine
 from .io import atomic_write, colormap, colour_labels, overlay, png_bytes
 from .labels import IGNORE, ClassList, valid_pixels
 from .progress import progress as progress_display
-from .protocol import PAPER_CITYSCAPES_IOU, PAPER_RESULTS, Protocol, item_names, resize_probabilities
+from .protocol import CAMVID_PUBLISHED_IOU, CAMVID_PUBLISHED_MIOU, CAMVID_PUBLISHED_SOURCE, PAPER_CITYSCAPES_IOU, PAPER_RESULTS, Protocol, item_names, resize_probabilities
 from .sampling import symmetry_order
 from .seeding import derive_seed
 
@@ -482,7 +482,7 @@ def evaluate_labels(model, dataset, protocol: Protocol, sample: SampleConfig | N
         "confusion_matrix": matrices[-1].tolist(),
         "curve": curve,
         "reliability": reliability,
-        "paper": {"source": "", "metrics": {}, "per_class_iou": {}},
+        "paper": _published_labels(protocol, names),
         "elapsed_s": round(elapsed, 2),
         "seconds_per_image": round(elapsed / count, 3),
         "machine": describe_machine(model.device),
@@ -492,6 +492,14 @@ def evaluate_labels(model, dataset, protocol: Protocol, sample: SampleConfig | N
     if out is not None:
         _write_label_outputs(out, summary, rows, extremes, thumbnails, palette)
     return summary
+
+
+def _published_labels(protocol: Protocol, names: Sequence[str]) -> dict[str, Any]:
+    """The published row shown beside a multi-class run (CamVid: Dilation8, the best row of its source)."""
+    if protocol.paper_key != "camvid" or len(names) != len(CAMVID_PUBLISHED_IOU["Dilation8"]):
+        return {"source": "", "metrics": {}, "per_class_iou": {}}
+    return {"source": f"Dilation8, {CAMVID_PUBLISHED_SOURCE}", "metrics": {"miou": CAMVID_PUBLISHED_MIOU["Dilation8"]},
+            "per_class_iou": dict(zip(names, CAMVID_PUBLISHED_IOU["Dilation8"]))}
 
 
 def _write_label_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], extremes: _Extremes,
@@ -642,7 +650,9 @@ def _label_report_tables(summary: dict[str, Any]) -> dict[str, Any]:
     published = summary["paper"]["metrics"]
     table = [(m, LABEL_METRIC_LABELS[m], summary["metrics"][m], _cell(m, summary["metrics"][m]),
               f"{published[m]:.2f}" if m in published else "-") for m in LABEL_METRICS]
-    per_class = [(name, _cell("miou", v["iou"]), _cell("miou", v["accuracy"]), str(v["pixels"]))
+    published_iou = summary["paper"]["per_class_iou"]
+    per_class = [(name, _cell("miou", v["iou"]), _cell("miou", v["accuracy"]), str(v["pixels"]),
+                  f"{published_iou[name]:.1f}" if name in published_iou else "-")
                  for name, v in summary["per_class"].items()]
     curve, ks = summary["curve"], summary["curve"]["num_generations"]
     notes = []
@@ -653,13 +663,14 @@ def _label_report_tables(summary: dict[str, Any]) -> dict[str, Any]:
         notes.append("mIoU by K: " + ", ".join(f"K={k}: {100 * curve['miou'][k - 1]:.2f}" for k in shown_k))
     notes.append(f"{summary['seconds_per_image']:.2f} s per image")
     return {"heading": _heading(summary), "metrics": table, "per_class": per_class, "per_class_note": None,
-            "per_class_header": ["class", "IoU", "accuracy (recall)", "labelled pixels"], "notes": notes}
+            "per_class_header": ["class", "IoU", "accuracy (recall)", "labelled pixels", "published IoU"],
+            "notes": notes}
 
 
 def format_report(summary: dict[str, Any]) -> str:
     """A Markdown table of this run's scores beside the paper's (percent; calibration raw)."""
     tables = report_tables(summary)
-    lines = [*tables["heading"], "", "| metric | this run | paper |", "|---|---:|---:|"]
+    lines = [*tables["heading"], "", "| metric | this run | published |", "|---|---:|---:|"]
     lines += [f"| {label} | {shown} | {paper} |" for _, label, _, shown, paper in tables["metrics"]]
     if tables["per_class"]:
         header = tables["per_class_header"]

@@ -50,6 +50,19 @@ PAPER_CITYSCAPES_IOU: dict[str, float] = {
     "motorcycle": 67.06, "car": 83.40, "rider": 72.57,
 }
 
+# Published CamVid test results (11 classes, SegNet's split, 233 test images), per-class IoU in
+# percent, in CamVid's class order (data.camvid.CAMVID_CLASSES: sky ... bicyclist). From Yu & Koltun,
+# "Multi-Scale Context Aggregation by Dilated Convolutions", ICLR 2016 (arXiv:1511.07122), Table 5:
+# Dilation8 is theirs; SegNet (Badrinarayanan et al., arXiv 2015) and DeepLab-LargeFOV (Chen et al.,
+# 2015) are that table's comparison rows. Those models train at 640x480, not 480x360.
+CAMVID_PUBLISHED_SOURCE = "Yu & Koltun, ICLR 2016 (arXiv:1511.07122), Table 5; test split, 640x480, percent"
+CAMVID_PUBLISHED_IOU: dict[str, tuple[float, ...]] = {
+    "Dilation8": (89.9, 82.6, 23.4, 92.2, 75.3, 76.2, 46.9, 35.8, 84.0, 56.3, 55.5),
+    "DeepLab-LFOV": (89.0, 81.5, 14.3, 92.2, 75.4, 74.6, 42.3, 27.2, 82.2, 48.4, 50.1),
+    "SegNet": (87.0, 68.7, 16.0, 86.2, 60.5, 52.0, 13.4, 17.9, 58.5, 25.3, 24.8),
+}
+CAMVID_PUBLISHED_MIOU: dict[str, float] = {"Dilation8": 65.3, "DeepLab-LFOV": 61.6, "SegNet": 46.4}
+
 
 def resize_probabilities(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize of (..., H, W) probability maps to `size`, clamped to [0, 1].
@@ -90,7 +103,7 @@ class Protocol:
     target_from_dataset: bool = False  # Cityscapes: score against dataset.original_mask(i)
     per_class: bool = False  # aggregate per instance class, then over classes (Cityscapes)
     setting: str | None = None  # the Cityscapes crops ("expansion" or "tight") the paper row is for
-    paper_key: str | None = None  # key of PAPER_RESULTS
+    paper_key: str | None = None  # key of PAPER_RESULTS, or "camvid" (CAMVID_PUBLISHED_IOU)
     description: str = ""
 
     @property
@@ -178,7 +191,7 @@ def protocol_for(dataset: str, image_size: int, *, score_size: int | None = None
     if dataset == "camvid":
         if score_size is not None:
             raise ValueError("score_size: the camvid protocol scores at the labels' own 480x360")
-        return Protocol("camvid", image_size, "whole", target_from_dataset=True,
+        return Protocol("camvid", image_size, "whole", target_from_dataset=True, paper_key="camvid",
                         description=f"CamVid: sampled at {side}, the class probabilities resized bilinearly to "
                         "the 480x360 labels before the argmax; void ignored; one confusion matrix over the split")
     scored = (f"images and masks at the model input, {side}" if score_size in (None, image_size) else
