@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,7 +255,7 @@ def report(args: argparse.Namespace) -> int:
          f"(the 2 cores of {info['machine'].split(';')[0]}), the same data pipeline and 64 px input; validated on "
          "64 of the 101 val images; scored on the 233 test images at 480x360 (class probabilities resized "
          "bilinearly, then the argmax; void ignored), mIoU from one confusion matrix over the split. "
-         f"SegDiff: {segdiff['sampler']} with {segdiff["num_steps"]} steps, K = {k_total}. "
+         f"SegDiff: {segdiff['sampler']} with {segdiff['num_steps']} steps, K = {k_total}. "
          "Written by `python experiments/camvid_cpu.py report` from the runs' files."),
         "",
         f"| class (test IoU) | SegDiff, K={k_total} | U-Net | " + " | ".join(PUBLISHED) + " |",
