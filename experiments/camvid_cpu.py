@@ -107,9 +107,10 @@ def sizes(args: argparse.Namespace) -> int:
         print(f"S={size}: ceiling mIoU {100 * ceiling['miou']:.1f} (" + ", ".join(
             f"{n} {100 * v:.0f}" for n, v in ceiling["per_class"].items()) + "); step "
             + ", ".join(f"{k} {v:.3f} s" for k, v in row["step_s"].items()), flush=True)
-    RUNS.mkdir(parents=True, exist_ok=True)
-    (RUNS / "sizes.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RUNS / 'sizes.json'}")
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "sizes.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {runs / 'sizes.json'}")
     return 0
 
 
@@ -124,7 +125,7 @@ def stages(name: str, model: str, args: argparse.Namespace) -> list[tuple[str, s
     """(training stage, test stage) of one model: training on one thread beside the other models,
     testing alone on 2 threads."""
     data = shlex.quote(args.data)
-    run = shlex.quote(str(RUNS / name / model))
+    run = shlex.quote(str(Path(args.runs) / name / model))
     threads = max(1, 2 // len(args.models))
     return [
         (f"train-{model}", f"OMP_NUM_THREADS={threads} segdiff {MODELS[model][1]} --data {data} "
@@ -143,9 +144,9 @@ def stage_script(logs: Path, stage: str, command: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """The models train side by side, each in a process of its own; then each is tested in turn."""
-    logs = RUNS / args.name / "logs"
+    logs = Path(args.runs) / args.name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    (RUNS / args.name / "run.json").write_text(json.dumps({"minutes": args.minutes, "models": args.models,
+    (Path(args.runs) / args.name / "run.json").write_text(json.dumps({"minutes": args.minutes, "models": args.models,
                                                           "machine": machine()}, indent=2) + "\n")
     plans = {model: stages(args.name, model, args) for model in args.models}
     training = [subprocess.Popen(["bash", "-c", stage_script(logs, *plans[model][0])]) for model in args.models]
@@ -158,19 +159,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --- report -------------------------------------------------------------------------------------
-# Published CamVid test rows (11 classes, 233 test images), per-class IoU, from Yu & Koltun, "Multi-Scale
-# Context Aggregation by Dilated Convolutions", ICLR 2016 (arXiv:1511.07122), Appendix A.1, Table 5:
-# Dilation8 is theirs; SegNet (Badrinarayanan et al., 2015 arXiv version) and DeepLab-LargeFOV (Chen
-# et al., 2015) are their comparison rows. Class order: CAMVID_CLASSES (sky ... bicyclist), then mIoU.
-PUBLISHED = {
-    "Dilation8": (89.9, 82.6, 23.4, 92.2, 75.3, 76.2, 46.9, 35.8, 84.0, 56.3, 55.5, 65.3),
-    "DeepLab-LFOV": (89.0, 81.5, 14.3, 92.2, 75.4, 74.6, 42.3, 27.2, 82.2, 48.4, 50.1, 61.6),
-    "SegNet": (87.0, 68.7, 16.0, 86.2, 60.5, 52.0, 13.4, 17.9, 58.5, 25.3, 24.8, 46.4),
-}
-PUBLISHED_SOURCE = ("Yu & Koltun, ICLR 2016 (arXiv:1511.07122), Table 5; the SegNet and DeepLab-LFOV rows are "
-                    "that table's comparison entries. Those models train on 367 images at 640x480 (not 480x360) "
-                    "and are large networks trained for hours on a GPU: they show where the benchmark stands, "
-                    "not a like-for-like comparison.")
 K_SHOWN = (1, 3, 9, 30)
 
 
@@ -183,8 +171,8 @@ def pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def size_lines() -> list[str]:
-    path = RUNS / "sizes.json"
+def size_lines(runs: Path) -> list[str]:
+    path = runs / "sizes.json"
     if not path.exists():
         return []
     sizes_ = json.loads(path.read_text())
@@ -200,19 +188,28 @@ def size_lines() -> list[str]:
         "|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        "64 px: its ceiling is far above what an hour trains to, and a SegDiff step costs 2.5x as much at 96 px.",
+        (f"The preset takes 64 px: a SegDiff step costs {ratio(sizes_, 96):.1f}x as much at 96 px and "
+         f"{ratio(sizes_, 128):.1f}x at 128 px, and the 64 px ceiling is far above what an hour of training "
+         "reaches (the table above)."),
         "",
     ]
+
+
+def ratio(sizes_: dict, size: int) -> float:
+    """SegDiff's step time at `size` over its step time at 64 px."""
+    steps = {int(s): r["step_s"]["segdiff"] for s, r in sizes_["sizes"].items()}
+    return steps[size] / steps[64]
 
 
 def report(args: argparse.Namespace) -> int:
     from segdiff.data.camvid import CAMVID_CLASSES
     from segdiff.plots import plot_training_curves
+    from segdiff.protocol import CAMVID_PUBLISHED_IOU, CAMVID_PUBLISHED_MIOU, CAMVID_PUBLISHED_SOURCE
 
     page = Path(args.out)
     figures = page.parent / "figures" / "camvid"
     figures.mkdir(parents=True, exist_ok=True)
-    main_runs = RUNS / args.name
+    main_runs = Path(args.runs) / args.name
     info = json.loads((main_runs / "run.json").read_text())
     summaries, curves, steps_done = {}, {}, {}
     for model in info["models"]:
@@ -234,14 +231,14 @@ def report(args: argparse.Namespace) -> int:
     class_rows = []
     for c, name in enumerate(CAMVID_CLASSES.names):
         cells = [pct(s["per_class"][name]["iou"]) for s in (segdiff, unet)]
-        cells += [f"{row[c]:.1f}" for row in PUBLISHED.values()]
+        cells += [f"{row[c]:.1f}" for row in CAMVID_PUBLISHED_IOU.values()]
         class_rows.append(f"| {name} | " + " | ".join(cells) + " |")
     class_rows.append("| **mIoU** | " + " | ".join(
         [f"**{pct(s['metrics']['miou'])}**" for s in (segdiff, unet)]
-        + [f"**{row[-1]:.1f}**" for row in PUBLISHED.values()]) + " |")
+        + [f"**{v:.1f}**" for v in CAMVID_PUBLISHED_MIOU.values()]) + " |")
     for key, label in (("pixel_accuracy", "pixel accuracy"), ("mean_class_accuracy", "mean class accuracy")):
         class_rows.append(f"| {label} | {pct(segdiff['metrics'][key])} | {pct(unet['metrics'][key])} |"
-                          + " |" * len(PUBLISHED))
+                          + " |" * len(CAMVID_PUBLISHED_IOU))
     k_rows = [f"| SegDiff | {k} | {pct(at_k(segdiff, 'miou', k))} | {pct(at_k(segdiff, 'pixel_accuracy', k))} | "
               f"{at_k(segdiff, 'ece', k):.4f} | {at_k(segdiff, 'brier', k):.4f} |" for k in K_SHOWN if k <= k_total]
     k_rows.append(f"| U-Net | 1 | {pct(unet['metrics']['miou'])} | {pct(unet['metrics']['pixel_accuracy'])} | "
@@ -258,11 +255,13 @@ def report(args: argparse.Namespace) -> int:
          f"SegDiff: {segdiff['sampler']} with {segdiff['num_steps']} steps, K = {k_total}. "
          "Written by `python experiments/camvid_cpu.py report` from the runs' files."),
         "",
-        f"| class (test IoU) | SegDiff, K={k_total} | U-Net | " + " | ".join(PUBLISHED) + " |",
-        "|---|---:|---:|" + "---:|" * len(PUBLISHED),
+        f"| class (test IoU) | SegDiff, K={k_total} | U-Net | " + " | ".join(CAMVID_PUBLISHED_IOU) + " |",
+        "|---|---:|---:|" + "---:|" * len(CAMVID_PUBLISHED_IOU),
         *class_rows,
         "",
-        f"Published rows: {PUBLISHED_SOURCE}",
+        (f"Published rows: {CAMVID_PUBLISHED_SOURCE}; the SegNet and DeepLab-LFOV rows are that table's "
+         "comparison entries. Those are large networks trained for hours on a GPU at 640x480: they show where "
+         "the benchmark stands, not a like-for-like comparison."),
         "",
         (f"Training steps in the {info['minutes']:g} minutes: SegDiff {steps_done['segdiff']}, U-Net "
          f"{steps_done['unet']}. Test seconds per image (2 threads): SegDiff {segdiff['seconds_per_image']:.2f} "
@@ -277,8 +276,8 @@ def report(args: argparse.Namespace) -> int:
         "",
         "![CamVid validation mIoU over training time](figures/camvid/val-miou.png)",
         "",
-        *encoding_lines(args.encoding),
-        *size_lines(),
+        *encoding_lines(Path(args.runs) / args.encoding),
+        *size_lines(Path(args.runs)),
         "Commands (DATA holds `camvid/`):",
         "",
         "```",
@@ -299,9 +298,9 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
-def encoding_lines(name: str) -> list[str]:
+def encoding_lines(runs: Path) -> list[str]:
     """One-hot against analog bits at a shorter budget (the runs of `run --models onehot bits`)."""
-    runs = RUNS / name
+    name = runs.name
     if not (runs / "run.json").exists():
         return []
     info = json.loads((runs / "run.json").read_text())
@@ -327,6 +326,7 @@ def encoding_lines(name: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default=str(RUNS), help="where the runs go (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sizes")
     p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))

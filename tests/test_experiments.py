@@ -138,3 +138,82 @@ def test_runner_skips_stages_marked_done(tmp_path):
     result = _page("run", "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("skip ") == 4
+
+
+# --- experiments/camvid_cpu.py ------------------------------------------------------------------
+CAMVID_NAMES = ("sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "pedestrian",
+                "bicyclist")
+
+
+def _camvid_summary(k_total: int, base: float, seconds: float) -> dict:
+    """A test summary as evaluate writes it for CamVid: class c has IoU base + c / 100; the curve's
+    entry k - 1 is base + k / 1000 (mIoU), ECE 0.1 - k / 1000."""
+    ks = list(range(1, k_total + 1))
+    return {
+        "num_generations": k_total, "sampler": "sde-dpm-solver++" if k_total > 1 else "none", "num_steps": 10,
+        "seconds_per_image": seconds, "machine": "a test machine",
+        "metrics": {"miou": base + k_total / 1000, "pixel_accuracy": 0.8, "mean_class_accuracy": 0.5},
+        "per_class": {n: {"iou": base + c / 100, "accuracy": 0.5, "pixels": 10} for c, n in enumerate(CAMVID_NAMES)},
+        "curve": {"num_generations": ks, "miou": [base + k / 1000 for k in ks], "pixel_accuracy": [0.8] * k_total,
+                  "ece": [0.1 - k / 1000 for k in ks], "brier": [0.5] * k_total},
+    }
+
+
+def write_camvid_runs(runs: Path) -> None:
+    (runs / "main").mkdir(parents=True)
+    (runs / "main" / "run.json").write_text(json.dumps({"minutes": 60, "models": ["segdiff", "unet"],
+                                                        "machine": "a test machine; torch"}))
+    for model, summary, steps in (("segdiff", _camvid_summary(30, 0.3, 4.0), 3000),
+                                  ("unet", _camvid_summary(1, 0.4, 0.05), 9000)):
+        (runs / "main" / model / "test").mkdir(parents=True)
+        (runs / "main" / model / "test" / "summary.json").write_text(json.dumps(summary))
+        log = [{"step": steps, "event": "train", "time": 3600.0},
+               {"step": steps, "event": "val", "val_iou": 0.5, "time": 3600.0}]
+        (runs / "main" / model / "log.jsonl").write_text("\n".join(map(json.dumps, log)) + "\n")
+
+
+def _camvid(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "camvid_cpu.py"), *args],
+                          capture_output=True, text=True)
+
+
+def test_camvid_page_shows_the_scores_its_runs_wrote_beside_the_published_rows(tmp_path):
+    write_camvid_runs(tmp_path / "runs")
+    out = tmp_path / "docs" / "results.md"
+    out.parent.mkdir()
+    out.write_text("# Results\n\nkept\n")
+    result = _camvid("--runs", str(tmp_path / "runs"), "report", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert page.startswith("# Results\n\nkept\n")
+    # Class c: SegDiff 30 + c, U-Net 40 + c (percent); Dilation8, DeepLab-LFOV, SegNet from Yu & Koltun.
+    assert "| sky | 30.0 | 40.0 | 89.9 | 89.0 | 87.0 |" in page
+    assert "| bicyclist | 40.0 | 50.0 | 55.5 | 50.1 | 24.8 |" in page
+    assert "| **mIoU** | **33.0** | **40.1** | **65.3** | **61.6** | **46.4** |" in page
+    for k, miou, ece in ((1, "30.1", "0.0990"), (3, "30.3", "0.0970"), (9, "30.9", "0.0910"), (30, "33.0", "0.0700")):
+        assert f"| SegDiff | {k} | {miou} | 80.0 | {ece} | 0.5000 |" in page
+    assert "| U-Net | 1 | 40.1 | 80.0 | 0.0990 | 0.5000 |" in page
+    assert "SegDiff 3000, U-Net 9000" in page and "(tmp" not in page
+    assert (tmp_path / "docs" / "figures" / "camvid" / "val-miou.png").is_file()
+    # Written again, the section replaces itself.
+    assert _camvid("--runs", str(tmp_path / "runs"), "report", "--out", str(out)).returncode == 0
+    assert out.read_text() == page
+
+
+def test_camvid_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
+    import argparse
+    import shlex
+
+    from segdiff.cli import build_parser
+
+    spec = importlib.util.spec_from_file_location("camvid_cpu", ROOT / "experiments" / "camvid_cpu.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    parser = build_parser()
+    args = argparse.Namespace(data=str(tmp_path), runs=str(tmp_path / "runs"), minutes=15.0, test_generations=9,
+                              models=["onehot", "bits"])
+    for model in args.models:
+        for _, command in script.stages("encoding", model, args):
+            words = shlex.split(command)
+            assert words[0].startswith("OMP_NUM_THREADS=") and words[1] == "segdiff"
+            parser.parse_args(words[2:])
