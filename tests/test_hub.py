@@ -279,4 +279,4 @@ def test_predict_takes_a_model_folder(exported, tmp_path):
     assert main(["predict", str(exported["segdiff"]), str(image), "--out", str(out), "--generations", "2",
                  "--sampler", "ddim", "--steps", "4", "--device", "cpu"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [f"image_{k}.png" for k in ("mask", "overlay", "prob",
-                                                                                "uncertainty")]
+                                                                                "uncertainty")] + ["uncertainty.csv"]

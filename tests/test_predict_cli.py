@@ -1,5 +1,6 @@
 """`segdiff predict` on many images: folders and list files, resuming, sharding, sliding windows."""
 
+import csv
 import json
 import os
 import subprocess
@@ -78,6 +79,21 @@ def outputs(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+def pictures(folder: Path) -> dict[str, bytes]:
+    """The PNGs of `outputs`, without the uncertainty tables (one per rank under torchrun)."""
+    return {name: data for name, data in outputs(folder).items() if name.endswith(".png")}
+
+
+def uncertainty_rows(*folders: Path) -> dict[str, dict[str, str]]:
+    """The rows of every uncertainty*.csv in `folders`, by image name."""
+    rows = {}
+    for folder in folders:
+        for table in sorted(folder.glob("uncertainty*.csv")):
+            with open(table, newline="") as f:
+                rows.update({row["name"]: row for row in csv.DictReader(f)})
+    return rows
+
+
 def test_folder_and_list_file_inputs(checkpoint, images, tmp_path):
     extra = tmp_path / "more"
     extra.mkdir()
@@ -86,7 +102,7 @@ def test_folder_and_list_file_inputs(checkpoint, images, tmp_path):
     listing.write_text("# one image per line, relative to this file\n\nmore/f.png\n")
     out = tmp_path / "out"
     assert main(["predict", str(checkpoint), str(images), str(listing), "--out", str(out), *FAST]) == 0
-    assert set(outputs(out)) == {f"{n}_{k}.png" for n in "abcdef" for k in KINDS}
+    assert set(outputs(out)) == {f"{n}_{k}.png" for n in "abcdef" for k in KINDS} | {"uncertainty.csv"}
     with Image.open(out / "b_mask.png") as im:
         assert im.size == (40, 33)
 
@@ -101,9 +117,9 @@ def test_an_interrupted_run_continues_and_skips_finished_images(checkpoint, imag
     assert main(["predict", str(checkpoint), str(images), "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
     assert "4 of 5 images already have all outputs" in printed and "[1/1]" in printed
-    assert outputs(out) == first  # c redone identically
+    assert outputs(out) == first  # c redone identically, its row in uncertainty.csv too
     for name, stamp in stamps.items():
-        if not name.startswith("c_"):
+        if not name.startswith("c_") and name != "uncertainty.csv":
             assert (out / name).stat().st_mtime_ns == stamp  # the others untouched
     assert main(["predict", str(checkpoint), str(images), "--out", str(out), *FAST, "--overwrite"]) == 0
     assert "[5/5]" in capsys.readouterr().out
@@ -121,8 +137,12 @@ def test_ranks_split_the_images_and_their_union_is_the_single_process_run(checkp
         capsys.readouterr()
         assert main(["predict", str(checkpoint), str(images), "--out", str(sharded / str(rank)), *FAST]) == 0
         per_rank.append(outputs(sharded / str(rank)))
-    assert {n[0] for n in per_rank[0]} == set("ace") and {n[0] for n in per_rank[1]} == set("bd")
-    assert {**per_rank[0], **per_rank[1]} == outputs(single)  # byte for byte
+    assert set(per_rank[0]) - set(pictures(sharded / "0")) == {"uncertainty-rank0.csv"}
+    assert set(per_rank[1]) - set(pictures(sharded / "1")) == {"uncertainty-rank1.csv"}
+    assert {n[0] for n in pictures(sharded / "0")} == set("ace")
+    assert {n[0] for n in pictures(sharded / "1")} == set("bd")
+    assert {**pictures(sharded / "0"), **pictures(sharded / "1")} == pictures(single)  # byte for byte
+    assert uncertainty_rows(sharded / "0", sharded / "1") == uncertainty_rows(single)
 
 
 def test_an_image_depends_on_the_seed_and_its_name_only(checkpoint, images, tmp_path):
@@ -245,4 +265,6 @@ def test_torchrun_two_processes_write_what_one_process_writes(checkpoint, images
     subprocess.run([sys.executable, "-m", "segdiff.cli", "predict", *base, "--out", str(single)], check=True, env=env)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                     "-m", "segdiff.cli", "predict", *base, "--out", str(multi)], check=True, env=env)
-    assert outputs(multi) == outputs(single)
+    assert pictures(multi) == pictures(single)
+    assert {p.name for p in multi.glob("*.csv")} == {"uncertainty-rank0.csv", "uncertainty-rank1.csv"}
+    assert uncertainty_rows(multi) == uncertainty_rows(single)

@@ -15,6 +15,7 @@ or a Hugging Face Hub repo id "user/name" (segdiff.hub).
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
 import re
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 import yaml
 
+from . import metrics
 from .checkpoint import CheckpointError, load_resume_checkpoint
 from .config import CONDITIONINGS, CROP_SETTINGS, PRESETS, SAMPLER_NAMES, SYMMETRY_NAMES, ConfigError, ExperimentConfig, SampleConfig
 from .data import DATASETS, IMAGE_SUFFIXES, DataError, image_to_tensor, make_dataset, read_image, resize_image
@@ -36,8 +38,8 @@ from .device import resolve_device
 from .evaluation import evaluate, format_report
 from .export import export_model
 from .hub import source_config
-from .io import colormap, colour_labels, overlay, save_labels, save_png
-from .models import load_model
+from .io import atomic_write, colormap, colour_labels, overlay, save_labels, save_png
+from .models import DEFAULT_ENSEMBLE_WEIGHT, Ensemble, check_ensemble_weight, load_model
 from .protocol import protocol_for, resize_probabilities
 from .sampling import Prediction, generation_seeds
 from .seeding import derive_seed
@@ -137,6 +139,81 @@ def resolved_sample(saved: SampleConfig, overrides: dict[str, Any]) -> SampleCon
         raise UserError(str(exc)) from None
 
 
+# --- ensemble -----------------------------------------------------------------------------------------
+def _source_name(source: str | Path) -> str:
+    """A model source as summaries record it: an existing path made absolute, a Hub repo id as given."""
+    return str(Path(source).resolve()) if Path(source).exists() else str(source)
+
+
+def resolve_ensemble_weight(partner: str | None, weight: float | None) -> float | None:
+    """The resolved --ensemble-weight: the default with --ensemble, None without (where a weight given is
+    refused); checked before any model is loaded."""
+    if partner is None:
+        if weight is not None:
+            raise UserError("--ensemble-weight applies with --ensemble RUN (the partner model to blend in)")
+        return None
+    return check_ensemble_weight(DEFAULT_ENSEMBLE_WEIGHT if weight is None else weight)
+
+
+def load_segmenter(checkpoint: str | Path, partner: str | None, weight: float | None, device) -> Any:
+    """The model a command runs: `checkpoint`'s, or with a partner their `models.Ensemble`."""
+    if partner is None:
+        return load_model(checkpoint, device=device)
+    return Ensemble.load(checkpoint, partner, weight, device=device)
+
+
+def describe_segmenter(model, checkpoint: str | Path) -> str:
+    """One line naming what is run: the model kind and its source, or the ensemble's two."""
+    return model.describe() if isinstance(model, Ensemble) else f"{model.config.model.kind} model from {checkpoint}"
+
+
+# --- uncertainty.csv ----------------------------------------------------------------------------------
+UNCERTAINTY_COLUMNS = ("name", "num_generations", "mean_entropy", "boundary_disagreement")
+
+
+def uncertainty_row(name: str, pred: Prediction, num_generations: int) -> dict[str, Any]:
+    """One image's row of uncertainty.csv, from its prediction at the resolution it was sampled
+    (`metrics.mean_entropy`, `metrics.boundary_disagreement` of the generations' variance, the
+    squared `Prediction.uncertainty`; left empty for multi-class models)."""
+    disagreement = (float(metrics.boundary_disagreement(pred.prob, pred.uncertainty.square())[0])
+                    if pred.prob.shape[1] == 1 else "")
+    return {"name": name, "num_generations": num_generations,
+            "mean_entropy": float(metrics.mean_entropy(pred.prob)[0]), "boundary_disagreement": disagreement}
+
+
+def uncertainty_path(out: Path, rank: int, world: int) -> Path:
+    """uncertainty.csv; under torchrun with N > 1 ranks each rank writes its own, uncertainty-rankR.csv."""
+    return out / ("uncertainty.csv" if world == 1 else f"uncertainty-rank{rank}.csv")
+
+
+def read_uncertainty(path: Path) -> dict[str, dict[str, Any]]:
+    """The rows of an uncertainty.csv by image name ({} when there is none)."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != UNCERTAINTY_COLUMNS:
+            raise UserError(f"{path}: not a segdiff uncertainty table (expected the columns "
+                            f"{', '.join(UNCERTAINTY_COLUMNS)}); move it away or choose another --out")
+        return {row["name"]: row for row in reader}
+
+
+def write_uncertainty(path: Path, rows: dict[str, dict[str, Any]], order: list[str]) -> None:
+    """Write `rows` atomically: the names of `order` first, in that order, then any others the file
+    held before (images of an earlier call into the same folder), in their order."""
+    first = [n for n in order if n in rows]
+    listed = set(first)
+    names = first + [n for n in rows if n not in listed]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=UNCERTAINTY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows[n] for n in names)
+
+    atomic_write(path, write)
+
+
 # --- predict ------------------------------------------------------------------------------------------
 def _input_paths(items: list[str]) -> list[Path]:
     """Image files, folders (their images) and text files listing one image per line (relative paths
@@ -173,10 +250,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     --tile) is seeded from (seed, image name, w, k) alone, so a sharded run writes byte for byte
     what one process writes. Outputs that already exist are skipped (each PNG is written
     atomically), so an interrupted run continues where it stopped.
+
+    uncertainty.csv (uncertainty-rankR.csv per rank under torchrun) gets one row per image, in
+    input order: its K, `metrics.mean_entropy` and `metrics.boundary_disagreement`, computed on the
+    prediction at the resolution it was sampled; it is rewritten (atomically) after each image, and
+    an image without a row is not done. With --ensemble RUN each generation is blended with RUN's
+    prediction (`models.Ensemble`, the partner's weight --ensemble-weight).
     """
     paths = _input_paths(args.images)
     if args.resize is not None and not args.tile:
         raise UserError("--resize applies with --tile (without it every image is resized to the model's input)")
+    weight = resolve_ensemble_weight(args.ensemble, args.ensemble_weight)
 
     # This process's share, and what is left to do.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -184,7 +268,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     multiclass = source_config(args.checkpoint).model.num_classes > 2
     kinds = ("labels", "overlay", "entropy") if multiclass else ("mask", "prob", "uncertainty", "overlay")
     mine = sorted(paths, key=lambda p: p.stem)[rank::world]
-    todo = [p for p in mine if args.overwrite or not all((out / f"{p.stem}_{k}.png").exists() for k in kinds)]
+    table = uncertainty_path(out, rank, world)
+    rows = read_uncertainty(table)
+    share = set(mine)
+    order = [p.stem for p in paths if p in share]  # this process's images in input order
+    todo = [p for p in mine if args.overwrite or p.stem not in rows
+            or not all((out / f"{p.stem}_{k}.png").exists() for k in kinds)]
     who = f"rank {rank}/{world}: " if world > 1 else ""
     if len(todo) < len(mine):
         print(f"{who}{len(mine) - len(todo)} of {len(mine)} images already have all outputs in {out}; skipping them")
@@ -195,11 +284,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if world > 1 and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     sample = resolved_sample(source_config(args.checkpoint).sample, sample_overrides(args))
-    model = load_model(args.checkpoint, device=device)
+    model = load_segmenter(args.checkpoint, args.ensemble, weight, device)
     size = model.config.model.image_size
     overlap = size // 4 if args.overlap is None else args.overlap
     k = model.num_generations(sample)
-    print(f"{who}{model.config.model.kind} model from {args.checkpoint}; sampling: {sample.describe()}")
+    print(f"{who}{describe_segmenter(model, args.checkpoint)}; sampling: {sample.describe()}")
 
     def load(path: Path) -> torch.Tensor:
         return image_to_tensor(read_image(path, allow_gray=True))  # (3, H, W) in [0, 1]
@@ -219,9 +308,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             else:
                 pred = Prediction.from_generations(model.generations(
                     resize_image(image, size)[None], generation_seeds(image_seed, k), sample))
+            row = uncertainty_row(path.stem, pred, k)
             if multiclass:
                 _save_label_outputs(out, path.stem, image, pred, model.config.model, args.class_probs)
-                print(f"{who}[{n}/{len(todo)}] {path} -> {out}/{path.stem}_{{labels,overlay,entropy}}.png")
+                rows[path.stem] = row
+                write_uncertainty(table, rows, order)  # after the pictures: a row means the image is done
+                print(f"{who}[{n}/{len(todo)}] {path} -> {out}/{path.stem}_{{labels,overlay,entropy}}.png "
+                      f"(mean entropy {row['mean_entropy']:.3f})")
                 continue
             # Probabilities and uncertainty back at the input's size (bilinear) before the 0.5 threshold.
             prob = resize_probabilities(pred.prob[0, 0].cpu(), (h, w))
@@ -230,8 +323,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             save_png(out / f"{path.stem}_uncertainty.png", colormap(unc * 2))
             save_png(out / f"{path.stem}_overlay.png", overlay(image, prob > 0.5))
             save_png(out / f"{path.stem}_mask.png", (prob > 0.5).float())
+            rows[path.stem] = row
+            write_uncertainty(table, rows, order)  # after the pictures: a row means the image is done
             print(f"{who}[{n}/{len(todo)}] {path} -> {out}/{path.stem}_{{mask,prob,uncertainty,overlay}}.png "
-                  f"(foreground {100 * (prob > 0.5).float().mean():.1f} %)")
+                  f"(foreground {100 * (prob > 0.5).float().mean():.1f} %, mean entropy {row['mean_entropy']:.3f}, "
+                  f"boundary disagreement {row['boundary_disagreement']:.4f})")
+    print(f"{who}uncertainty per image: {table} (mean_entropy, boundary_disagreement; sort to review the least "
+          "certain first)")
     return 0
 
 
@@ -257,9 +355,12 @@ def _save_label_outputs(out: Path, stem: str, image: torch.Tensor, pred: Predict
 # --- evaluate -----------------------------------------------------------------------------------------
 def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, out: str | Path, *,
                    overrides: dict[str, Any], score_size: int | None = None, setting: str | None = None,
-                   seed: int = 0, device: str = "auto", max_images: int | None = None) -> dict[str, Any]:
+                   seed: int = 0, device: str = "auto", max_images: int | None = None,
+                   ensemble: str | None = None, ensemble_weight: float | None = None) -> dict[str, Any]:
     """Score `checkpoint` on `dataset`'s `split` with its protocol; the checkpoint's own sampling
-    settings with `overrides` (SampleConfig fields) applied."""
+    settings with `overrides` (SampleConfig fields) applied. With `ensemble` (a partner model source)
+    the scored model is their `models.Ensemble`, the partner weighted `ensemble_weight` (default
+    0.5), recorded in summary.json as "ensemble"."""
     # Arguments are checked before the checkpoint's weights are read or anything is sampled.
     if split not in ("val", "test"):
         raise UserError(f"--split {split!r}: evaluate runs on 'val' or 'test' (train is what the model was "
@@ -269,6 +370,7 @@ def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, 
     root = "" if dataset == "synthetic" else root or os.environ.get("SEGDIFF_DATA", "")  # synthetic reads no files
     if not root and dataset != "synthetic":
         raise UserError(f"--dataset {dataset}: needs a data folder; pass --data DIR or set SEGDIFF_DATA")
+    weight = resolve_ensemble_weight(ensemble, ensemble_weight)
     saved = source_config(checkpoint)
     sample = resolved_sample(saved.sample, overrides)
     try:
@@ -278,13 +380,17 @@ def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, 
         data_cfg = replace(saved.data, dataset=dataset, root=str(root), **({"setting": setting} if setting else {}))
     except ValueError as exc:
         raise UserError(f"{exc}") from None
-    model = load_model(checkpoint, device=resolve_device(device))
+    model = load_segmenter(checkpoint, ensemble, weight, resolve_device(device))
     data = make_dataset(replace(saved, data=data_cfg), split, image_size=protocol.dataset_size)
-    print(f"evaluating {checkpoint} ({model.config.model.kind}) on {dataset} {split} ({len(data)} images"
+    print(f"evaluating {describe_segmenter(model, checkpoint)} on {dataset} {split} ({len(data)} images"
           f"{f', the first {max_images}' if max_images else ''}), seed {seed}\nsampling: {sample.describe()}")
+    metadata = {"checkpoint": _source_name(checkpoint), "dataset": dataset, "split": split,
+                "data_root": str(Path(root).resolve()) if root else None}
+    if ensemble is not None:
+        metadata["ensemble"] = {"partner": _source_name(ensemble), "partner_kind": model.partner.kind,
+                                "weight": weight}
     summary = evaluate(model, data, protocol, sample, seed=seed, out_dir=out, max_images=max_images,
-                       metadata={"checkpoint": str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else str(checkpoint), "dataset": dataset, "split": split,
-                                 "data_root": str(Path(root).resolve()) if root else None})
+                       metadata=metadata)
     print(format_report(summary))
     print(f"wrote {out}/: per_image.csv, curve.csv, generations_metrics.png, generations_calibration.png, "
           "reliability.png, examples.png, report.md, summary.json")
@@ -294,7 +400,7 @@ def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     run_evaluation(args.checkpoint, args.dataset, args.data, args.split, args.out, overrides=sample_overrides(args),
                    score_size=args.score_size, setting=args.setting, seed=args.seed, device=args.device,
-                   max_images=args.max_images)
+                   max_images=args.max_images, ensemble=args.ensemble, ensemble_weight=args.ensemble_weight)
     return 0
 
 
@@ -379,6 +485,15 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the per-step network call: compiling takes minutes; meant for GPUs")
 
 
+def add_ensemble_flags(p: argparse.ArgumentParser) -> None:
+    """--ensemble and --ensemble-weight of predict and evaluate (`models.Ensemble`)."""
+    p.add_argument("--ensemble", metavar="RUN_OR_FOLDER", help="blend in a second model (usually the U-Net "
+                   "baseline's run, checkpoint or model folder): each generation becomes (1 - w) * its own "
+                   "probability + w * the partner's, so the mean is (1 - w) * SegDiff's + w * the U-Net's")
+    p.add_argument("--ensemble-weight", type=float, metavar="W", help="with --ensemble: the partner's weight w "
+                   f"in [0, 1] (default: {DEFAULT_ENSEMBLE_WEIGHT})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segdiff", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -459,7 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "NAME_overlay.png into --out, skipping images whose four outputs exist (a multi-class model: "
                                    "NAME_labels.png, an indexed PNG of class indices with the classes' colours, "
                                    "NAME_overlay.png and NAME_entropy.png; the class probabilities are resized "
-                                   "before the argmax). Under "
+                                   "before the argmax), and uncertainty.csv: one row per image (name, K, "
+                                   "mean_entropy, boundary_disagreement) to sort and review the least certain "
+                                   "first. With --ensemble RUN each generation is blended with RUN's prediction. Under "
                                    "torchrun --nproc_per_node=N each process takes every N-th image.",
                        epilog="examples: segdiff predict runs/vai photos/ --out pred --sampler sde-dpm-solver++ --steps 10; "
                               "MoNuSeg's test protocol (512 from four 256 quadrants): segdiff predict runs/mon "
@@ -480,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", type=int, default=None, metavar="SIZE", help="with --tile: first resize the image to "
                    "SIZE x SIZE; results are resized back to the image's size")
     add_sampling_flags(p)
+    add_ensemble_flags(p)
     p.add_argument("--overwrite", action="store_true", help="recompute images whose outputs already exist")
     p.add_argument("--seed", type=int, default=0, help="with the image's name, fixes every generation")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: cuda:LOCAL_RANK)")
@@ -505,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="segdiff-eval", help="output folder (default: %(default)s)")
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images")
     add_sampling_flags(p)
+    add_ensemble_flags(p)
     p.add_argument("--score-size", type=int, default=None, help="Vaihingen/folder: score at this side (e.g. the "
                    "paper's 256 for a 64 px model): images are sampled at the model's input and the probabilities "
                    "resized up before the threshold (default: the model's input)")

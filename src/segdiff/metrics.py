@@ -22,6 +22,11 @@ and mean class accuracy from it: one ratio per class over the whole split, so a 
 from an image costs nothing there. `mean_iou_per_image` is the second view: each image's mean
 over the classes present in its prediction or its target, then the mean over images.
 
+Uncertainty of a prediction (section "Per-image uncertainty"): one number per image from its K
+generations, with no ground truth, to rank images by how much to trust them: `mean_entropy` (of
+the mean prediction, over all pixels) and `boundary_disagreement` (the generations' variance on
+the predicted object and a band around it; binary only).
+
 Two coverages are offered because the literature and the SegDiff reference code disagree:
 `weighted_coverage` is the definition the DSAC / DarNet tables use, `size_ratio_coverage` is
 what the SegDiff authors' code computes under the name WCov.
@@ -38,7 +43,8 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from segdiff.metrics_boundary import boundary_f_from_maps, boundary_map
+from segdiff.encoding import entropy
+from segdiff.metrics_boundary import boundary_f_from_maps, boundary_map, dilate
 
 __all__ = [
     "iou",
@@ -59,6 +65,8 @@ __all__ = [
     "mean_iou_per_image",
     "top_label_bins",
     "brier_score",
+    "mean_entropy",
+    "boundary_disagreement",
 ]
 
 ArrayLike = Tensor | np.ndarray
@@ -407,6 +415,62 @@ def reliability_diagram(
         fraction_positive=torch.where(empty, nan, positives / count.clamp(min=1)),
         count=count.round().long(),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-image uncertainty
+
+BOUNDARY_BAND = 3  # pixels around the predicted object that `boundary_disagreement` also looks at
+
+
+def _probability_maps(x: ArrayLike, name: str) -> Tensor:
+    """Validate (B, C, H, W) real values in [0, 1]; return them as float64."""
+    t = _as_tensor(x, name)
+    if t.ndim != 4 or 0 in t.shape:
+        raise ValueError(f"{name}: expected maps of shape (B, C, H, W), found {tuple(t.shape)}")
+    if t.is_complex() or not bool(((t >= 0) & (t <= 1)).all()):  # also rejects NaN
+        raise ValueError(f"{name}: expected values in [0, 1]")
+    return t.to(torch.float64)
+
+
+def mean_entropy(prob: ArrayLike) -> Tensor:
+    """Per image, the mean over its pixels of the entropy (nats) of the mean prediction: float64 (B,).
+
+    `prob` (B, C, H, W) is the mean of the K generations (`sampling.Prediction.prob`). Binary
+    (C = 1, p the foreground probability): H = -p ln p - (1 - p) ln(1 - p), from 0 (p = 0 or 1) to
+    ln 2 = 0.693 (p = 0.5). C > 1 classes (probabilities summing to 1): H = -sum_c p_c ln p_c, at
+    most ln C; the per-image "mean_entropy" of a multi-class evaluation is the same number. 0 ln 0 = 0
+    (`encoding.entropy`). High wherever the mean is unsure, whether the generations disagree or
+    agree on an unsure value, and defined for K = 1 (the U-Net's probability) too.
+    """
+    p = _probability_maps(prob, "prob")
+    classes = torch.cat([1 - p, p], dim=1) if p.shape[1] == 1 else p
+    return entropy(classes, dim=1).flatten(1).mean(dim=1)
+
+
+def boundary_disagreement(prob: ArrayLike, variance: ArrayLike, radius: int = BOUNDARY_BAND) -> Tensor:
+    """Per image, how much the K generations disagree on the predicted object and its outline:
+    float64 (B,). Binary masks only.
+
+    `prob` (B, 1, H, W): the mean foreground probability of the K generations g_1..g_K; `variance`
+    (B, 1, H, W): their per-pixel population variance (1/K) sum_k (g_k - prob)^2, in [0, 0.25]
+    (`sampling.Prediction.uncertainty` squared: it holds the standard deviation). The region R is the
+    predicted mask prob > 0.5 dilated by a disk of `radius` pixels (dy^2 + dx^2 <= radius^2, outside
+    the image empty; `metrics_boundary.dilate`): the object and a band of `radius` pixels around it,
+    where generations of one object differ. The score is the mean of `variance` over R. Where
+    nothing is predicted (R empty) it is 0.0: no object to disagree on (`mean_entropy` still
+    measures such an image). K = 1 gives 0. C > 1 raises ValueError: which class is "background"
+    is not given for label maps.
+    """
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+        raise ValueError(f"radius must be an integer number of pixels >= 0, found {radius!r}")
+    p, v = _probability_maps(prob, "prob"), _probability_maps(variance, "variance")
+    _check_same_shape(p, v, ("prob", "variance"))
+    if p.shape[1] != 1:
+        raise ValueError(f"boundary_disagreement is for binary masks (C = 1), found C = {p.shape[1]}")
+    region = dilate(p[:, 0] > 0.5, int(radius))  # (B, H, W)
+    total = (v[:, 0] * region).flatten(1).sum(dim=1)
+    return total / region.flatten(1).sum(dim=1).clamp(min=1)  # empty region: 0 / 1 = 0
 
 
 # ---------------------------------------------------------------------------------------------

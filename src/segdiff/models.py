@@ -11,6 +11,10 @@ the CLI call only this interface; none of them asks which kind it holds.
 - ``unet`` (`UNetSegmenter`): the plain U-Net baseline (`baseline.UNetBaseline`), one forward
   pass, Dice + cross-entropy; its one "generation" is its probability.
 
+`Ensemble` combines two loaded models (SegDiff and the U-Net, usually) behind the same interface:
+each of SegDiff's generations is blended with the partner's probability, so everything that takes
+a Segmenter takes an ensemble. It is not a trainable kind and is not in the registry.
+
 A checkpoint or model folder names its kind in its config (`ModelConfig.kind`); `load_model` builds
 the kind from the registry `MODEL_CLASSES`, so checkpoint.py and hub.py know neither model.
 """
@@ -26,13 +30,14 @@ from monai.losses import DiceCELoss, DiceLoss, MaskedDiceLoss
 from torch import Tensor, nn
 
 from .baseline import UNetBaseline
-from .config import MODEL_KINDS, ExperimentConfig, SampleConfig, TrainConfig
+from .config import MODEL_KINDS, ConfigError, ExperimentConfig, SampleConfig, TrainConfig
 from .diffusion import DDPMScheduler, from_signed
 from .encoding import encode
 from .hub import load_weights, read_source
 from .labels import IGNORE, valid_pixels
 from .model import SegDiff
 from .sampling import sample_generations, symmetry_order
+from .seeding import derive_seed
 
 
 class Segmenter(Protocol):
@@ -253,3 +258,116 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> Segmen
     load_weights(model.net, found)
     model.net.to(device).eval()
     return model
+
+
+DEFAULT_ENSEMBLE_WEIGHT = 0.5  # the partner's share: SegDiff and the U-Net count alike
+
+
+def check_ensemble_weight(weight: float) -> float:
+    """`weight` as a float when it is a number in [0, 1]; ConfigError otherwise."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"ensemble weight {weight!r}: the partner's weight must be a number in [0, 1] "
+                          "(0: the diffusion model alone, 1: the partner alone)")
+    return float(weight)
+
+
+class Ensemble:
+    """Two models blended: each of `diffusion`'s K generations mixed with `partner`'s mean.
+
+    Generation k of an image is g'_k = (1 - w) * g_k + w * mean_j(p_j), where g_k are `diffusion`'s
+    K generations (any Segmenter, SegDiff in practice), p_j the partner's generations (the U-Net's
+    one probability, in practice) and w = `weight`, the partner's share (default 0.5: the two count
+    alike). So the mean over the K generations is exactly (1 - w) * SegDiff's mean + w * the U-Net's
+    probability, every running mean over the first k generations (the curve over K) is blended the
+    same way, and evaluation, `segdiff predict` and validation use an ensemble as any model, with no
+    branch. The spread of the blended generations is SegDiff's scaled by (1 - w). w = 0 returns
+    `diffusion`'s generations and w = 1 the partner's mean repeated K times, each without running the
+    other model.
+
+    Seeds: `diffusion` gets the seeds it is given (B * K, image-major). The partner gets its own
+    `partner.num_generations(sample)` seeds per image, derived from the image's first seed (none is
+    used by the deterministic U-Net), so its noise is never SegDiff's. Both models sample with the
+    same `sample` settings (the U-Net reads only `symmetry`).
+
+    The two must take the same input (side, image channels) and segment the same classes (their
+    number and names); ConfigError names both sources otherwise. `sources` names them in messages
+    (default: their kinds); `Ensemble.load` passes the paths. An ensemble is not trained: `loss`
+    raises.
+
+        >>> model = Ensemble(load_model("runs/segdiff"), load_model("runs/unet"), weight=0.5)
+        >>> summary = evaluate(model, dataset, protocol)
+    """
+
+    kind: ClassVar[str] = "ensemble"
+    uses_ema: ClassVar[bool] = False  # not trained; each member was evaluated on its own weights
+
+    def __init__(self, diffusion: Segmenter, partner: Segmenter, weight: float = DEFAULT_ENSEMBLE_WEIGHT, *,
+                 sources: tuple[str, str] | None = None):
+        self.weight = check_ensemble_weight(weight)
+        self.sources = tuple(map(str, sources)) if sources else (f"the {diffusion.kind} model",
+                                                                 f"the {partner.kind} model")
+        check_ensemble_members(diffusion.config, partner.config, self.sources)
+        self.diffusion, self.partner = diffusion, partner
+        self.config = diffusion.config
+        self.net = diffusion.net
+
+    @classmethod
+    def load(cls, diffusion_source: str | Path, partner_source: str | Path, weight: float = DEFAULT_ENSEMBLE_WEIGHT,
+             device: str | torch.device = "cpu") -> "Ensemble":
+        """Both models loaded with `load_model` (the weight checked first, before anything is read)."""
+        check_ensemble_weight(weight)
+        return cls(load_model(diffusion_source, device), load_model(partner_source, device), weight,
+                   sources=(str(diffusion_source), str(partner_source)))
+
+    @property
+    def device(self) -> torch.device:
+        return _device(self.net)
+
+    def num_generations(self, sample: SampleConfig) -> int:
+        return self.diffusion.num_generations(sample)
+
+    def sampling_summary(self, sample: SampleConfig) -> dict[str, Any]:
+        own = self.diffusion.sampling_summary(sample)
+        return {**own, "sampler": f"{own['sampler']} + {self.partner.kind} (w={self.weight:g})"}
+
+    def describe(self) -> str:
+        """One line for logs: the two sources and their weights."""
+        return (f"ensemble: {self.diffusion.kind} from {self.sources[0]} (weight {1 - self.weight:g}) + "
+                f"{self.partner.kind} from {self.sources[1]} (weight {self.weight:g})")
+
+    def partner_seeds(self, seeds: Sequence[int], batch: int, sample: SampleConfig) -> list[int]:
+        """The partner's seeds, image-major: derived from each image's first seed, tagged apart."""
+        k, kp = len(seeds) // batch, self.partner.num_generations(sample)
+        return [derive_seed("ensemble partner", seeds[i * k], j) for i in range(batch) for j in range(kp)]
+
+    @torch.no_grad()
+    def generations(self, images: Tensor, seeds: Sequence[int], sample: SampleConfig) -> Tensor:
+        k = self.num_generations(sample)
+        if len(seeds) != len(images) * k:
+            raise ValueError(f"{len(seeds)} seeds for {len(images)} image(s) x {k} generations")
+        if self.weight == 0.0:
+            return self.diffusion.generations(images, seeds, sample)
+        partner = self.partner.generations(images, self.partner_seeds(seeds, len(images), sample), sample)
+        partner_mean = partner.mean(dim=1, keepdim=True).to(self.device)  # (B, 1, C, H, W)
+        if self.weight == 1.0:
+            return partner_mean.expand(-1, k, -1, -1, -1).clone()
+        own = self.diffusion.generations(images, seeds, sample)
+        return (1 - self.weight) * own + self.weight * partner_mean
+
+    def loss(self, net: nn.Module, image: Tensor, mask: Tensor, generator: torch.Generator,
+             train: TrainConfig, share: slice) -> Tensor:
+        raise NotImplementedError("an Ensemble is not trained: train its two models (segdiff train, segdiff "
+                                  "baseline), then ensemble the runs")
+
+
+def check_ensemble_members(diffusion: ExperimentConfig, partner: ExperimentConfig, sources: tuple[str, str]) -> None:
+    """ConfigError naming both sources when two models cannot be ensembled: another input side or
+    number of image channels, or other classes (their number, then their names in index order)."""
+    a, b = diffusion.model, partner.model
+    for what, left, right in (("input size", a.image_size, b.image_size),
+                              ("image channels", a.in_channels, b.in_channels),
+                              ("number of classes", a.num_classes, b.num_classes),
+                              ("classes", list(a.classes), list(b.classes))):
+        if left != right:
+            raise ConfigError(f"cannot ensemble {sources[0]} ({what} {left}) with {sources[1]} ({what} {right}): "
+                              f"the two models must take the same input and segment the same classes")
