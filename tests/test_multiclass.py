@@ -136,6 +136,20 @@ def test_top_label_calibration_and_brier_by_hand():
     assert metrics.brier_score(prob, torch.tensor([[0, -1]]), ignore_index=-1).item() == pytest.approx(0.14)
 
 
+def test_brier_score_equals_its_one_hot_definition_per_image():
+    gen = torch.Generator().manual_seed(0)
+    prob = torch.rand(3, 5, 6, 7, generator=gen)
+    prob /= prob.sum(dim=1, keepdim=True)
+    target = torch.randint(-1, 5, (3, 6, 7), generator=gen)
+    target[2] = -1  # an image with no labelled pixel scores 0
+    onehot = torch.nn.functional.one_hot(target.clamp(min=0), 5).permute(0, 3, 1, 2).double()
+    squared = (prob.double() - onehot).square().sum(dim=1)
+    for b in range(3):
+        labelled = target[b] >= 0
+        expected = float(squared[b][labelled].mean()) if labelled.any() else 0.0
+        assert metrics.brier_score(prob, target, ignore_index=-1)[b].item() == pytest.approx(expected, abs=1e-9)
+
+
 # ----------------------------------------------------------------------------------------------
 # Models, training and evaluation
 
