@@ -203,6 +203,7 @@ def ratio(sizes_: dict, size: int) -> float:
 
 def report(args: argparse.Namespace) -> int:
     from segdiff.data.camvid import CAMVID_CLASSES
+    from segdiff.io import write_section
     from segdiff.plots import plot_training_curves
     from segdiff.protocol import CAMVID_PUBLISHED_IOU, CAMVID_PUBLISHED_MIOU, CAMVID_PUBLISHED_SOURCE
 
@@ -288,12 +289,7 @@ def report(args: argparse.Namespace) -> int:
         "```",
         END,
     ]
-    text = page.read_text() if page.exists() else ""
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + "\n".join(section) + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
-    page.write_text(text)
+    write_section(page, BEGIN, END, section)
     print(f"wrote {page} and {figures}/")
     return 0
 

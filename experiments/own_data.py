@@ -107,6 +107,7 @@ def screening_table(screens: list[str]) -> list[str]:
 
 
 def report(args: argparse.Namespace) -> int:
+    from segdiff.io import write_section
     from segdiff.plots import plot_training_curves
 
     runs_root, page = Path(args.runs), Path(args.out)
@@ -172,12 +173,7 @@ def report(args: argparse.Namespace) -> int:
         "```",
         END,
     ]
-    text = page.read_text() if page.exists() else ""
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + "\n".join(section) + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
-    page.write_text(text)
+    write_section(page, BEGIN, END, section)
     print(f"wrote {page}")
     return 0
 

@@ -61,6 +61,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
             os.unlink(tmp)
 
 
+def write_section(page: str | Path, begin: str, end: str, lines: list[str]) -> None:
+    """Write `lines` (which start with the marker `begin` and end with `end`) into the Markdown `page`:
+    in place of the text between the markers where the page has them, else appended; atomically.
+    The experiment scripts keep their parts of docs/results.md this way."""
+    page = Path(page)
+    text = page.read_text() if page.exists() else ""
+    section = "\n".join(lines)
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write(page, lambda tmp: tmp.write_text(text))
+
+
 def _to_uint8(x: Tensor) -> np.ndarray:
     return (x.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
