@@ -1,8 +1,11 @@
-"""The binary path reproduces, bit for bit on the CPU, what it predicted before the class-axis redesign.
+"""The binary path reproduces what it predicted before the class-axis redesign, to float rounding.
 
 tests/fixtures/binary_reference.safetensors holds a fixed tiny network (two conditionings), fixed
 inputs and the predictions the code of commit 4683c4f made for them with several samplers, the
 MoNuSeg quadrant protocol and the sliding window (tests/fixtures/make_binary_reference.py wrote it).
+On the machine that wrote it the predictions are equal bit for bit; another CPU's kernels (AVX2
+against AVX-512) round differently, by up to 3.5e-5 after a 100-step chain on a 2-core AMD EPYC
+without AVX-512, so the comparison allows 1e-4: a change to the maths moves them far more.
 """
 
 import json
@@ -19,6 +22,7 @@ from segdiff.sampling import predict
 from segdiff.sliding import predict_quadrants, predict_sliding
 
 FIXTURE = Path(__file__).parent / "fixtures" / "binary_reference.safetensors"
+ROUNDING = 1e-4  # float rounding between CPUs (module docstring)
 
 
 def _fixture():
@@ -38,7 +42,7 @@ def _network(conditioning: str) -> SegDiff:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_binary_predictions_match_the_pre_redesign_fixture_bit_for_bit(name):
+def test_binary_predictions_match_the_pre_redesign_fixture(name):
     case = CASES[name]
     net = _network(case["conditioning"])
     config = ExperimentConfig.tiny()
@@ -59,10 +63,10 @@ def test_binary_predictions_match_the_pre_redesign_fixture_bit_for_bit(name):
     else:
         pred = predict(net, x, scheduler, seeds=seeds, keep_generations=True, **options)
     assert pred.prob.shape == TENSORS[f"{name}/prob"].shape
-    assert torch.equal(pred.prob, TENSORS[f"{name}/prob"])
-    assert torch.equal(pred.uncertainty, TENSORS[f"{name}/uncertainty"])
+    assert torch.allclose(pred.prob, TENSORS[f"{name}/prob"], rtol=0, atol=ROUNDING)
+    assert torch.allclose(pred.uncertainty, TENSORS[f"{name}/uncertainty"], rtol=0, atol=ROUNDING)
     if f"{name}/generations" in TENSORS:
         assert pred.generations.shape[2] == 1  # (B, K, C, H, W): the binary path has one channel
-        assert torch.equal(pred.generations[:, :, 0], TENSORS[f"{name}/generations"])
+        assert torch.allclose(pred.generations[:, :, 0], TENSORS[f"{name}/generations"], rtol=0, atol=ROUNDING)
     # The fixture is not trivial: the generations differ and the probability is not constant.
     assert pred.uncertainty.max() > 0.01 and pred.prob.std() > 0.01
