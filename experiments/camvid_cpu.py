@@ -254,7 +254,8 @@ def report(args: argparse.Namespace) -> int:
          "64 of the 101 val images; scored on the 233 test images at 480x360 (class probabilities resized "
          "bilinearly, then the argmax; void ignored), mIoU from one confusion matrix over the split. "
          f"SegDiff: {segdiff['sampler']} with {segdiff['num_steps']} steps, K = {k_total}. "
-         "Written by `python experiments/camvid_cpu.py report` from the runs' files."),
+         "Written by `python experiments/camvid_cpu.py report` from the runs' files; how the runs were made, "
+         "and what ran beside them: experiments/README.md."),
         "",
         f"| class (test IoU) | SegDiff, K={k_total} | U-Net | " + " | ".join(CAMVID_PUBLISHED_IOU) + " |",
         "|---|---:|---:|" + "---:|" * len(CAMVID_PUBLISHED_IOU),
