@@ -439,8 +439,9 @@ def test_generation_k_is_sampled_on_the_image_under_transform_k_mod_n(net):
         g = k % 8
         alone = predict(net, apply_symmetry(image, g), s, num_generations=1, sampler="ddim", num_sampling_steps=5,
                         seeds=[seeds[k]], keep_generations=True)
+        # Batched with other rows against alone: float rounding, up to 1.9e-5 on a CPU without AVX-512.
         torch.testing.assert_close(sym.generations[:, k], invert_symmetry(alone.generations[:, 0], g),
-                                   atol=1e-5, rtol=0)
+                                   atol=1e-4, rtol=0)
 
 
 def test_dihedral_symmetry_refuses_non_square_images_and_unknown_names(net):
