@@ -60,16 +60,17 @@ def resolution_ceiling(data: str, size: int) -> dict:
     from segdiff.protocol import resize_probabilities
     from segdiff.data.reading import resize_labels
 
-    matrix = torch.zeros(11, 11, dtype=torch.int64)
+    c = CAMVID_CLASSES.num_classes
+    matrix = torch.zeros(c, c, dtype=torch.int64)
     for split in ("train", "val"):
         dataset = CamVid(data, split, image_size=size)
         for i in range(len(dataset)):
             target = dataset.original_mask(i)  # (1, 360, 480)
             small = resize_labels(target, size)[0].long()  # (S, S), -1 on void
-            onehot = F.one_hot(small.clamp(min=0), 11).permute(2, 0, 1).float()
-            onehot[:, small == int(IGNORE)] = 1 / 11  # a perfect model knows nothing of void pixels
+            onehot = F.one_hot(small.clamp(min=0), c).permute(2, 0, 1).float()
+            onehot[:, small == int(IGNORE)] = 1 / c  # a perfect model knows nothing of void pixels
             predicted = resize_probabilities(onehot, tuple(target.shape[-2:])).argmax(0)
-            matrix += metrics.confusion_matrix(predicted, target[0].long(), 11, ignore_index=int(IGNORE))
+            matrix += metrics.confusion_matrix(predicted, target[0].long(), c, ignore_index=int(IGNORE))
     scores = metrics.confusion_scores(matrix)
     return {"miou": float(scores["miou"]), "per_class": dict(zip(CAMVID_CLASSES.names, scores["iou"].tolist()))}
 

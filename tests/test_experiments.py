@@ -74,9 +74,13 @@ def write_runs(runs: Path, *, redesigned: bool = False) -> None:
         (folder / "per_image.csv").write_text("name,iou,f1\nbuilding_101,0.8,0.9\nbuilding_102,0.7,0.8\n")
 
 
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """experiments/NAME run as a user runs it, its output captured."""
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / name), *args], capture_output=True, text=True)
+
+
 def _page(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / "vaihingen_cpu.py"), *args],
-                          capture_output=True, text=True)
+    return _script("vaihingen_cpu.py", *args)
 
 
 def test_results_page_shows_the_scores_its_runs_wrote(tmp_path):
@@ -173,8 +177,7 @@ def write_camvid_runs(runs: Path) -> None:
 
 
 def _camvid(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / "camvid_cpu.py"), *args],
-                          capture_output=True, text=True)
+    return _script("camvid_cpu.py", *args)
 
 
 def test_camvid_page_shows_the_scores_its_runs_wrote_beside_the_published_rows(tmp_path):
