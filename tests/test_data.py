@@ -24,13 +24,15 @@ from segdiff.data import (
     carve_validation,
     image_to_tensor,
     make_dataset,
+    mask_to_tensor,
     read_image,
     read_mask,
     read_monuseg_xml,
     read_size,
     resize_image,
+    resize_mask,
 )
-from segdiff.sliding import quadrants, stitch_quadrants
+from segdiff.sliding import quadrants, stitch_quadrants, stitch_tiles, tiles
 
 
 def _data_root() -> Path:
@@ -476,3 +478,55 @@ def test_make_dataset_needs_a_data_folder_for_the_benchmarks(monkeypatch):
     monkeypatch.delenv("SEGDIFF_DATA", raising=False)
     with pytest.raises(ValueError, match="dataset 'vaihingen' needs a data folder"):
         make_dataset(ExperimentConfig.tiny().override(["data.dataset=vaihingen"]), "train")
+
+
+def test_monuseg_at_another_scale_crops_and_tests_at_it_and_scores_against_the_mask_at_512(tmp_path):
+    # The monuseg-cpu scale: images resized to 4 x the crop, crops of it, the test item whole at
+    # that side; original_mask is the file's mask at the paper's 512 whatever the scale.
+    _write_monuseg(tmp_path, "train", [f"t{i}" for i in range(5)])
+    _write_monuseg(tmp_path, "test", ["a"])
+    train = MoNuSeg(tmp_path, "train", 8, val_fraction=0.2, resize=32)
+    image, mask = train[0]
+    _check_item(image, mask, 8)
+    resized = resize_image(image_to_tensor(read_image(tmp_path / "monuseg/train/images" / f"{train.names[0]}.tif")), 32)
+    assert any(torch.equal(resized[:, t:t + 8, c:c + 8], image) for t in range(25) for c in range(25))
+    test = MoNuSeg(tmp_path, "test", 8, resize=32)
+    _check_item(*test[0], 32)
+    target = test.original_mask(0)
+    assert target.shape == (1, 512, 512)
+    assert torch.equal(target, resize_mask(mask_to_tensor(read_mask(tmp_path / "monuseg/test/masks/a.png")), 512))
+    test[0][0].zero_()  # items are copies: the cached resized image is not written through
+    assert test[0][0].abs().sum() > 0
+    with pytest.raises(DataError, match="resize=20 must be a multiple of the crop side 8"):
+        MoNuSeg(tmp_path, "test", 8, resize=20)
+
+
+def test_monuseg_cpu_preset_tiles_the_image_at_256_and_refuses_a_scale_its_input_does_not_divide():
+    from segdiff.config import ConfigError
+    from segdiff.protocol import protocol_for
+
+    cfg = ExperimentConfig.from_preset("monuseg-cpu")
+    assert (cfg.model.image_size, cfg.data.dataset, cfg.data.resize) == (64, "monuseg", 256)
+    assert cfg.model.attention_resolutions == (16, 8) and cfg.train.time_budget_min == 60
+    protocol = protocol_for("monuseg", cfg.model.image_size, resize=cfg.data.resize)
+    assert (protocol.feed, protocol.item_size, protocol.target_from_dataset) == ("tiles", 256, True)
+    assert "4x4 64x64 tiles" in protocol.description and "512x512" in protocol.description
+    assert "four 256x256 tiles" in protocol_for("monuseg", 256).description
+    with pytest.raises(ConfigError, match=r"data.resize=200 must be a multiple of model.image_size=64"):
+        cfg.override(["data.resize=200"])
+
+
+def test_tiles_cut_row_major_windows_and_stitch_back():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
+    t = tiles(x, 3)  # (2, 9, 3, 2, 2)
+    assert t.shape == (2, 9, 3, 2, 2)
+    for r in range(3):
+        for c in range(3):
+            assert torch.equal(t[:, 3 * r + c], x[..., 2 * r:2 * r + 2, 2 * c:2 * c + 2])
+    assert torch.equal(stitch_tiles(t), x)
+    q = quadrants(x)  # the paper's four: top-left, top-right, bottom-left, bottom-right
+    assert torch.equal(q[:, 1], x[..., :3, 3:]) and torch.equal(q[:, 2], x[..., 3:, :3])
+    with pytest.raises(ValueError, match="divisible by 4"):
+        tiles(x, 4)
+    with pytest.raises(ValueError, match="n\\*n"):
+        stitch_tiles(torch.zeros(1, 3, 1, 2, 2))

@@ -234,18 +234,42 @@ def _shared_folder(data_root: Path, *parts: str) -> Path:
     return folder
 
 
-def test_monuseg_samples_four_quadrants_and_scores_at_twice_the_input(data_root, model):
+def test_monuseg_samples_four_quadrants_and_scores_at_the_papers_512(data_root, model):
     _shared_folder(data_root, "monuseg", "test")
     protocol = protocol_for("monuseg", 32)
     dataset = build_dataset("monuseg", data_root, "test", protocol.dataset_size)
     summary = evaluate(model, dataset, protocol, _sample(model, num_generations=2), max_images=1, progress=False)
-    image, mask = dataset[0]  # (3, 64, 64): the full image at twice the model input
+    image, _ = dataset[0]  # (3, 64, 64): the full image at twice the model input
     seeds = [s for tile in range(4) for s in generation_seeds(derive_seed(0, dataset.names[0]), 2, tile)]
     pred = predict(model.net, quadrants(image), model.scheduler, model.config.sample, num_generations=2, seeds=seeds,
                    **SAMPLING)
-    prob = stitch_quadrants(pred.prob)[0]  # (64, 64)
-    assert summary["metrics"]["iou"] == pytest.approx(float(metrics.iou(prob > 0.5, mask[0])[0]), abs=1e-12)
+    prob = stitch_quadrants(pred.prob)  # (1, 64, 64)
+    prob = torch.nn.functional.interpolate(prob[None], size=(512, 512), mode="bilinear", align_corners=False)[0, 0]
+    target = dataset.original_mask(0)  # the 1000 px mask resized to 512, as the paper scores
+    assert target.shape == (1, 512, 512)
+    expected = metrics.iou(prob.clamp(0, 1) > 0.5, target[0])[0]
+    assert summary["metrics"]["iou"] == pytest.approx(float(expected), abs=1e-9)
     assert summary["paper"]["metrics"] == {"f1": 81.59, "iou": 69.00}
+
+
+def test_monuseg_at_a_lower_scale_is_tiled_with_the_model_input_and_scored_at_512(data_root, model):
+    # A 32 px model on images resized to 128: 4 x 4 tiles, each seeded by its row-major index.
+    _shared_folder(data_root, "monuseg", "test")
+    protocol = protocol_for("monuseg", 32, resize=128)
+    assert protocol.item_size == 128 and "4x4" in protocol.description
+    dataset = build_dataset("monuseg", data_root, "test", protocol.dataset_size, resize=128)
+    summary = evaluate(model, dataset, protocol, _sample(model, num_generations=1), max_images=1, progress=False)
+    image, _ = dataset[0]
+    assert image.shape == (3, 128, 128)
+    seeds = [s for tile in range(16) for s in generation_seeds(derive_seed(0, dataset.names[0]), 1, tile)]
+    parts = torch.stack([image[:, 32 * r:32 * r + 32, 32 * c:32 * c + 32] for r in range(4) for c in range(4)])
+    pred = predict(model.net, parts, model.scheduler, model.config.sample, num_generations=1, seeds=seeds, **SAMPLING)
+    prob = torch.cat([torch.cat(list(pred.prob[4 * r:4 * r + 4, 0]), dim=-1) for r in range(4)], dim=-2)
+    prob = torch.nn.functional.interpolate(prob[None, None], size=(512, 512), mode="bilinear", align_corners=False)
+    expected = metrics.iou(prob[0, 0].clamp(0, 1) > 0.5, dataset.original_mask(0)[0])[0]
+    assert summary["metrics"]["iou"] == pytest.approx(float(expected), abs=1e-6)
+    with pytest.raises(ValueError, match="resize=100 must be a multiple of the model input 32"):
+        protocol_for("monuseg", 32, resize=100)
 
 
 def test_vaihingen_report_sets_the_paper_numbers_beside_the_run(data_root, model):

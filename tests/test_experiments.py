@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 
@@ -220,3 +221,87 @@ def test_camvid_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
             words = shlex.split(command)
             assert words[0].startswith("OMP_NUM_THREADS=") and words[1] == "segdiff"
             parser.parse_args(words[2:])
+
+
+# --- experiments/monuseg_cpu.py -----------------------------------------------------------------
+def _monuseg_script():
+    spec = importlib.util.spec_from_file_location("monuseg_cpu", ROOT / "experiments" / "monuseg_cpu.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def _monuseg_rows() -> list[dict]:
+    """Three test images: SegDiff IoU 0.7, 0.6, 0.8 against the U-Net's 0.6 each; SegDiff's entropy
+    ranks the images exactly by its IoU, the U-Net's scores are all equal."""
+    rows = []
+    for i, (sd, ent) in enumerate(((0.7, 0.2), (0.6, 0.3), (0.8, 0.1))):
+        row = {"name": f"img{i}"}
+        for key, iou in (("segdiff_k1", sd - 0.1), ("segdiff_k3", sd), ("unet", 0.6), ("unet_tta", 0.61),
+                         ("ensemble_w0.25", sd + 0.01), ("ensemble_w0.5", sd + 0.02), ("ensemble_w0.75", 0.65)):
+            row.update({f"{key}_f1": iou + 0.1, f"{key}_iou": iou, f"{key}_ece": 0.01})
+        row.update({"segdiff_entropy": ent, "segdiff_disagreement": ent / 10, "unet_entropy": 0.5,
+                    "unet_tta_variance": 0.01, "segdiff_seconds": 40.0, "unet_seconds": 0.5})
+        rows.append(row)
+    return rows
+
+
+def test_monuseg_summary_pairs_images_and_scores_each_failure_detector():
+    summary = _monuseg_script().summarise(_monuseg_rows(), [1, 3], 3)
+    diff = summary["paired"]["segdiff_k3 - unet"]  # differences 0.1, 0.0, 0.2: mean 0.1, sd 0.1
+    assert diff["mean"] == pytest.approx(0.1) and diff["se"] == pytest.approx(0.1 / 3 ** 0.5) and diff["wins"] == 2
+    assert summary["better_single"] == "segdiff_k3"
+    assert summary["paired"]["ensemble_w0.5 - segdiff_k3"]["mean"] == pytest.approx(0.02)
+    entropy = summary["failure"]["segdiff_entropy"]
+    assert entropy["spearman"] == pytest.approx(-1.0) and entropy["auroc_worst20"] == 1.0
+    assert entropy["aurc"] == pytest.approx(entropy["aurc_oracle"])
+    assert summary["failure"]["unet_entropy"]["auroc_worst20"] == 0.5  # all tied: chance
+    assert summary["cost_ratio"] == pytest.approx(80.0)
+
+
+def test_monuseg_page_shows_the_analysis_beside_the_paper(tmp_path):
+    script = _monuseg_script()
+    runs = tmp_path / "runs"
+    summary = script.summarise(_monuseg_rows(), [1, 3], 3)
+    summary.update({"machine": "a test machine", "threads": 2, "sample": "K = 3, 10-step sampler",
+                    "protocol": "MoNuSeg"})
+    (runs / "main" / "analysis").mkdir(parents=True)
+    (runs / "main" / "analysis" / "analysis.json").write_text(json.dumps(summary))
+    (runs / "ceiling.json").write_text(json.dumps({"masks": 30, "rows": {"256": {"f1": 0.929, "iou": 0.868,
+                                                                               "tiles": 16}}}))
+    for model, steps in (("segdiff", 2500), ("unet", 6000)):
+        log = [{"step": steps, "event": "train", "time": 3600.0},
+               {"step": steps, "event": "val", "val_iou": 0.55, "time": 3600.0}]
+        (runs / "main" / model).mkdir(parents=True)
+        (runs / "main" / model / "log.jsonl").write_text("\n".join(map(json.dumps, log)) + "\n")
+    out = tmp_path / "docs" / "results.md"
+    out.parent.mkdir()
+    out.write_text("# Results\n")
+    result = _script("monuseg_cpu.py", "--runs", str(runs), "report", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert "| 256 | 92.90 | 86.80 | 16 |" in page
+    assert "| SegDiff `monuseg-cpu`, K = 3 | 80.00 | 70.00 | 0.0100 |" in page
+    assert "| U-Net baseline | 70.00 | 60.00 | 0.0100 |" in page
+    assert "| paper, SegDiff (256 px, GPU) | 81.59 | 69.00 | |" in page and "| paper, U-Net | 79.43 | 65.99 | |" in page
+    assert "+10.00 ± 5.77 IoU points" in page and "SegDiff made 2500 steps, the U-Net 6000" in page
+    assert "| 0.5 | 82.00 | 72.00 | +2.00 ± 0.00 |" in page
+    assert "| SegDiff mean entropy | -1.00 | 1.00 |" in page
+    assert "40.0 s per test image" in page and "80x" in page
+    assert (tmp_path / "docs" / "figures" / "monuseg" / "val-iou.png").is_file()
+
+
+def test_monuseg_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
+    import argparse
+    import shlex
+
+    from segdiff.cli import build_parser
+
+    args = argparse.Namespace(data=str(tmp_path / "my data"), runs=str(tmp_path / "runs"), name="main", minutes=60.0)
+    parser = build_parser()
+    lines = _monuseg_script().commands(args)
+    assert set(lines) == {"segdiff", "unet"}
+    for line in lines.values():
+        words = shlex.split(line)
+        assert words[0] == "OMP_NUM_THREADS=1" and words[1] == "segdiff" and "monuseg-cpu" in words
+        parser.parse_args(words[2:])

@@ -184,3 +184,44 @@ def test_a_file_that_is_not_an_uncertainty_table_is_refused(checkpoint, tmp_path
     (out / "uncertainty.csv").write_text("image,score\nx,1\n")
     assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--out", str(out), *FAST]) == 2
     assert f"{out / 'uncertainty.csv'}: not a segdiff uncertainty table" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Failure detection: a per-image score against per-image quality over a split
+
+
+def test_spearman_matches_scipy_with_ties_and_is_minus_one_for_a_reversed_order():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 4, 25).astype(float), rng.normal(size=25)  # x has many ties
+    assert metrics.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    assert metrics.spearman([0.1, 0.2, 0.9], [0.9, 0.5, 0.1]) == pytest.approx(-1.0)
+    assert math.isnan(metrics.spearman([1.0, 1.0, 1.0], [0.1, 0.2, 0.3]))
+
+
+def test_failure_auroc_matches_sklearn_on_the_worst_fifth():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    quality, scores = rng.random(14), rng.integers(0, 5, 14).astype(float)  # tied scores count half
+    worst = metrics.worst_fraction(quality, 0.2)
+    assert worst.sum() == 3 and set(np.flatnonzero(worst)) == set(np.argsort(quality)[:3])  # ceil(0.2 * 14)
+    assert metrics.failure_auroc(scores, quality) == pytest.approx(roc_auc_score(worst, scores), abs=1e-12)
+    assert metrics.failure_auroc(-quality, quality) == 1.0 and metrics.failure_auroc(quality, quality) == 0.0
+
+
+def test_risk_coverage_area_by_hand():
+    # Kept from the lowest score on: risks (1 - IoU) 0.0, 0.5, 1.0 -> running means 0, 0.25, 0.5 -> 0.25.
+    assert metrics.risk_coverage_area([0.1, 0.2, 0.3], [1.0, 0.5, 0.0]) == pytest.approx(0.25)
+    # The reverse order keeps the worst first: 1.0, 0.75, 0.5 -> 0.75.
+    assert metrics.risk_coverage_area([0.3, 0.2, 0.1], [1.0, 0.5, 0.0]) == pytest.approx(0.75)
+
+
+def test_failure_detection_refuses_lists_that_do_not_pair():
+    with pytest.raises(ValueError, match="two equal-length lists of at least 2 images, found 3 and 2"):
+        metrics.failure_auroc([0.1, 0.2, 0.3], [0.5, 0.6])
+    with pytest.raises(ValueError, match="finite"):
+        metrics.spearman([0.1, float("nan")], [0.5, 0.6])
+    with pytest.raises(ValueError, match="fraction must be in"):
+        metrics.worst_fraction([0.1, 0.2], 1.5)

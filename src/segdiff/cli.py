@@ -375,7 +375,8 @@ def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, 
     sample = resolved_sample(saved.sample, overrides)
     try:
         protocol = protocol_for(dataset, saved.model.image_size, score_size=score_size,
-                                setting=setting or saved.data.setting)
+                                setting=setting or saved.data.setting,
+                                resize=saved.data.resize if dataset == saved.data.dataset else 0)
         # The checkpoint's seed and val_fraction carve the same validation split its training used.
         data_cfg = replace(saved.data, dataset=dataset, root=str(root), **({"setting": setting} if setting else {}))
     except ValueError as exc:

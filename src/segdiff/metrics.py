@@ -25,7 +25,9 @@ over the classes present in its prediction or its target, then the mean over ima
 Uncertainty of a prediction (section "Per-image uncertainty"): one number per image from its K
 generations, with no ground truth, to rank images by how much to trust them: `mean_entropy` (of
 the mean prediction, over all pixels) and `boundary_disagreement` (the generations' variance on
-the predicted object and a band around it; binary only).
+the predicted object and a band around it; binary only). Section "Failure detection" scores
+such a per-image score against the images' true quality over a split: `spearman`,
+`failure_auroc` (does it pick out the worst images?) and `risk_coverage_area`.
 
 Two coverages are offered because the literature and the SegDiff reference code disagree:
 `weighted_coverage` is the definition the DSAC / DarNet tables use, `size_ratio_coverage` is
@@ -67,6 +69,10 @@ __all__ = [
     "brier_score",
     "mean_entropy",
     "boundary_disagreement",
+    "spearman",
+    "worst_fraction",
+    "failure_auroc",
+    "risk_coverage_area",
 ]
 
 ArrayLike = Tensor | np.ndarray
@@ -471,6 +477,80 @@ def boundary_disagreement(prob: ArrayLike, variance: ArrayLike, radius: int = BO
     region = dilate(p[:, 0] > 0.5, int(radius))  # (B, H, W)
     total = (v[:, 0] * region).flatten(1).sum(dim=1)
     return total / region.flatten(1).sum(dim=1).clamp(min=1)  # empty region: 0 / 1 = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Failure detection: one uncertainty score and one quality score (e.g. IoU) per image of a split.
+# A good score is high where the quality is low.
+
+
+def _paired_scores(scores: Sequence[float] | np.ndarray | Tensor, quality: Sequence[float] | np.ndarray | Tensor,
+                   names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    a, b = (np.asarray(torch.as_tensor(v, dtype=torch.float64).flatten()) for v in (scores, quality))
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"{names[0]} and {names[1]}: expected two equal-length lists of at least 2 images, "
+                         f"found {a.size} and {b.size}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError(f"{names[0]} and {names[1]}: expected finite values")
+    return a, b
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values given the mean of their ranks."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    sorted_x = x[order]
+    start = 0
+    for end in range(1, len(x) + 1):
+        if end == len(x) or sorted_x[end] != sorted_x[start]:
+            ranks[order[start:end]] = (start + end + 1) / 2  # mean of ranks start+1 .. end
+            start = end
+    return ranks
+
+
+def spearman(x: Sequence[float] | np.ndarray | Tensor, y: Sequence[float] | np.ndarray | Tensor) -> float:
+    """Spearman's rank correlation of two per-image lists: the Pearson correlation of their ranks
+    (ties share their mean rank), in [-1, 1]; NaN when either list is constant. For an uncertainty
+    score against IoU, a good score gives a value near -1."""
+    a, b = _paired_scores(x, y, ("x", "y"))
+    ra, rb = _ranks(a) - (len(a) + 1) / 2, _ranks(b) - (len(b) + 1) / 2
+    norm = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / norm) if norm > 0 else float("nan")
+
+
+def worst_fraction(quality: Sequence[float] | np.ndarray | Tensor, fraction: float = 0.2) -> np.ndarray:
+    """Bool mask of the ceil(fraction * n) images of lowest quality (ties broken by list order,
+    the earlier image counted worse): the "failures" `failure_auroc` looks for."""
+    q = np.asarray(torch.as_tensor(quality, dtype=torch.float64).flatten())
+    if not 0 < fraction < 1 or q.size < 2:
+        raise ValueError(f"worst_fraction: fraction must be in (0, 1) and at least 2 images given; found "
+                         f"fraction={fraction}, {q.size} images")
+    count = int(np.ceil(fraction * q.size - 1e-9))
+    mask = np.zeros(q.size, dtype=bool)
+    mask[np.argsort(q, kind="stable")[:count]] = True
+    return mask
+
+
+def failure_auroc(scores: Sequence[float] | np.ndarray | Tensor, quality: Sequence[float] | np.ndarray | Tensor,
+                  fraction: float = 0.2) -> float:
+    """AUROC of `scores` for telling the worst `fraction` of images by `quality` (`worst_fraction`)
+    from the rest: the probability that a failure's score exceeds a non-failure's, ties counted
+    half (the Mann-Whitney statistic). 1.0: every failure scores above every other image; 0.5: chance."""
+    s, q = _paired_scores(scores, quality, ("scores", "quality"))
+    failures = worst_fraction(q, fraction)
+    pos, neg = s[failures], s[~failures]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (pos.size * neg.size))
+
+
+def risk_coverage_area(scores: Sequence[float] | np.ndarray | Tensor, quality: Sequence[float] | np.ndarray | Tensor) -> float:
+    """Area under the risk-coverage curve (AURC, Geifman & El-Yaniv 2017), lower is better. Images
+    are kept from the most certain (lowest score) on, ties in list order; after keeping i of n the
+    risk is the mean of (1 - quality) over those i; the area is the mean of the n risks. `quality`
+    in [0, 1] (IoU, F1). A score that orders images exactly by quality reaches the minimum."""
+    s, q = _paired_scores(scores, quality, ("scores", "quality"))
+    risk = 1.0 - q[np.argsort(s, kind="stable")]
+    return float((np.cumsum(risk) / np.arange(1, risk.size + 1)).mean())
 
 
 # ---------------------------------------------------------------------------------------------

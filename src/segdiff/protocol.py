@@ -7,8 +7,10 @@ One `Protocol` object per dataset (docs/paper.md, "Inference"), shared by traini
   the scoring side (`score_size`, default the model's input); an image larger than the input is
   resized to it (bilinear, antialiased) for the model, and the probabilities are resized back
   (bilinear) to the scoring size before any threshold.
-- ``monuseg``: items are the whole 2S x 2S image (512 for S = 256); its four S x S quadrants are
-  segmented separately and stitched (`sliding.predict_quadrants`); scored at 2S.
+- ``monuseg``: items are the whole resized image, 2S x 2S by default (512 for S = 256), or
+  `resize` (a multiple of S); it is covered by S x S tiles (the paper's four quadrants at 2S),
+  each segmented separately, and stitched (`sliding.predict_tiles`); scored at the paper's 512
+  (`dataset.original_mask(i)`, the probabilities resized bilinearly first when the side differs).
 - ``camvid``: the whole frame, resized to S x S for the model; the class probabilities are resized
   bilinearly back to the 480x360 labels (`dataset.original_mask(i)`) before the argmax.
 - ``cityscapes``: instance crops sampled at the model's input, the probability resized bilinearly
@@ -32,7 +34,7 @@ from torch import Tensor
 
 from .data import DATASETS, resize_image
 from .sampling import Prediction, generation_seeds
-from .sliding import predict_quadrants
+from .sliding import predict_tiles
 
 # The paper's reported numbers (Amit et al. 2021, arXiv 2112.00390, Tables 1-3; docs/paper.md), in
 # percent: test splits, K = 30 generations, DDPM with all T steps. The paper's WCov column is filed
@@ -43,6 +45,11 @@ PAPER_RESULTS: dict[str, dict[str, float]] = {
     "monuseg": {"f1": 81.59, "iou": 69.00},
     "cityscapes-expansion": {"iou": 76.44},  # mean of the eight per-class mIoUs below
     "cityscapes-tight": {"iou": 76.19},
+}
+# The baselines the paper sets beside SegDiff on MoNuSeg (docs/paper.md, "Reference numbers"), percent.
+PAPER_MONUSEG_BASELINES: dict[str, dict[str, float]] = {
+    "U-Net": {"f1": 79.43, "iou": 65.99},
+    "Medical Transformer": {"f1": 79.55, "iou": 66.17},
 }
 # Cityscapes crops, expansion setting: mIoU per class (mean over the class's instances).
 PAPER_CITYSCAPES_IOU: dict[str, float] = {
@@ -98,7 +105,8 @@ class Protocol:
 
     name: str  # one of data.DATASETS
     image_size: int  # the model's input side S
-    feed: Literal["whole", "quadrants"]  # whole image (resized to S) or MoNuSeg's four S x S quadrants
+    feed: Literal["whole", "tiles"]  # whole image (resized to S) or MoNuSeg's grid of S x S tiles
+    tiled_side: int | None = None  # "tiles": the side of the items, a multiple of S
     score_size: int | None = None  # whole-image protocols: the side masks are scored at (None: S)
     target_from_dataset: bool = False  # Cityscapes: score against dataset.original_mask(i)
     per_class: bool = False  # aggregate per instance class, then over classes (Cityscapes)
@@ -113,8 +121,8 @@ class Protocol:
 
     @property
     def item_size(self) -> int:
-        """The side of the images the dataset gives (2S for MoNuSeg)."""
-        return 2 * self.image_size if self.feed == "quadrants" else self.dataset_size
+        """The side of the images the dataset gives (MoNuSeg: the resized image, 2S by default)."""
+        return self.tiled_side if self.feed == "tiles" else self.dataset_size
 
     def check_dataset(self, dataset) -> None:
         """Raise ValueError when `dataset` was built for another setting than this protocol's."""
@@ -147,10 +155,13 @@ class Protocol:
         SampleConfig. The items are sampled in one batch; each generation's noise comes from its
         own seed, so an item's result does not depend on its batch beyond float rounding."""
         k = model.num_generations(sample)
-        if self.feed == "quadrants":
-            seeds = [s for seed in image_seeds for tile in range(4) for s in generation_seeds(seed, k, tile)]
-            pred = predict_quadrants(model, torch.stack(images), sample, seeds=seeds, keep_generations=True)
-            return [(running_means(g.cpu()), u.cpu()) for g, u in zip(pred.generations, pred.uncertainty)]
+        if self.feed == "tiles":
+            count = (self.tiled_side // self.image_size) ** 2
+            seeds = [s for seed in image_seeds for tile in range(count) for s in generation_seeds(seed, k, tile)]
+            pred = predict_tiles(model, torch.stack(images), sample, tile=self.image_size, seeds=seeds,
+                                 keep_generations=True)
+            return [(resize_probabilities(running_means(g.cpu()), size), resize_probabilities(u.cpu(), size))
+                    for g, u, size in zip(pred.generations, pred.uncertainty, sizes)]
         batch = torch.stack([resize_image(image, self.image_size) for image in images])
         seeds = [s for seed in image_seeds for s in generation_seeds(seed, k)]
         generations = model.generations(batch, seeds, sample).cpu()  # (B, K, C, S, S)
@@ -165,11 +176,12 @@ class Protocol:
 
 
 def protocol_for(dataset: str, image_size: int, *, score_size: int | None = None,
-                 setting: str = "expansion") -> Protocol:
+                 setting: str = "expansion", resize: int = 0) -> Protocol:
     """The test protocol of dataset `dataset` (a name in data.DATASETS) for a model of input `image_size`.
 
     `score_size` applies to the whole-image protocols; MoNuSeg and Cityscapes fix their own
-    scoring resolution. `setting` names the Cityscapes crops ("expansion" or "tight").
+    scoring resolution. `setting` names the Cityscapes crops ("expansion" or "tight"); `resize`
+    the side MoNuSeg's images are resized to (0: 2 x `image_size`, the paper's; DataConfig.resize).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
@@ -178,10 +190,15 @@ def protocol_for(dataset: str, image_size: int, *, score_size: int | None = None
                          "protocol fixes its own scoring resolution")
     side = f"{image_size}x{image_size}"
     if dataset == "monuseg":
-        full = 2 * image_size
-        return Protocol("monuseg", image_size, "quadrants", paper_key="monuseg",
-                        description=f"MoNuSeg: {full}x{full} images, four {side} quadrants sampled separately and "
-                        f"stitched, metrics at {full}x{full} (paper: 512 from 256 quadrants)")
+        full = resize or 2 * image_size
+        if full < image_size or full % image_size:
+            raise ValueError(f"MoNuSeg: resize={resize} must be a multiple of the model input {image_size}")
+        n = full // image_size
+        grid = "four" if n == 2 else f"{n}x{n}"
+        scored = "metrics at 512x512" if full == 512 else "the probabilities resized to 512x512 and scored there"
+        return Protocol("monuseg", image_size, "tiles", tiled_side=full, target_from_dataset=True, paper_key="monuseg",
+                        description=f"MoNuSeg: images resized to {full}x{full}, {grid} {side} tiles sampled separately "
+                        f"and stitched, {scored} (paper: 512 from four 256 quadrants)")
     if dataset == "cityscapes":
         return Protocol("cityscapes", image_size, "whole", target_from_dataset=True, per_class=True,
                         setting=setting, paper_key=f"cityscapes-{setting}",

@@ -149,8 +149,29 @@ def predict_sliding(model, image: Tensor, sample: SampleConfig | None = None, *,
     return Prediction.from_maps(*blended)
 
 
+def tiles(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Split (..., C, H, W) into an n x n grid of equal tiles (..., n*n, C, H/n, W/n), row-major
+    (for n = 2: top-left, top-right, bottom-left, bottom-right)."""
+    h, w = x.shape[-2:]
+    if x.dim() < 3 or n < 1 or h % n or w % n:
+        raise ValueError(f"tiles needs (..., C, H, W) with H and W divisible by {n}, got {tuple(x.shape)}")
+    th, tw = h // n, w // n
+    grid = x.unflatten(-2, (n, th)).unflatten(-1, (n, tw))  # (..., C, n, th, n, tw)
+    return grid.movedim((-4, -2), (-5, -4)).flatten(-5, -4)  # (..., n*n, C, th, tw)
+
+
+def stitch_tiles(t: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`tiles`: (..., n*n, C, h, w) -> (..., C, n*h, n*w)."""
+    n = math.isqrt(t.shape[-4]) if t.dim() >= 4 else 0
+    if n * n != (t.shape[-4] if t.dim() >= 4 else -1) or n == 0:
+        raise ValueError(f"stitch_tiles needs (..., n*n, C, h, w), got {tuple(t.shape)}")
+    grid = t.unflatten(-4, (n, n))  # (..., n, n, C, h, w)
+    grid = grid.movedim((-5, -4), (-4, -2))  # (..., C, n, h, n, w)
+    return grid.flatten(-4, -3).flatten(-2, -1)
+
+
 def quadrants(x: torch.Tensor) -> torch.Tensor:
-    """Split (..., C, H, W) into its four quadrants (..., 4, C, H/2, W/2).
+    """Split (..., C, H, W) into its four quadrants (..., 4, C, H/2, W/2): ``tiles(x, 2)``.
 
     Order: top-left, top-right, bottom-left, bottom-right. The MoNuSeg test protocol samples
     the four 256x256 quadrants of the 512x512 image separately (:func:`predict_quadrants`).
@@ -158,17 +179,41 @@ def quadrants(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     if x.dim() < 3 or h % 2 or w % 2:
         raise ValueError(f"quadrants needs (..., C, H, W) with even H and W, got {tuple(x.shape)}")
-    h2, w2 = h // 2, w // 2
-    parts = [x[..., :h2, :w2], x[..., :h2, w2:], x[..., h2:, :w2], x[..., h2:, w2:]]
-    return torch.stack(parts, dim=-4)
+    return tiles(x, 2)
 
 
 def stitch_quadrants(q: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`quadrants`: (..., 4, C, h, w) -> (..., C, 2h, 2w)."""
     if q.dim() < 4 or q.shape[-4] != 4:
         raise ValueError(f"stitch_quadrants needs (..., 4, C, h, w), got {tuple(q.shape)}")
-    tl, tr, bl, br = q.unbind(-4)
-    return torch.cat([torch.cat([tl, tr], dim=-1), torch.cat([bl, br], dim=-1)], dim=-2)
+    return stitch_tiles(q)
+
+
+@torch.no_grad()
+def predict_tiles(model, images: Tensor, sample: SampleConfig | None = None, *, tile: int,
+                  seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
+                  keep_generations: bool = False, **overrides) -> Prediction:
+    """Segment (B, C_in, nS, nS) images as an n x n grid of S x S tiles (S = `tile`), each
+    sampled separately by `model` (any `models.Segmenter`), and stitch every output back.
+
+    The MoNuSeg protocol: n = 2 is the paper's four quadrants (:func:`predict_quadrants`); a CPU
+    model trained on smaller crops covers the image with more tiles. The rows
+    `model.generations` sees are image-major, then tile (row-major), then generation, so
+    `seeds[(i * n*n + q) * K + k]` seeds generation k of tile q of image i.
+    """
+    sample = resolve_sample(sample, overrides)
+    side = images.shape[-1]
+    if images.dim() != 4 or images.shape[-2] != side or side % tile:
+        raise ValueError(f"predict_tiles needs square (B, C, H, W) images with a side divisible by the tile "
+                         f"{tile}, got {tuple(images.shape)}")
+    n = side // tile
+    parts = tiles(images, n).flatten(0, 1)  # (n*n B, C_in, S, S)
+    k = model.num_generations(sample)
+    seeds = draw_seeds(len(parts) * k, generator) if seeds is None else seeds
+    generations = model.generations(parts, seeds, sample)  # (n*n B, K, C, S, S)
+    # (B, n*n, K, C, S, S) -> (B, K, n*n, C, S, S) -> (B, K, C, nS, nS)
+    stitched = stitch_tiles(generations.unflatten(0, (-1, n * n)).transpose(1, 2))
+    return Prediction.from_generations(stitched, keep=keep_generations)
 
 
 @torch.no_grad()
@@ -181,11 +226,5 @@ def predict_quadrants(model, images: Tensor, sample: SampleConfig | None = None,
     The rows `model.generations` sees are image-major, then quadrant (`quadrants` order), then
     generation, so `seeds[(i * 4 + q) * K + k]` seeds generation k of quadrant q of image i.
     """
-    sample = resolve_sample(sample, overrides)
-    parts = quadrants(images).flatten(0, 1)  # (4B, C_in, S, S)
-    k = model.num_generations(sample)
-    seeds = draw_seeds(len(parts) * k, generator) if seeds is None else seeds
-    generations = model.generations(parts, seeds, sample)  # (4B, K, C, S, S)
-    # (B, 4, K, C, S, S) -> (B, K, 4, C, S, S) -> (B, K, C, 2S, 2S)
-    stitched = stitch_quadrants(generations.unflatten(0, (-1, 4)).transpose(1, 2))
-    return Prediction.from_generations(stitched, keep=keep_generations)
+    return predict_tiles(model, images, sample, tile=images.shape[-1] // 2, seeds=seeds, generator=generator,
+                         keep_generations=keep_generations, **overrides)

@@ -351,7 +351,8 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, resume: str | Path | 
     # the paper), else a copy of the raw weights after each update.
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     evaluated = build_model(cfg, ema)
-    protocol = protocol_for(cfg.data.dataset, cfg.model.image_size, setting=cfg.data.setting)
+    protocol = protocol_for(cfg.data.dataset, cfg.model.image_size, setting=cfg.data.setting,
+                            resize=cfg.data.resize)
     val_sample = replace(cfg.sample, num_generations=tc.val_generations)
     try:
         optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,

@@ -131,7 +131,7 @@ def _config_options(d: DataConfig) -> dict[str, Any]:
     if d.dataset == "vaihingen":
         return {"preprocessing": d.preprocessing}
     if d.dataset == "monuseg":
-        return {"mask_source": d.mask_source}
+        return {"mask_source": d.mask_source, "resize": d.resize}
     if d.dataset == "cityscapes":
         return {"setting": d.setting, "index_cache": d.index_cache or None}
     if d.dataset == "synthetic":

@@ -1,0 +1,361 @@
+"""Rerun docs/results.md, "MoNuSeg": the `monuseg-cpu` preset against the U-Net on 2 CPU cores.
+
+    python experiments/monuseg_cpu.py ceiling --data DATA               # choose the scale
+    python experiments/monuseg_cpu.py run --data DATA --name main --minutes 60
+    python experiments/monuseg_cpu.py analyse --data DATA --name main   # one pass over the test split
+    python experiments/monuseg_cpu.py report --name main                # the section of docs/results.md
+
+`ceiling` measures what the working scale caps: the 30 training masks resized from 1000 px to a
+side s and brought back to 512 the way the protocol brings a prediction back (bilinear, then the
+0.5 threshold), scored at 512 against the masks resized to 512: the F1 and IoU a perfect model at
+scale s would get. A 64 px training crop costs the same at every scale; the test costs
+(s / 64)^2 tiles per image.
+
+`run` trains SegDiff (`segdiff train --preset monuseg-cpu`) and the U-Net (`segdiff baseline
+--preset monuseg-cpu`) side by side, one thread each, for the same wall time; the log of each
+stage is RUNS/NAME/logs/STAGE.log, marked done with STAGE.done, so an interrupted run continues.
+
+`analyse` loads both runs' best checkpoints and makes one pass over MoNuSeg's 14 test images,
+alone on 2 threads, with the test protocol `segdiff evaluate` uses (`protocol.Protocol`: the
+image at 256 covered by 16 tiles of 64, each generation seeded by (seed, image, tile, k), the
+probabilities resized to 512 and scored there), so its SegDiff and U-Net rows are what
+`segdiff evaluate RUN --dataset monuseg --generations K` prints. From the same K generations it
+scores, per image:
+- SegDiff with the first k generations, k in 1, 3, 9, K (F1, IoU at 0.5, ECE);
+- the U-Net alone (one pass), and with its 8 dihedral copies (test-time augmentation);
+- the ensemble (1 - w) * SegDiff + w * U-Net for several w: what `--ensemble RUN
+  --ensemble-weight w` computes (`models.Ensemble`);
+- uncertainty scores: SegDiff's mean entropy and boundary disagreement
+  (`metrics.mean_entropy`, `metrics.boundary_disagreement`, what `segdiff predict` writes to
+  uncertainty.csv), the U-Net's mean entropy and its TTA variance on the predicted object and
+  its border (boundary_disagreement of the 8 copies' variance), each scored as a failure
+  detector against per-image IoU (`metrics.spearman`, `metrics.failure_auroc` for the worst
+  20 %, `metrics.risk_coverage_area`);
+- seconds per image of SegDiff at K and of the U-Net's one pass, timed in turn on the same images.
+It writes RUNS/NAME/analysis/per_image.csv and analysis.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))  # segdiff, when run from a checkout without install
+
+RUNS = ROOT / "runs" / "monuseg-cpu"
+SCALES = (128, 256, 512)
+K_SHOWN = (1, 3, 9, 30)
+ENSEMBLE_WEIGHTS = (0.25, 0.5, 0.75)
+MODELS: dict[str, str] = {"segdiff": "train --preset monuseg-cpu", "unet": "baseline --preset monuseg-cpu"}
+BEGIN, END = "<!-- MONUSEG: written by experiments/monuseg_cpu.py report -->", "<!-- /MONUSEG -->"
+
+
+def machine() -> str:
+    import torch
+    from segdiff.device import describe_machine
+    return describe_machine(torch.device("cpu"))
+
+
+# --- ceiling ------------------------------------------------------------------------------------
+def ceiling(args: argparse.Namespace) -> int:
+    import torch.nn.functional as F
+    from segdiff import metrics
+    from segdiff.data import build_dataset
+    from segdiff.data.monuseg import SCORE_SIDE
+    from segdiff.data.reading import mask_to_tensor, read_mask, resize_mask
+
+    folder = build_dataset("monuseg", args.data, "train", 64).directory / "masks"  # all 30, whatever the split
+    masks = [mask_to_tensor(read_mask(p)) for p in sorted(folder.glob("*.png"))]
+    rows = {}
+    for side in args.scales:
+        f1s, ious = [], []
+        for mask in masks:
+            target = resize_mask(mask, SCORE_SIDE)[0] > 0.5
+            back = F.interpolate(resize_mask(mask, side)[None], size=(SCORE_SIDE, SCORE_SIDE), mode="bilinear",
+                                 align_corners=False)
+            pred = back[0, 0] >= 0.5
+            f1s.append(float(metrics.f1(pred, target)[0]))
+            ious.append(float(metrics.iou(pred, target)[0]))
+        rows[side] = {"f1": statistics.mean(f1s), "iou": statistics.mean(ious), "tiles": (side // 64) ** 2}
+        print(f"scale {side}: a perfect model scores F1 {100 * rows[side]['f1']:.1f}, IoU {100 * rows[side]['iou']:.1f} "
+              f"at {SCORE_SIDE} ({len(masks)} training masks); {rows[side]['tiles']} tiles of 64 per test image")
+    out = Path(args.runs) / "ceiling.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"masks": len(masks), "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+# --- run ----------------------------------------------------------------------------------------
+def stage_script(logs: Path, stage: str, command: str) -> str:
+    """Bash that runs `command` unless STAGE.done exists, logging to STAGE.log, then marks it done."""
+    done, log = logs / f"{stage}.done", logs / f"{stage}.log"
+    return (f"if [ ! -e {done} ]; then echo \"[$(date +%T)] {stage}: {command}\"; "
+            f"{command} > {log} 2>&1 || {{ echo \"{stage} failed; see {log}\"; exit 1; }}; date > {done}; fi")
+
+
+def commands(args: argparse.Namespace) -> dict[str, str]:
+    """The training command of each model: one thread each, the same wall-time budget."""
+    data = shlex.quote(args.data)
+    return {model: f"OMP_NUM_THREADS=1 segdiff {command} --data {data} --time-budget {args.minutes:g} "
+                   f"--out {shlex.quote(str(Path(args.runs) / args.name / model))}"
+            for model, command in MODELS.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Both models train side by side, each in a process of its own on one thread."""
+    logs = Path(args.runs) / args.name / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (Path(args.runs) / args.name / "run.json").write_text(json.dumps(
+        {"minutes": args.minutes, "models": list(MODELS), "machine": machine()}, indent=2) + "\n")
+    jobs = [subprocess.Popen(["bash", "-c", stage_script(logs, f"train-{model}", line)])
+            for model, line in commands(args).items()]
+    return int(max(p.wait() for p in jobs) != 0)
+
+
+# --- analyse ------------------------------------------------------------------------------------
+def dihedral_probabilities(net, image, tile: int):
+    """The U-Net's probability of each of the 8 dihedral copies of each tile, mapped back and
+    stitched: (8, 1, side, side)."""
+    import torch
+    from segdiff.sampling import apply_symmetry, invert_symmetry
+    from segdiff.sliding import stitch_tiles, tiles
+
+    parts = tiles(image[None], image.shape[-1] // tile)[0]  # (n*n, 3, tile, tile)
+    with torch.no_grad():
+        copies = [invert_symmetry(torch.sigmoid(net(apply_symmetry(parts, g))), g) for g in range(8)]
+    return torch.stack([stitch_tiles(c) for c in copies])  # (8, 1, side, side)
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Mean of the per-image differences a - b and its standard error (sd / sqrt(n))."""
+    d = [x - y for x, y in zip(a, b)]
+    return {"mean": statistics.mean(d), "se": statistics.stdev(d) / math.sqrt(len(d)), "n": len(d),
+            "wins": sum(x > 0 for x in d)}
+
+
+def analyse(args: argparse.Namespace) -> int:
+    import torch
+    from segdiff import metrics
+    from segdiff.data import make_dataset
+    from segdiff.models import load_model
+    from segdiff.protocol import protocol_for, resize_probabilities
+    from segdiff.seeding import derive_seed
+
+    torch.set_num_threads(args.threads)
+    base = Path(args.runs) / args.name
+    segdiff, unet = load_model(base / "segdiff"), load_model(base / "unet")
+    cfg = replace(segdiff.config, data=replace(segdiff.config.data, root=args.data))
+    protocol = protocol_for("monuseg", cfg.model.image_size, resize=cfg.data.resize)
+    dataset = make_dataset(cfg, "test", image_size=protocol.dataset_size)
+    sample = replace(segdiff.config.sample, num_generations=args.generations)
+    ks = [k for k in K_SHOWN if k <= args.generations]
+    rows, seconds = [], {"segdiff": [], "unet": []}
+    print(f"analyse: {len(dataset)} test images, SegDiff {sample.describe()}, {args.threads} threads")
+    for i, name in enumerate(dataset.names[:args.max_images or None]):
+        image, _ = dataset[i]
+        target = dataset.original_mask(i)[0] > 0.5  # (512, 512)
+        size = tuple(target.shape)
+        seed = derive_seed(args.seed, name)
+        start = time.perf_counter()
+        means, std = protocol.predict_item(segdiff, image, sample, seed, size)  # (K, 1, h, w), (1, h, w)
+        seconds["segdiff"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        unet_prob = protocol.predict_item(unet, image, unet.config.sample, seed, size)[0][-1]  # (1, h, w)
+        seconds["unet"].append(time.perf_counter() - start)
+        copies = resize_probabilities(dihedral_probabilities(unet.net, image, protocol.image_size), size)
+        tta_prob, tta_var = copies.mean(0), copies.var(0, unbiased=False)
+        row = {"name": name}
+
+        def score(key: str, prob) -> None:
+            row[f"{key}_f1"] = float(metrics.f1(prob[0] > 0.5, target)[0])
+            row[f"{key}_iou"] = float(metrics.iou(prob[0] > 0.5, target)[0])
+            row[f"{key}_ece"] = float(metrics.expected_calibration_error(prob[0], target.float())[0])
+
+        for k in ks:
+            score(f"segdiff_k{k}", means[k - 1])
+        score("unet", unet_prob)
+        score("unet_tta", tta_prob)
+        for w in ENSEMBLE_WEIGHTS:
+            score(f"ensemble_w{w:g}", (1 - w) * means[-1] + w * unet_prob)
+        row["segdiff_entropy"] = float(metrics.mean_entropy(means[-1][None])[0])
+        row["segdiff_disagreement"] = float(metrics.boundary_disagreement(means[-1][None], std.square()[None])[0])
+        row["unet_entropy"] = float(metrics.mean_entropy(unet_prob[None])[0])
+        row["unet_tta_variance"] = float(metrics.boundary_disagreement(tta_prob[None], tta_var[None])[0])
+        row["segdiff_seconds"], row["unet_seconds"] = seconds["segdiff"][-1], seconds["unet"][-1]
+        rows.append(row)
+        print(f"[{i + 1}/{len(dataset)}] {name}: SegDiff IoU {100 * row[f'segdiff_k{ks[-1]}_iou']:.2f} "
+              f"({row['segdiff_seconds']:.1f} s), U-Net {100 * row['unet_iou']:.2f} ({row['unet_seconds']:.2f} s), "
+              f"ensemble 0.5 {100 * row['ensemble_w0.5_iou']:.2f}", flush=True)
+    summary = summarise(rows, ks, args.generations)
+    summary.update({"machine": machine(), "threads": args.threads, "seed": args.seed,
+                    "sample": sample.describe(), "protocol": protocol.description})
+    out = base / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    from segdiff.io import atomic_write
+    atomic_write(out / "per_image.csv", lambda p: p.write_text(buffer.getvalue()))
+    atomic_write(out / "analysis.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    print(json.dumps({k: summary[k] for k in ("models", "paired", "failure", "seconds_per_image")}, indent=2))
+    return 0
+
+
+FAILURE_SCORES = {"segdiff_entropy": ("segdiff", "SegDiff mean entropy"),
+                  "segdiff_disagreement": ("segdiff", "SegDiff boundary disagreement"),
+                  "unet_entropy": ("unet", "U-Net mean entropy"),
+                  "unet_tta_variance": ("unet", "U-Net dihedral-TTA variance (boundary)")}
+
+
+def summarise(rows: list[dict], ks: list[int], generations: int) -> dict:
+    from segdiff import metrics
+    column = lambda key: [r[key] for r in rows]  # noqa: E731
+    keys = [f"segdiff_k{k}" for k in ks] + ["unet", "unet_tta"] + [f"ensemble_w{w:g}" for w in ENSEMBLE_WEIGHTS]
+    models = {key: {m: statistics.mean(column(f"{key}_{m}")) for m in ("f1", "iou", "ece")} for key in keys}
+    full = f"segdiff_k{ks[-1]}"
+    better = max((full, "unet"), key=lambda key: models[key]["iou"])
+    pairs = {f"{full} - unet": paired(column(f"{full}_iou"), column("unet_iou"))}
+    for w in ENSEMBLE_WEIGHTS:
+        pairs[f"ensemble_w{w:g} - {better}"] = paired(column(f"ensemble_w{w:g}_iou"), column(f"{better}_iou"))
+    failure = {}
+    for score, (model, _) in FAILURE_SCORES.items():
+        quality = column(f"{full}_iou" if model == "segdiff" else "unet_iou")
+        failure[score] = {"spearman": metrics.spearman(column(score), quality),
+                          "auroc_worst20": metrics.failure_auroc(column(score), quality, 0.2),
+                          "aurc": metrics.risk_coverage_area(column(score), quality),
+                          "aurc_oracle": metrics.risk_coverage_area([-q for q in quality], quality)}
+    seconds = {m: statistics.median(column(f"{m}_seconds")) for m in ("segdiff", "unet")}
+    return {"images": len(rows), "generations": generations, "models": models, "better_single": better,
+            "paired": pairs, "failure": failure, "seconds_per_image": seconds,
+            "cost_ratio": seconds["segdiff"] / seconds["unet"]}
+
+
+# --- report -------------------------------------------------------------------------------------
+def read_log(run: Path) -> tuple[list[dict], list[dict]]:
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in records if r["event"] == "train"], [r for r in records if r["event"] == "val"]
+
+
+def pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def report(args: argparse.Namespace) -> int:
+    from segdiff.io import write_section
+    from segdiff.plots import plot_training_curves
+    from segdiff.protocol import PAPER_MONUSEG_BASELINES, PAPER_RESULTS
+
+    base = Path(args.runs) / args.name
+    summary = json.loads((base / "analysis" / "analysis.json").read_text())
+    ceiling_rows = json.loads((Path(args.runs) / "ceiling.json").read_text())["rows"]
+    meta = json.loads((base / "run.json").read_text()) if (base / "run.json").exists() else {}
+    models, k = summary["models"], summary["generations"]
+    steps = {m: read_log(base / m)[0][-1]["step"] for m in MODELS}
+    vals = {m: read_log(base / m)[1] for m in MODELS}
+    figure = Path(args.out).parent / "figures" / "monuseg" / "val-iou.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    plot_training_curves(figure, {name: ([v["time"] / 60 for v in vals[m]], [v["val_iou"] for v in vals[m]])
+                                  for m, name in (("segdiff", "SegDiff monuseg-cpu"), ("unet", "U-Net baseline"))},
+                         title="MoNuSeg validation IoU (3 images at 512)")
+    paper = PAPER_RESULTS["monuseg"]
+    label = {key: f"SegDiff `monuseg-cpu`, K = {key[len('segdiff_k'):]}" for key in models if key.startswith("segdiff_k")}
+    label.update({"unet": "U-Net baseline", "unet_tta": "U-Net, 8 dihedral copies averaged"})
+    for w in ENSEMBLE_WEIGHTS:
+        label[f"ensemble_w{w:g}"] = f"ensemble, U-Net weight {w:g}"
+    lines = [
+        f"MoNuSeg's 30 training images (27 train, 3 validate) on 2 CPU cores; the 14 test images scored with "
+        f"the paper's protocol at 512 x 512 (F1 and IoU per image, then averaged). Machine: {summary['machine']}.",
+        "",
+        "Scale: the `monuseg-cpu` preset trains on 64 px crops of the images resized to 256 (the paper: 256 px "
+        "crops at 512) and tests each image as 16 tiles of 64. A perfect model at each scale would score "
+        "(`python experiments/monuseg_cpu.py ceiling --data DATA`):",
+        "",
+        "| scale | F1 ceiling | IoU ceiling | 64 px tiles per test image |",
+        "|---:|---:|---:|---:|",
+        *[f"| {side} | {pct(r['f1'])} | {pct(r['iou'])} | {r['tiles']} |" for side, r in ceiling_rows.items()],
+        "",
+        f"Both models trained for {meta.get('minutes', 60):g} minutes side by side, one thread each "
+        f"(`python experiments/monuseg_cpu.py run --data DATA --name {args.name} --minutes 60`): SegDiff made "
+        f"{steps['segdiff']} steps, the U-Net {steps['unet']}. Test, one pass "
+        f"(`python experiments/monuseg_cpu.py analyse --data DATA --name {args.name}`; SegDiff {summary['sample']}):",
+        "",
+        "| model | F1 | IoU | ECE |",
+        "|---|---:|---:|---:|",
+        *[f"| {label[key]} | {pct(v['f1'])} | {pct(v['iou'])} | {v['ece']:.4f} |" for key, v in models.items()
+          if not key.startswith("ensemble")],
+        f"| paper, SegDiff (256 px, GPU) | {paper['f1']:.2f} | {paper['iou']:.2f} | |",
+        *[f"| paper, {name} | {v['f1']:.2f} | {v['iou']:.2f} | |" for name, v in PAPER_MONUSEG_BASELINES.items()],
+        "",
+    ]
+    diff = summary["paired"][f"segdiff_k{k} - unet"]
+    lines += [f"Paired over the {diff['n']} test images, SegDiff (K = {k}) minus the U-Net: "
+              f"{100 * diff['mean']:+.2f} ± {100 * diff['se']:.2f} IoU points (mean ± standard error; SegDiff "
+              f"better on {diff['wins']} of {diff['n']}). Validation IoU at the end: SegDiff "
+              f"{pct(vals['segdiff'][-1]['val_iou'] if vals['segdiff'] else None)}, U-Net "
+              f"{pct(vals['unet'][-1]['val_iou'] if vals['unet'] else None)} (3 images; "
+              "![validation IoU over training time](figures/monuseg/val-iou.png)).", ""]
+    better = summary["better_single"]
+    lines += ["**Ensemble** (`--ensemble RUN --ensemble-weight w`: (1 - w) x SegDiff's mean + w x the U-Net's "
+              "probability), against the better single model (" + label[better] + "):", "",
+              "| U-Net weight w | F1 | IoU | IoU minus the better single model (± s.e.) |", "|---:|---:|---:|---:|"]
+    for w in ENSEMBLE_WEIGHTS:
+        v, d = models[f"ensemble_w{w:g}"], summary["paired"][f"ensemble_w{w:g} - {better}"]
+        lines.append(f"| {w:g} | {pct(v['f1'])} | {pct(v['iou'])} | {100 * d['mean']:+.2f} ± {100 * d['se']:.2f} |")
+    lines += ["", "**Failure detection**: each per-image score against that model's per-image IoU. Spearman "
+              "(negative is right: more uncertain, lower IoU), AUROC for picking out the worst 20 % "
+              f"({math.ceil(0.2 * summary['images'] - 1e-9)} images), and the area under the risk-coverage "
+              "curve (lower is better; the oracle orders images by their true IoU):", "",
+              "| score | Spearman | AUROC, worst 20 % | AURC | AURC, oracle |", "|---|---:|---:|---:|---:|"]
+    for score, (_, name) in FAILURE_SCORES.items():
+        f = summary["failure"][score]
+        lines.append(f"| {name} | {f['spearman']:+.2f} | {f['auroc_worst20']:.2f} | {f['aurc']:.4f} | "
+                     f"{f['aurc_oracle']:.4f} |")
+    sec = summary["seconds_per_image"]
+    lines += ["", f"Cost: {sec['segdiff']:.1f} s per test image for SegDiff at K = {k} against {sec['unet']:.2f} s "
+              f"for the U-Net's one pass, timed in turn in the same run on {summary['threads']} threads "
+              f"(median over the images): {summary['cost_ratio']:.0f}x.", ""]
+    write_section(args.out, BEGIN, END, lines)
+    print("\n".join(lines))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default=str(RUNS), help="where the runs go (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("ceiling")
+    p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
+    p.add_argument("--scales", type=int, nargs="+", default=list(SCALES))
+    p = sub.add_parser("run")
+    p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
+    p.add_argument("--name", required=True, help="the runs' folder under --runs")
+    p.add_argument("--minutes", type=float, required=True)
+    p = sub.add_parser("analyse")
+    p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
+    p.add_argument("--name", required=True)
+    p.add_argument("--generations", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-images", type=int, default=0, help="only the first N test images (a dry run)")
+    p = sub.add_parser("report")
+    p.add_argument("--name", default="main")
+    p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    args = parser.parse_args()
+    return {"ceiling": ceiling, "run": run, "analyse": analyse, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
