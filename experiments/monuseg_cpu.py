@@ -214,6 +214,55 @@ def analyse(args: argparse.Namespace) -> int:
     return 0
 
 
+def steps(args: argparse.Namespace) -> int:
+    """SegDiff's test scores at few sampling steps: for each step count, the same K generations'
+    seeds as `analyse`, sampled with `--sampler` in that many steps; F1, IoU and ECE of the mean."""
+    import torch
+    from segdiff import metrics
+    from segdiff.data import make_dataset
+    from segdiff.models import load_model
+    from segdiff.protocol import protocol_for
+    from segdiff.seeding import derive_seed
+
+    torch.set_num_threads(args.threads)
+    base = Path(args.runs) / args.name
+    segdiff = load_model(base / "segdiff")
+    cfg = replace(segdiff.config, data=replace(segdiff.config.data, root=args.data))
+    protocol = protocol_for("monuseg", cfg.model.image_size, resize=cfg.data.resize)
+    dataset = make_dataset(cfg, "test", image_size=protocol.dataset_size)
+    names = dataset.names[:args.max_images or None]
+    scores = {n: {"f1": [], "iou": [], "ece": []} for n in args.steps}
+    seconds = {n: [] for n in args.steps}
+    for i, name in enumerate(names):
+        image, _ = dataset[i]
+        target = dataset.original_mask(i)[0] > 0.5
+        for n in args.steps:
+            sample = replace(segdiff.config.sample, num_generations=args.generations, sampler=args.sampler,
+                             num_sampling_steps=n)
+            start = time.perf_counter()
+            prob = protocol.predict_item(segdiff, image, sample, derive_seed(args.seed, name), tuple(target.shape))[0][-1]
+            seconds[n].append(time.perf_counter() - start)
+            scores[n]["f1"].append(float(metrics.f1(prob[0] > 0.5, target)[0]))
+            scores[n]["iou"].append(float(metrics.iou(prob[0] > 0.5, target)[0]))
+            scores[n]["ece"].append(float(metrics.expected_calibration_error(prob[0], target.float())[0]))
+        print(f"[{i + 1}/{len(names)}] {name}: " + ", ".join(
+            f"{n} steps IoU {100 * scores[n]['iou'][-1]:.2f}" for n in args.steps), flush=True)
+    result = {"sampler": args.sampler, "generations": args.generations, "images": len(names),
+              "threads": args.threads, "machine": machine(),
+              "rows": {str(n): {**{m: statistics.mean(v) for m, v in scores[n].items()},
+                                "iou_per_image": scores[n]["iou"], "seconds": statistics.median(seconds[n])}
+                       for n in args.steps}}
+    out = base / "analysis" / f"steps-{args.sampler}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from segdiff.io import atomic_write
+    atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    for n in args.steps:
+        row = result["rows"][str(n)]
+        print(f"{args.sampler}, {n} steps, K = {args.generations}: F1 {100 * row['f1']:.2f}, IoU {100 * row['iou']:.2f}, "
+              f"ECE {row['ece']:.4f}, {row['seconds']:.1f} s/image")
+    return 0
+
+
 FAILURE_SCORES = {"segdiff_entropy": ("segdiff", "SegDiff mean entropy"),
                   "segdiff_disagreement": ("segdiff", "SegDiff boundary disagreement"),
                   "unet_entropy": ("unet", "U-Net mean entropy"),
@@ -239,6 +288,7 @@ def summarise(rows: list[dict], ks: list[int], generations: int) -> dict:
                           "aurc_oracle": metrics.risk_coverage_area([-q for q in quality], quality)}
     seconds = {m: statistics.median(column(f"{m}_seconds")) for m in ("segdiff", "unet")}
     return {"images": len(rows), "generations": generations, "models": models, "better_single": better,
+            "iou_per_image": column(f"{full}_iou"),
             "paired": pairs, "failure": failure, "seconds_per_image": seconds,
             "cost_ratio": seconds["segdiff"] / seconds["unet"]}
 
@@ -323,6 +373,20 @@ def report(args: argparse.Namespace) -> int:
         f = summary["failure"][score]
         lines.append(f"| {name} | {f['spearman']:+.2f} | {f['auroc_worst20']:.2f} | {f['aurc']:.4f} | "
                      f"{f['aurc_oracle']:.4f} |")
+    step_files = sorted((base / "analysis").glob("steps-*.json"))
+    if step_files:
+        lines += ["", f"**Fewer sampling steps** (K = {k}, the same seeds; "
+                  f"`python experiments/monuseg_cpu.py steps --data DATA --name {args.name} --sampler S`), "
+                  "against the 10-step row above:", "",
+                  "| sampler | steps | F1 | IoU | IoU minus 10 steps (± s.e.) | ECE | s/image |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        ten = summary["iou_per_image"]
+        for path in step_files:
+            found = json.loads(path.read_text())
+            for n, row in found["rows"].items():
+                d = paired(row["iou_per_image"], ten)
+                lines.append(f"| {found['sampler']} | {n} | {pct(row['f1'])} | {pct(row['iou'])} | "
+                             f"{100 * d['mean']:+.2f} ± {100 * d['se']:.2f} | {row['ece']:.4f} | {row['seconds']:.1f} |")
     sec = summary["seconds_per_image"]
     lines += ["", f"Cost: {sec['segdiff']:.1f} s per test image for SegDiff at K = {k} against {sec['unet']:.2f} s "
               f"for the U-Net's one pass, timed in turn in the same run on {summary['threads']} threads "
@@ -350,11 +414,20 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-images", type=int, default=0, help="only the first N test images (a dry run)")
+    p = sub.add_parser("steps")
+    p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
+    p.add_argument("--name", required=True)
+    p.add_argument("--sampler", default="sde-dpm-solver++")
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 5])
+    p.add_argument("--generations", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-images", type=int, default=0, help="only the first N test images (a dry run)")
     p = sub.add_parser("report")
     p.add_argument("--name", default="main")
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     args = parser.parse_args()
-    return {"ceiling": ceiling, "run": run, "analyse": analyse, "report": report}[args.command](args)
+    return {"ceiling": ceiling, "run": run, "analyse": analyse, "steps": steps, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
