@@ -95,6 +95,22 @@ def test_train_on_monuseg_train_folder_of_tiff_and_la_png(tmp_path):
     _check_run(tmp_path / "run", "monuseg", tmp_path / "data")
 
 
+def test_reproduce_monuseg_cpu_trains_then_scores_the_tiled_test_split_at_512(tmp_path):
+    # The one command of docs/results.md, "MoNuSeg", on files in the release's layout: 2 steps, then the
+    # test image at 256 as 16 tiles of 64, scored at 512 against the mask file.
+    _write_monuseg(tmp_path / "data", "train", ["a", "b", "c"], size=64)
+    _write_monuseg(tmp_path / "data", "test", ["t"], size=64)
+    out = tmp_path / "run"
+    assert main(["reproduce", "--preset", "monuseg-cpu", "--data", str(tmp_path / "data"), "--steps", "2",
+                 "--batch-size", "2", "--set", "train.val_every=0", "--set", "diffusion.num_steps=25",
+                 "--generations", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "test" / "summary.json").read_text())
+    assert summary["protocol"] == "monuseg" and summary["num_images"] == 1
+    assert "4x4 64x64 tiles" in summary["protocol_description"]
+    assert summary["paper"]["metrics"] == {"f1": 81.59, "iou": 69.00}
+    assert 0.0 <= summary["metrics"]["iou"] <= 1.0
+
+
 def test_train_on_cityscapes_official_layout(tmp_path):
     data = tmp_path / "data"
     for city, frame in (("aachen", "000000_000019"), ("aachen", "000001_000019"), ("bremen", "000000_000019")):
