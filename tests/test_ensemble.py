@@ -198,3 +198,65 @@ def test_the_cli_refuses_a_bad_weight_before_loading_anything(tmp_path, capsys):
     assert "ensemble weight 2.0: the partner's weight must be a number in [0, 1]" in capsys.readouterr().err
     assert main(["evaluate", missing, "--dataset", "synthetic", "--ensemble-weight", "0.5"]) == 2
     assert "--ensemble-weight applies with --ensemble" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# SDEdit refinement: SegDiff starts from the U-Net's mask, noised to an intermediate step
+
+
+def test_a_chain_started_part_way_visits_its_steps_from_the_start_down():
+    from segdiff.diffusion import DDPMScheduler
+    from segdiff.sampling import SAMPLER_FUNCTIONS, Start
+
+    scheduler = DDPMScheduler(num_steps=100)
+    assert scheduler.timesteps(4, start=30).tolist() == [30, 20, 10, 0]
+    assert scheduler.timesteps(start=3).tolist() == [3, 2, 1, 0]
+    with pytest.raises(ValueError, match=r"start=100 must be a step in \[0, 99\]"):
+        scheduler.timesteps(4, start=100)
+    with pytest.raises(ValueError, match=r"num_inference_steps=5 must be in \[1, 4\]"):
+        scheduler.timesteps(5, start=3)
+    for name, sampler in SAMPLER_FUNCTIONS.items():
+        seen = []
+
+        def denoise(x, t):
+            seen.append(int(t[0]))
+            return torch.zeros_like(x)
+
+        sampler(denoise, scheduler, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0), num_steps=4,
+                start=Start(torch.zeros(2, 1, 4, 4), 30))
+        assert seen == [30, 20, 10, 0], name
+
+
+def test_a_chain_started_from_the_truth_with_a_perfect_denoiser_returns_the_truth():
+    # The noise a perfect denoiser reports is (x_t - sqrt(abar) x0) / sqrt(1 - abar): its x_0 estimate is x0
+    # at every step, so deterministic DDIM ends at x0 exactly, from whatever noise was drawn at the start.
+    from segdiff.diffusion import DDPMScheduler
+    from segdiff.sampling import Start, sample_ddim
+
+    scheduler = DDPMScheduler(num_steps=100)
+    truth = torch.where(torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.5, 1.0, -1.0)
+
+    def denoise(x, t):
+        abar = scheduler.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        return (x - abar.sqrt() * truth) / (1 - abar).sqrt()
+
+    x0 = sample_ddim(denoise, scheduler, tuple(truth.shape), generator=torch.Generator().manual_seed(2),
+                     num_steps=5, start=Start(truth, 40))
+    assert torch.allclose(x0, truth, atol=1e-5)
+
+
+def test_refinement_samples_k_generations_from_the_partners_mask_deterministically(segdiff_run, unet_run):
+    from segdiff.models import Refinement
+
+    segdiff, unet = load_model(segdiff_run), load_model(unet_run)
+    model = Refinement(segdiff, unet, start_step=10)
+    images = torch.stack([make_sample(i, 32)[0] for i in range(2)])
+    sample = SampleConfig(num_generations=3, sampler="ddim", num_sampling_steps=3)
+    seeds = [s for i in range(2) for s in generation_seeds(i, 3)]
+    first = model.generations(images, seeds, sample)
+    assert first.shape == (2, 3, 1, 32, 32) and 0 <= float(first.min()) and float(first.max()) <= 1
+    assert torch.equal(model.generations(images, seeds, sample), first)
+    assert not torch.equal(segdiff.generations(images, seeds, sample), first)  # the start is the U-Net's mask
+    assert "refining unet from step 10" in model.sampling_summary(sample)["sampler"]
+    with pytest.raises(ConfigError, match=r"refinement start step 25: must be a step in \[0, 24\]"):
+        Refinement(segdiff, unet, start_step=25)

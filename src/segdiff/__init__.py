@@ -16,7 +16,7 @@ from .metrics import (
 from .model import SegDiff
 from .sampling import Prediction, predict, sample_ddim, sample_ddpm, sample_dpm_solver, sample_sde_dpm_solver
 from .sliding import predict_sliding
-from .models import DiffusionSegmenter, Ensemble, Segmenter, UNetSegmenter, build_model, load_model
+from .models import DiffusionSegmenter, Ensemble, Refinement, Segmenter, UNetSegmenter, build_model, load_model
 from .protocol import Protocol, protocol_for
 from .evaluation import evaluate
 from .training import TrainingDiverged, train
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SegDiff", "DDPMScheduler", "predict", "Prediction", "predict_sliding", "evaluate", "train",
     "sample_ddpm", "sample_ddim", "sample_dpm_solver", "sample_sde_dpm_solver",
-    "Segmenter", "DiffusionSegmenter", "UNetSegmenter", "Ensemble", "build_model", "load_model",
+    "Segmenter", "DiffusionSegmenter", "UNetSegmenter", "Ensemble", "Refinement", "build_model", "load_model",
     "Protocol", "protocol_for",
     "load_checkpoint", "save_checkpoint", "export_model", "CheckpointError", "TrainingDiverged",
     "ExperimentConfig", "ModelConfig", "DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig",

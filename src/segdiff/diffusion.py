@@ -107,12 +107,19 @@ class DDPMScheduler:
     def from_config(cls, config: DiffusionConfig) -> "DDPMScheduler":
         return cls(config.num_steps, config.beta_schedule, config.prediction)
 
-    def timesteps(self, num_inference_steps: int | None = None) -> Tensor:
-        """Descending steps to visit: all T, or `num_inference_steps` evenly spaced (respacing)."""
-        n = num_inference_steps or self.num_steps
-        if not 1 <= n <= self.num_steps:
-            raise ValueError(f"num_inference_steps={n} must be in [1, {self.num_steps}]")
-        return torch.linspace(self.num_steps - 1, 0, n, dtype=torch.float64).round().long()
+    def timesteps(self, num_inference_steps: int | None = None, start: int | None = None) -> Tensor:
+        """Descending steps to visit: all T, or `num_inference_steps` evenly spaced (respacing).
+
+        `start` (default T - 1) is the first step: a chain started part way, from a noised
+        estimate (`sampling.Start`, SDEdit refinement), visits `num_inference_steps` of the
+        steps start..0 (all start + 1 of them by default)."""
+        first = self.num_steps - 1 if start is None else int(start)
+        if not 0 <= first < self.num_steps:
+            raise ValueError(f"start={start} must be a step in [0, {self.num_steps - 1}]")
+        n = num_inference_steps or first + 1
+        if not 1 <= n <= first + 1:
+            raise ValueError(f"num_inference_steps={n} must be in [1, {first + 1}]")
+        return torch.linspace(first, 0, n, dtype=torch.float64).round().long()
 
     def sample_timesteps(self, n: int, *, power: float = 1.0, generator: torch.Generator | None = None,
                          device: torch.device | str = "cpu") -> Tensor:

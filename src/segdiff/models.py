@@ -360,6 +360,66 @@ class Ensemble:
                                   "baseline), then ensemble the runs")
 
 
+class Refinement:
+    """SegDiff refining another model's mask (SDEdit, Meng et al. 2022; no retraining): for each
+    image, `partner`'s mean probability p is read as the signed mask estimate 2p - 1, noised to
+    step `start_step` with each generation's own first noise draw, and `diffusion` samples from
+    there down to 0 (`sampling.Start`; `num_sampling_steps` steps over start_step..0, all of them
+    when 0). A low start step keeps the partner's mask and lets SegDiff redraw its details; T - 1
+    is nearly SegDiff alone (sqrt(abar) = 0.007 at T = 100). Seeds, members and checks are the
+    `Ensemble`'s; binary and one-hot masks only (analog bits have no per-class channel to set).
+
+        >>> model = Refinement(load_model("runs/segdiff"), load_model("runs/unet"), start_step=30)
+    """
+
+    kind: ClassVar[str] = "refinement"
+    uses_ema: ClassVar[bool] = False
+
+    def __init__(self, diffusion: Segmenter, partner: Segmenter, start_step: int, *,
+                 sources: tuple[str, str] | None = None):
+        steps = diffusion.scheduler.num_steps
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step < steps:
+            raise ConfigError(f"refinement start step {start_step!r}: must be a step in [0, {steps - 1}]")
+        if diffusion.config.model.mask_encoding == "bits" and diffusion.config.model.num_classes > 2:
+            raise ConfigError("refinement needs a one-hot or binary mask: analog bits have no channel per class")
+        self.sources = tuple(map(str, sources)) if sources else (f"the {diffusion.kind} model",
+                                                                 f"the {partner.kind} model")
+        check_ensemble_members(diffusion.config, partner.config, self.sources)
+        self.diffusion, self.partner, self.start_step = diffusion, partner, start_step
+        self.config, self.net = diffusion.config, diffusion.net
+
+    @property
+    def device(self) -> torch.device:
+        return _device(self.net)
+
+    def num_generations(self, sample: SampleConfig) -> int:
+        return self.diffusion.num_generations(sample)
+
+    def sampling_summary(self, sample: SampleConfig) -> dict[str, Any]:
+        own = self.diffusion.sampling_summary(sample)
+        return {**own, "sampler": f"{own['sampler']} refining {self.partner.kind} from step {self.start_step}"}
+
+    def describe(self) -> str:
+        return (f"refinement: {self.diffusion.kind} from {self.sources[0]} refines {self.partner.kind} from "
+                f"{self.sources[1]}, starting at step {self.start_step}")
+
+    @torch.no_grad()
+    def generations(self, images: Tensor, seeds: Sequence[int], sample: SampleConfig) -> Tensor:
+        k = self.num_generations(sample)
+        if len(seeds) != len(images) * k:
+            raise ValueError(f"{len(seeds)} seeds for {len(images)} image(s) x {k} generations")
+        partner_seeds = [derive_seed("ensemble partner", seeds[i * k], j) for i in range(len(images))
+                         for j in range(self.partner.num_generations(sample))]
+        p = self.partner.generations(images, partner_seeds, sample).mean(dim=1)  # (B, C, H, W)
+        init = (2 * p - 1).to(self.device)
+        return sample_generations(self.net, images, self.diffusion.scheduler, sample, seeds, init=init,
+                                  start_step=self.start_step)
+
+    def loss(self, net: nn.Module, image: Tensor, mask: Tensor, generator: torch.Generator,
+             train: TrainConfig, share: slice) -> Tensor:
+        raise NotImplementedError("a Refinement is not trained: train its two models, then combine the runs")
+
+
 def check_ensemble_members(diffusion: ExperimentConfig, partner: ExperimentConfig, sources: tuple[str, str]) -> None:
     """ConfigError naming both sources when two models cannot be ensembled: another input side or
     number of image channels, or other classes (their number, then their names in index order)."""

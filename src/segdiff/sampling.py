@@ -80,6 +80,29 @@ def generation_seeds(image_seed: int, num_generations: int, index: int = 0) -> l
 
 
 # --- samplers -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Start:
+    """Where a chain starts part way (SDEdit, Meng et al. 2022): the signed estimate `x0` of the
+    mask, rows like the sample's, noised to step `step` with the chain's first noise draw,
+    x_step = sqrt(abar_step) x0 + sqrt(1 - abar_step) z; the sampler then visits its
+    `num_steps` steps from `step` down to 0 (`DDPMScheduler.timesteps(n, start=step)`)."""
+
+    x0: Tensor
+    step: int
+
+
+def _first_state(scheduler: DDPMScheduler, shape: tuple[int, ...], generator: Generator, device: torch.device,
+                 num_steps: int | None, start: Start | None) -> tuple[Tensor, Tensor]:
+    """The chain's first x and the steps it visits: pure noise at T - 1, or `start` noised."""
+    noise = _randn(shape, generator, device)
+    if start is None:
+        return noise, scheduler.timesteps(num_steps)
+    if tuple(start.x0.shape) != tuple(shape):
+        raise ValueError(f"start.x0 has shape {tuple(start.x0.shape)}, the sample {tuple(shape)}")
+    abar = float(scheduler.alphas_cumprod[int(start.step)])
+    x = abar ** 0.5 * start.x0.to(device=device, dtype=noise.dtype) + (1 - abar) ** 0.5 * noise
+    return x, scheduler.timesteps(num_steps, start=start.step)
+
 def respaced_betas(scheduler: DDPMScheduler, steps: Tensor) -> Tensor:
     """Betas of the chain that visits only `steps` (descending), as improved-diffusion's respace.
 
@@ -95,18 +118,17 @@ def respaced_betas(scheduler: DDPMScheduler, steps: Tensor) -> Tensor:
 @torch.no_grad()
 def sample_ddpm(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ...], *,
                 generator: Generator = None, device: torch.device | str = "cpu",
-                num_steps: int | None = None) -> Tensor:
+                num_steps: int | None = None, start: Start | None = None) -> Tensor:
     """Ancestral DDPM, sigma_t^2 = beta_t (the paper's sampler). Returns x_0 (signed).
 
     All T steps by default; `num_steps` < T runs the respaced chain (`respaced_betas`). One noise
-    draw per step and row, the last one unused, in both cases.
+    draw per step and row, the last one unused, in both cases. `start`: begin part way (`Start`).
     """
     device = torch.device(device)
-    x = _randn(shape, generator, device)
-    steps = scheduler.timesteps(num_steps)
+    x, steps = _first_state(scheduler, shape, generator, device, num_steps, start)
     # All T steps: the trained betas (tables cast to x's dtype). Fewer: the respaced chain's
     # beta'_i (equal to them at n = T), as float64 scalars.
-    full = num_steps in (None, scheduler.num_steps)
+    full = start is None and num_steps in (None, scheduler.num_steps)
     betas = scheduler.betas[steps] if full else respaced_betas(scheduler, steps)
     for i, t in enumerate(steps):
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
@@ -122,11 +144,11 @@ def sample_ddpm(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ..
 @torch.no_grad()
 def sample_ddim(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ...], *,
                 generator: Generator = None, device: torch.device | str = "cpu",
-                num_steps: int | None = None, eta: float = 0.0) -> Tensor:
-    """DDIM (Song et al. 2021, eq. 12) on `num_steps` respaced steps; eta=0 is deterministic given x_T."""
+                num_steps: int | None = None, eta: float = 0.0, start: Start | None = None) -> Tensor:
+    """DDIM (Song et al. 2021, eq. 12) on `num_steps` respaced steps; eta=0 is deterministic given x_T.
+    `start`: begin part way (`Start`)."""
     device = torch.device(device)
-    x = _randn(shape, generator, device)
-    steps = scheduler.timesteps(num_steps)
+    x, steps = _first_state(scheduler, shape, generator, device, num_steps, start)
     abar = scheduler.alphas_cumprod
     for i, t in enumerate(steps):
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
@@ -145,13 +167,14 @@ def sample_ddim(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ..
 
 
 def dpm_solver_scheduler(scheduler: DDPMScheduler, num_steps: int | None = None, *, order: int = 2,
-                         stochastic: bool = False):
+                         stochastic: bool = False, steps: Tensor | None = None):
     """diffusers' DPM-Solver++ scheduler on our exact betas, set to visit `scheduler.timesteps(n)`.
 
     stochastic: the SDE variant (``sde-dpmsolver++``), else the ODE one. A fresh object per
     sampling run: diffusers' schedulers keep per-run state (the previous model outputs, the step
     index), which is why ours stays immutable and builds this one. The last step goes to
-    sigma = 0 (x_0 itself) and is first order, as diffusers does for short schedules.
+    sigma = 0 (x_0 itself) and is first order, as diffusers does for short schedules. `steps`
+    (descending) replaces `scheduler.timesteps(num_steps)`, e.g. a chain started part way.
     """
     # diffusers is imported here, not at the module's top: it takes seconds to import, and only
     # these two samplers need it.
@@ -166,23 +189,24 @@ def dpm_solver_scheduler(scheduler: DDPMScheduler, num_steps: int | None = None,
     with warnings.catch_warnings():  # diffusers calls np.array on a torch tensor; numpy 2 complains, harmlessly
         warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
                                 category=DeprecationWarning)
-        solver.set_timesteps(timesteps=scheduler.timesteps(num_steps).tolist())
+        solver.set_timesteps(timesteps=(scheduler.timesteps(num_steps) if steps is None else steps).tolist())
     return solver
 
 
 @torch.no_grad()
 def sample_dpm_solver(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ...], *,
                       generator: Generator = None, device: torch.device | str = "cpu",
-                      num_steps: int | None = None, order: int = 2, stochastic: bool = False) -> Tensor:
+                      num_steps: int | None = None, order: int = 2, stochastic: bool = False,
+                      start: Start | None = None) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022) on `num_steps` respaced steps; one network call per step.
 
     ODE (deterministic given x_T) by default; `stochastic=True` is SDE-DPM-Solver++(2M), whose
     per-step noise comes from `generator` (a list: one generator per row, diffusers' convention
-    too, so chunking never changes the result).
+    too, so chunking never changes the result). `start`: begin part way (`Start`).
     """
     device = torch.device(device)
-    x = _randn(shape, generator, device)
-    solver = dpm_solver_scheduler(scheduler, num_steps, order=order, stochastic=stochastic)
+    x, steps = _first_state(scheduler, shape, generator, device, num_steps, start)
+    solver = dpm_solver_scheduler(scheduler, order=order, stochastic=stochastic, steps=steps)
     for t in solver.timesteps:
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         x = solver.step(denoise(x, t_batch), int(t), x, generator=generator, return_dict=False)[0]
@@ -191,10 +215,10 @@ def sample_dpm_solver(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[i
 
 def sample_sde_dpm_solver(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ...], *,
                           generator: Generator = None, device: torch.device | str = "cpu",
-                          num_steps: int | None = None) -> Tensor:
+                          num_steps: int | None = None, start: Start | None = None) -> Tensor:
     """SDE-DPM-Solver++(2M) on `num_steps` respaced steps: fresh noise every step, like DDPM."""
     return sample_dpm_solver(denoise, scheduler, shape, generator=generator, device=device, num_steps=num_steps,
-                             stochastic=True)
+                             stochastic=True, start=start)
 
 
 SAMPLER_FUNCTIONS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm-solver++": sample_dpm_solver,
@@ -316,7 +340,7 @@ def draw_seeds(count: int, generator: torch.Generator | None) -> list[int]:
 
 @torch.no_grad()
 def sample_generations(model, images: Tensor, scheduler: DDPMScheduler, sample: SampleConfig,
-                       seeds: Sequence[int]) -> Tensor:
+                       seeds: Sequence[int], *, init: Tensor | None = None, start_step: int | None = None) -> Tensor:
     """The K = `sample.num_generations` generations of every image: (B, K, C, H, W) in [0, 1].
 
     `model` is a SegDiff network (`encode_image`, `denoise`); `images` (B, C_in, H, W) in [0, 1].
@@ -336,6 +360,10 @@ def sample_generations(model, images: Tensor, scheduler: DDPMScheduler, sample: 
     symmetry: "none", "flips" or "dihedral" (square images): generation k of an image is sampled on
     its copy under transform k mod n (`apply_symmetry`; n = 4 or 8, identity first) and mapped back,
     so the ensemble also averages over the flips/rotations the model was trained with.
+    init, start_step: SDEdit refinement (`Start`): every generation of image i starts from
+    `init[i]` (B, mask channels, H, W), a signed estimate of its mask (e.g. another model's
+    2p - 1), noised to `start_step`, and runs `num_sampling_steps` steps from there (all of
+    start_step..0 when 0).
     """
     sample_fn = SAMPLER_FUNCTIONS[sample.sampler]
     options = {"eta": sample.eta} if sample.sampler == "ddim" else {}
@@ -351,6 +379,11 @@ def sample_generations(model, images: Tensor, scheduler: DDPMScheduler, sample: 
     num_classes, encoding = getattr(config, "num_classes", 2), getattr(config, "mask_encoding", "onehot")
     classes_out = getattr(config, "prob_channels", 1)  # ... and of the class probabilities read from it
     rows_total = b * k
+    if (init is None) != (start_step is None):
+        raise ValueError("init and start_step go together: the estimate to refine and the step it is noised to")
+    if init is not None and tuple(init.shape) != (b, channels, h, w):
+        raise ValueError(f"init has shape {tuple(init.shape)}; expected {(b, channels, h, w)}: one signed mask "
+                         "estimate per image")
     if len(seeds) != rows_total:
         raise ValueError(f"{len(seeds)} seeds for {b} image(s) x {k} generations = {rows_total} rows")
     denoise_fn = compiled_denoise(model) if sample.compile else model.denoise
@@ -380,8 +413,12 @@ def sample_generations(model, images: Tensor, scheduler: DDPMScheduler, sample: 
                 previous[:] = [scheduler.to_x0(output, t, x, clip_x0=True)]
             return scheduler.to_epsilon(output, t, x, clip_x0=sample.clip_x0)
 
+        start_at = None
+        if init is not None:  # each row's image's estimate, under the row's transform
+            start_at = Start(torch.stack([apply_symmetry(init[int(i)].to(device), int(g))
+                                          for i, g in zip(rows, row_transforms)]), int(start_step))
         x0 = sample_fn(denoise, scheduler, (len(rows), channels, h, w), generator=row_generators, device=device,
-                       num_steps=num_steps, **options)
+                       num_steps=num_steps, start=start_at, **options)
         x0 = decode(x0.float(), num_classes, encoding)  # binary: from_signed, the paper's soft vote
         if order > 1:
             x0 = torch.stack([invert_symmetry(x, int(g)) for x, g in zip(x0, row_transforms)])
