@@ -216,7 +216,8 @@ def analyse(args: argparse.Namespace) -> int:
 
 def steps(args: argparse.Namespace) -> int:
     """SegDiff's test scores at few sampling steps: for each step count, the same K generations'
-    seeds as `analyse`, sampled with `--sampler` in that many steps; F1, IoU and ECE of the mean."""
+    seeds as `analyse`, sampled with `--sampler` in that many steps; F1, IoU and ECE of the mean.
+    With `--refine T0`, SegDiff refines the U-Net's mask from step T0 (`models.Refinement`)."""
     import torch
     from segdiff import metrics
     from segdiff.data import make_dataset
@@ -231,6 +232,10 @@ def steps(args: argparse.Namespace) -> int:
     protocol = protocol_for("monuseg", cfg.model.image_size, resize=cfg.data.resize)
     dataset = make_dataset(cfg, "test", image_size=protocol.dataset_size)
     names = dataset.names[:args.max_images or None]
+    model = segdiff
+    if args.refine is not None:
+        from segdiff.models import Refinement
+        model = Refinement(segdiff, load_model(base / "unet"), start_step=args.refine)
     scores = {n: {"f1": [], "iou": [], "ece": []} for n in args.steps}
     seconds = {n: [] for n in args.steps}
     for i, name in enumerate(names):
@@ -240,19 +245,20 @@ def steps(args: argparse.Namespace) -> int:
             sample = replace(segdiff.config.sample, num_generations=args.generations, sampler=args.sampler,
                              num_sampling_steps=n)
             start = time.perf_counter()
-            prob = protocol.predict_item(segdiff, image, sample, derive_seed(args.seed, name), tuple(target.shape))[0][-1]
+            prob = protocol.predict_item(model, image, sample, derive_seed(args.seed, name), tuple(target.shape))[0][-1]
             seconds[n].append(time.perf_counter() - start)
             scores[n]["f1"].append(float(metrics.f1(prob[0] > 0.5, target)[0]))
             scores[n]["iou"].append(float(metrics.iou(prob[0] > 0.5, target)[0]))
             scores[n]["ece"].append(float(metrics.expected_calibration_error(prob[0], target.float())[0]))
         print(f"[{i + 1}/{len(names)}] {name}: " + ", ".join(
             f"{n} steps IoU {100 * scores[n]['iou'][-1]:.2f}" for n in args.steps), flush=True)
-    result = {"sampler": args.sampler, "generations": args.generations, "images": len(names),
+    result = {"sampler": args.sampler, "refine": args.refine, "generations": args.generations, "images": len(names),
               "threads": args.threads, "machine": machine(),
               "rows": {str(n): {**{m: statistics.mean(v) for m, v in scores[n].items()},
                                 "iou_per_image": scores[n]["iou"], "seconds": statistics.median(seconds[n])}
                        for n in args.steps}}
-    out = base / "analysis" / f"steps-{args.sampler}.json"
+    out = base / "analysis" / (f"steps-{args.sampler}.json" if args.refine is None else
+                               f"refine-{args.refine}-{args.sampler}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     from segdiff.io import atomic_write
     atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
@@ -288,7 +294,7 @@ def summarise(rows: list[dict], ks: list[int], generations: int) -> dict:
                           "aurc_oracle": metrics.risk_coverage_area([-q for q in quality], quality)}
     seconds = {m: statistics.median(column(f"{m}_seconds")) for m in ("segdiff", "unet")}
     return {"images": len(rows), "generations": generations, "models": models, "better_single": better,
-            "iou_per_image": column(f"{full}_iou"),
+            "iou_per_image": column(f"{full}_iou"), "unet_iou_per_image": column("unet_iou"),
             "paired": pairs, "failure": failure, "seconds_per_image": seconds,
             "cost_ratio": seconds["segdiff"] / seconds["unet"]}
 
@@ -387,6 +393,21 @@ def report(args: argparse.Namespace) -> int:
                 d = paired(row["iou_per_image"], ten)
                 lines.append(f"| {found['sampler']} | {n} | {pct(row['f1'])} | {pct(row['iou'])} | "
                              f"{100 * d['mean']:+.2f} ± {100 * d['se']:.2f} | {row['ece']:.4f} | {row['seconds']:.1f} |")
+    refine_files = sorted((base / "analysis").glob("refine-*.json"))
+    if refine_files:
+        better = summary["better_single"]
+        lines += ["", "**Refinement** (SDEdit, `models.Refinement`): SegDiff starts from the U-Net's mask 2p - 1 "
+                  "noised to step T0 and samples from there (`python experiments/monuseg_cpu.py steps --data DATA "
+                  f"--name {args.name} --refine T0 --steps N`), against the better single model ({label[better]}):",
+                  "", "| T0 | sampler | steps | F1 | IoU | IoU minus the better single model (± s.e.) | s/image |",
+                  "|---:|---|---:|---:|---:|---:|---:|"]
+        reference = summary["iou_per_image"] if better.startswith("segdiff") else summary["unet_iou_per_image"]
+        for path in refine_files:
+            found = json.loads(path.read_text())
+            for n, row in found["rows"].items():
+                d = paired(row["iou_per_image"], reference)
+                lines.append(f"| {found['refine']} | {found['sampler']} | {n} | {pct(row['f1'])} | {pct(row['iou'])} | "
+                             f"{100 * d['mean']:+.2f} ± {100 * d['se']:.2f} | {row['seconds']:.1f} |")
     sec = summary["seconds_per_image"]
     lines += ["", f"Cost: {sec['segdiff']:.1f} s per test image for SegDiff at K = {k} against {sec['unet']:.2f} s "
               f"for the U-Net's one pass, timed in turn in the same run on {summary['threads']} threads "
@@ -419,6 +440,8 @@ def main() -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--sampler", default="sde-dpm-solver++")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 5])
+    p.add_argument("--refine", type=int, default=None, metavar="T0", help="SegDiff refines the U-Net's mask, "
+                   "noised to step T0 (SDEdit); the steps then run from T0 down")
     p.add_argument("--generations", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
