@@ -260,3 +260,30 @@ def test_refinement_samples_k_generations_from_the_partners_mask_deterministical
     assert "refining unet from step 10" in model.sampling_summary(sample)["sampler"]
     with pytest.raises(ConfigError, match=r"refinement start step 25: must be a step in \[0, 24\]"):
         Refinement(segdiff, unet, start_step=25)
+
+
+def test_evaluate_with_refine_step_scores_the_python_refinement_and_records_it(segdiff_run, unet_run, tmp_path,
+                                                                               capsys):
+    from segdiff.models import Refinement
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(segdiff_run), "--dataset", "synthetic", "--max-images", "2", "--ensemble",
+                 str(unet_run), "--refine-step", "12", "--out", str(out)]) == 0
+    assert f"refines unet from {unet_run}, starting at step 12" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["refinement"] == {"partner": str(unet_run.resolve()), "partner_kind": "unet", "start_step": 12}
+    assert "ensemble" not in summary and summary["model"] == "refinement"
+    model = Refinement(load_model(segdiff_run), load_model(unet_run), start_step=12)
+    protocol = protocol_for("synthetic", 32)
+    dataset = make_dataset(model.config, "test", image_size=protocol.dataset_size)
+    by_python = evaluate(model, dataset, protocol, model.config.sample, seed=0, max_images=2, progress=False)
+    assert summary["metrics"]["iou"] == pytest.approx(by_python["metrics"]["iou"], abs=1e-12)
+
+
+def test_the_cli_refuses_refine_step_without_a_partner_or_beside_a_weight(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-run")
+    assert main(["evaluate", missing, "--dataset", "synthetic", "--refine-step", "10"]) == 2
+    assert "--refine-step applies with --ensemble RUN" in capsys.readouterr().err
+    assert main(["evaluate", missing, "--dataset", "synthetic", "--ensemble", missing, "--refine-step", "10",
+                 "--ensemble-weight", "0.5"]) == 2
+    assert "give one" in capsys.readouterr().err

@@ -39,7 +39,7 @@ from .evaluation import evaluate, format_report
 from .export import export_model
 from .hub import source_config
 from .io import atomic_write, colormap, colour_labels, overlay, save_labels, save_png
-from .models import DEFAULT_ENSEMBLE_WEIGHT, Ensemble, check_ensemble_weight, load_model
+from .models import DEFAULT_ENSEMBLE_WEIGHT, Ensemble, Refinement, check_ensemble_weight, load_model
 from .protocol import protocol_for, resize_probabilities
 from .sampling import Prediction, generation_seeds
 from .seeding import derive_seed
@@ -145,26 +145,39 @@ def _source_name(source: str | Path) -> str:
     return str(Path(source).resolve()) if Path(source).exists() else str(source)
 
 
-def resolve_ensemble_weight(partner: str | None, weight: float | None) -> float | None:
+def resolve_ensemble_weight(partner: str | None, weight: float | None, refine_step: int | None = None) -> float | None:
     """The resolved --ensemble-weight: the default with --ensemble, None without (where a weight given is
-    refused); checked before any model is loaded."""
+    refused) or with --refine-step (the partner's mask is refined, not blended); checked before any
+    model is loaded."""
     if partner is None:
+        for flag, value in (("--ensemble-weight", weight), ("--refine-step", refine_step)):
+            if value is not None:
+                raise UserError(f"{flag} applies with --ensemble RUN (the partner model)")
+        return None
+    if refine_step is not None:
         if weight is not None:
-            raise UserError("--ensemble-weight applies with --ensemble RUN (the partner model to blend in)")
+            raise UserError("--ensemble-weight blends the partner in, --refine-step refines its mask: give one")
         return None
     return check_ensemble_weight(DEFAULT_ENSEMBLE_WEIGHT if weight is None else weight)
 
 
-def load_segmenter(checkpoint: str | Path, partner: str | None, weight: float | None, device) -> Any:
-    """The model a command runs: `checkpoint`'s, or with a partner their `models.Ensemble`."""
+def load_segmenter(checkpoint: str | Path, partner: str | None, weight: float | None, device,
+                   refine_step: int | None = None) -> Any:
+    """The model a command runs: `checkpoint`'s, or with a partner their `models.Ensemble`, or with
+    `refine_step` the `models.Refinement` of the partner's mask."""
     if partner is None:
         return load_model(checkpoint, device=device)
+    if refine_step is not None:
+        return Refinement(load_model(checkpoint, device), load_model(partner, device), refine_step,
+                          sources=(str(checkpoint), str(partner)))
     return Ensemble.load(checkpoint, partner, weight, device=device)
 
 
 def describe_segmenter(model, checkpoint: str | Path) -> str:
-    """One line naming what is run: the model kind and its source, or the ensemble's two."""
-    return model.describe() if isinstance(model, Ensemble) else f"{model.config.model.kind} model from {checkpoint}"
+    """One line naming what is run: the model kind and its source, or the two models of a combination."""
+    if isinstance(model, (Ensemble, Refinement)):
+        return model.describe()
+    return f"{model.config.model.kind} model from {checkpoint}"
 
 
 # --- uncertainty.csv ----------------------------------------------------------------------------------
@@ -260,7 +273,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = _input_paths(args.images)
     if args.resize is not None and not args.tile:
         raise UserError("--resize applies with --tile (without it every image is resized to the model's input)")
-    weight = resolve_ensemble_weight(args.ensemble, args.ensemble_weight)
+    weight = resolve_ensemble_weight(args.ensemble, args.ensemble_weight, args.refine_step)
 
     # This process's share, and what is left to do.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -284,7 +297,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if world > 1 and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     sample = resolved_sample(source_config(args.checkpoint).sample, sample_overrides(args))
-    model = load_segmenter(args.checkpoint, args.ensemble, weight, device)
+    model = load_segmenter(args.checkpoint, args.ensemble, weight, device, args.refine_step)
     size = model.config.model.image_size
     overlap = size // 4 if args.overlap is None else args.overlap
     k = model.num_generations(sample)
@@ -356,11 +369,13 @@ def _save_label_outputs(out: Path, stem: str, image: torch.Tensor, pred: Predict
 def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, out: str | Path, *,
                    overrides: dict[str, Any], score_size: int | None = None, setting: str | None = None,
                    seed: int = 0, device: str = "auto", max_images: int | None = None,
-                   ensemble: str | None = None, ensemble_weight: float | None = None) -> dict[str, Any]:
+                   ensemble: str | None = None, ensemble_weight: float | None = None,
+                   refine_step: int | None = None) -> dict[str, Any]:
     """Score `checkpoint` on `dataset`'s `split` with its protocol; the checkpoint's own sampling
     settings with `overrides` (SampleConfig fields) applied. With `ensemble` (a partner model source)
     the scored model is their `models.Ensemble`, the partner weighted `ensemble_weight` (default
-    0.5), recorded in summary.json as "ensemble"."""
+    0.5), recorded in summary.json as "ensemble"; with `refine_step` too, SegDiff refines the
+    partner's mask from that step instead (`models.Refinement`), recorded as "refinement"."""
     # Arguments are checked before the checkpoint's weights are read or anything is sampled.
     if split not in ("val", "test"):
         raise UserError(f"--split {split!r}: evaluate runs on 'val' or 'test' (train is what the model was "
@@ -370,7 +385,7 @@ def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, 
     root = "" if dataset == "synthetic" else root or os.environ.get("SEGDIFF_DATA", "")  # synthetic reads no files
     if not root and dataset != "synthetic":
         raise UserError(f"--dataset {dataset}: needs a data folder; pass --data DIR or set SEGDIFF_DATA")
-    weight = resolve_ensemble_weight(ensemble, ensemble_weight)
+    weight = resolve_ensemble_weight(ensemble, ensemble_weight, refine_step)
     saved = source_config(checkpoint)
     sample = resolved_sample(saved.sample, overrides)
     try:
@@ -381,13 +396,16 @@ def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, 
         data_cfg = replace(saved.data, dataset=dataset, root=str(root), **({"setting": setting} if setting else {}))
     except ValueError as exc:
         raise UserError(f"{exc}") from None
-    model = load_segmenter(checkpoint, ensemble, weight, resolve_device(device))
+    model = load_segmenter(checkpoint, ensemble, weight, resolve_device(device), refine_step)
     data = make_dataset(replace(saved, data=data_cfg), split, image_size=protocol.dataset_size)
     print(f"evaluating {describe_segmenter(model, checkpoint)} on {dataset} {split} ({len(data)} images"
           f"{f', the first {max_images}' if max_images else ''}), seed {seed}\nsampling: {sample.describe()}")
     metadata = {"checkpoint": _source_name(checkpoint), "dataset": dataset, "split": split,
                 "data_root": str(Path(root).resolve()) if root else None}
-    if ensemble is not None:
+    if ensemble is not None and refine_step is not None:
+        metadata["refinement"] = {"partner": _source_name(ensemble), "partner_kind": model.partner.kind,
+                                  "start_step": refine_step}
+    elif ensemble is not None:
         metadata["ensemble"] = {"partner": _source_name(ensemble), "partner_kind": model.partner.kind,
                                 "weight": weight}
     summary = evaluate(model, data, protocol, sample, seed=seed, out_dir=out, max_images=max_images,
@@ -401,7 +419,8 @@ def run_evaluation(checkpoint: str | Path, dataset: str, root: str, split: str, 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     run_evaluation(args.checkpoint, args.dataset, args.data, args.split, args.out, overrides=sample_overrides(args),
                    score_size=args.score_size, setting=args.setting, seed=args.seed, device=args.device,
-                   max_images=args.max_images, ensemble=args.ensemble, ensemble_weight=args.ensemble_weight)
+                   max_images=args.max_images, ensemble=args.ensemble, ensemble_weight=args.ensemble_weight,
+                   refine_step=args.refine_step)
     return 0
 
 
@@ -493,6 +512,9 @@ def add_ensemble_flags(p: argparse.ArgumentParser) -> None:
                    "probability + w * the partner's, so the mean is (1 - w) * SegDiff's + w * the U-Net's")
     p.add_argument("--ensemble-weight", type=float, metavar="W", help="with --ensemble: the partner's weight w "
                    f"in [0, 1] (default: {DEFAULT_ENSEMBLE_WEIGHT})")
+    p.add_argument("--refine-step", type=int, metavar="T0", help="with --ensemble: instead of blending, SegDiff "
+                   "refines the partner's mask (SDEdit): its 2p - 1 noised to step T0, then sampled from T0 down "
+                   "in --steps steps (models.Refinement)")
 
 
 def build_parser() -> argparse.ArgumentParser:
