@@ -145,20 +145,29 @@ def paired(a: list[float], b: list[float]) -> dict:
             "wins": sum(x > 0 for x in d)}
 
 
-def analyse(args: argparse.Namespace) -> int:
+def test_setup(args: argparse.Namespace):
+    """The run's SegDiff (best checkpoint), its MoNuSeg protocol and the test split, on args.threads threads."""
     import torch
-    from segdiff import metrics
     from segdiff.data import make_dataset
     from segdiff.models import load_model
-    from segdiff.protocol import protocol_for, resize_probabilities
-    from segdiff.seeding import derive_seed
+    from segdiff.protocol import protocol_for
 
     torch.set_num_threads(args.threads)
-    base = Path(args.runs) / args.name
-    segdiff, unet = load_model(base / "segdiff"), load_model(base / "unet")
+    segdiff = load_model(Path(args.runs) / args.name / "segdiff")
     cfg = replace(segdiff.config, data=replace(segdiff.config.data, root=args.data))
     protocol = protocol_for("monuseg", cfg.model.image_size, resize=cfg.data.resize)
-    dataset = make_dataset(cfg, "test", image_size=protocol.dataset_size)
+    return segdiff, protocol, make_dataset(cfg, "test", image_size=protocol.dataset_size)
+
+
+def analyse(args: argparse.Namespace) -> int:
+    from segdiff import metrics
+    from segdiff.models import load_model
+    from segdiff.protocol import resize_probabilities
+    from segdiff.seeding import derive_seed
+
+    base = Path(args.runs) / args.name
+    segdiff, protocol, dataset = test_setup(args)
+    unet = load_model(base / "unet")
     sample = replace(segdiff.config.sample, num_generations=args.generations)
     ks = [k for k in K_SHOWN if k <= args.generations]
     rows, seconds = [], {"segdiff": [], "unet": []}
@@ -218,19 +227,12 @@ def steps(args: argparse.Namespace) -> int:
     """SegDiff's test scores at few sampling steps: for each step count, the same K generations'
     seeds as `analyse`, sampled with `--sampler` in that many steps; F1, IoU and ECE of the mean.
     With `--refine T0`, SegDiff refines the U-Net's mask from step T0 (`models.Refinement`)."""
-    import torch
     from segdiff import metrics
-    from segdiff.data import make_dataset
     from segdiff.models import load_model
-    from segdiff.protocol import protocol_for
     from segdiff.seeding import derive_seed
 
-    torch.set_num_threads(args.threads)
     base = Path(args.runs) / args.name
-    segdiff = load_model(base / "segdiff")
-    cfg = replace(segdiff.config, data=replace(segdiff.config.data, root=args.data))
-    protocol = protocol_for("monuseg", cfg.model.image_size, resize=cfg.data.resize)
-    dataset = make_dataset(cfg, "test", image_size=protocol.dataset_size)
+    segdiff, protocol, dataset = test_setup(args)
     names = dataset.names[:args.max_images or None]
     model = segdiff
     if args.refine is not None:

@@ -39,7 +39,7 @@ from .evaluation import evaluate, format_report
 from .export import export_model
 from .hub import source_config
 from .io import atomic_write, colormap, colour_labels, overlay, save_labels, save_png
-from .models import DEFAULT_ENSEMBLE_WEIGHT, Ensemble, Refinement, check_ensemble_weight, load_model
+from .models import DEFAULT_ENSEMBLE_WEIGHT, Combination, Ensemble, Refinement, check_ensemble_weight, load_model
 from .protocol import protocol_for, resize_probabilities
 from .sampling import Prediction, generation_seeds
 from .seeding import derive_seed
@@ -175,7 +175,7 @@ def load_segmenter(checkpoint: str | Path, partner: str | None, weight: float | 
 
 def describe_segmenter(model, checkpoint: str | Path) -> str:
     """One line naming what is run: the model kind and its source, or the two models of a combination."""
-    if isinstance(model, (Ensemble, Refinement)):
+    if isinstance(model, Combination):
         return model.describe()
     return f"{model.config.model.kind} model from {checkpoint}"
 

@@ -271,7 +271,47 @@ def check_ensemble_weight(weight: float) -> float:
     return float(weight)
 
 
-class Ensemble:
+class Combination:
+    """What `Ensemble` and `Refinement` share: a diffusion model, a partner that fits it (same input
+    and classes, else ConfigError naming both `sources`), SegDiff's K, the partner's own seeds, and
+    no training of its own."""
+
+    uses_ema: ClassVar[bool] = False  # not trained; each member was evaluated on its own weights
+
+    def __init__(self, diffusion: Segmenter, partner: Segmenter, sources: tuple[str, str] | None = None):
+        self.sources = tuple(map(str, sources)) if sources else (f"the {diffusion.kind} model",
+                                                                 f"the {partner.kind} model")
+        check_ensemble_members(diffusion.config, partner.config, self.sources)
+        self.diffusion, self.partner = diffusion, partner
+        self.config, self.net = diffusion.config, diffusion.net
+
+    @property
+    def device(self) -> torch.device:
+        return _device(self.net)
+
+    def num_generations(self, sample: SampleConfig) -> int:
+        return self.diffusion.num_generations(sample)
+
+    def partner_seeds(self, seeds: Sequence[int], batch: int, sample: SampleConfig) -> list[int]:
+        """The partner's seeds, image-major: derived from each image's first seed, tagged apart."""
+        k, kp = len(seeds) // batch, self.partner.num_generations(sample)
+        if len(seeds) != batch * k or k != self.num_generations(sample):
+            raise ValueError(f"{len(seeds)} seeds for {batch} image(s) x {self.num_generations(sample)} generations")
+        return [derive_seed("ensemble partner", seeds[i * k], j) for i in range(batch) for j in range(kp)]
+
+    def partner_mean(self, images: Tensor, seeds: Sequence[int], sample: SampleConfig) -> Tensor:
+        """The partner's mean probability (B, C, H, W) on `images`, on this model's device."""
+        partner = self.partner.generations(images, self.partner_seeds(seeds, len(images), sample), sample)
+        return partner.mean(dim=1).to(self.device)
+
+    def loss(self, net: nn.Module, image: Tensor, mask: Tensor, generator: torch.Generator,
+             train: TrainConfig, share: slice) -> Tensor:
+        name = type(self).__name__
+        raise NotImplementedError(f"{'an' if name[0] in 'AEIOU' else 'a'} {name} is not trained: train its two models "
+                                  "(segdiff train, segdiff baseline), then combine the runs")
+
+
+class Ensemble(Combination):
     """Two models blended: each of `diffusion`'s K generations mixed with `partner`'s mean.
 
     Generation k of an image is g'_k = (1 - w) * g_k + w * mean_j(p_j), where g_k are `diffusion`'s
@@ -299,17 +339,11 @@ class Ensemble:
     """
 
     kind: ClassVar[str] = "ensemble"
-    uses_ema: ClassVar[bool] = False  # not trained; each member was evaluated on its own weights
 
     def __init__(self, diffusion: Segmenter, partner: Segmenter, weight: float = DEFAULT_ENSEMBLE_WEIGHT, *,
                  sources: tuple[str, str] | None = None):
         self.weight = check_ensemble_weight(weight)
-        self.sources = tuple(map(str, sources)) if sources else (f"the {diffusion.kind} model",
-                                                                 f"the {partner.kind} model")
-        check_ensemble_members(diffusion.config, partner.config, self.sources)
-        self.diffusion, self.partner = diffusion, partner
-        self.config = diffusion.config
-        self.net = diffusion.net
+        super().__init__(diffusion, partner, sources)
 
     @classmethod
     def load(cls, diffusion_source: str | Path, partner_source: str | Path, weight: float = DEFAULT_ENSEMBLE_WEIGHT,
@@ -318,13 +352,6 @@ class Ensemble:
         check_ensemble_weight(weight)
         return cls(load_model(diffusion_source, device), load_model(partner_source, device), weight,
                    sources=(str(diffusion_source), str(partner_source)))
-
-    @property
-    def device(self) -> torch.device:
-        return _device(self.net)
-
-    def num_generations(self, sample: SampleConfig) -> int:
-        return self.diffusion.num_generations(sample)
 
     def sampling_summary(self, sample: SampleConfig) -> dict[str, Any]:
         own = self.diffusion.sampling_summary(sample)
@@ -335,32 +362,20 @@ class Ensemble:
         return (f"ensemble: {self.diffusion.kind} from {self.sources[0]} (weight {1 - self.weight:g}) + "
                 f"{self.partner.kind} from {self.sources[1]} (weight {self.weight:g})")
 
-    def partner_seeds(self, seeds: Sequence[int], batch: int, sample: SampleConfig) -> list[int]:
-        """The partner's seeds, image-major: derived from each image's first seed, tagged apart."""
-        k, kp = len(seeds) // batch, self.partner.num_generations(sample)
-        return [derive_seed("ensemble partner", seeds[i * k], j) for i in range(batch) for j in range(kp)]
-
     @torch.no_grad()
     def generations(self, images: Tensor, seeds: Sequence[int], sample: SampleConfig) -> Tensor:
         k = self.num_generations(sample)
-        if len(seeds) != len(images) * k:
-            raise ValueError(f"{len(seeds)} seeds for {len(images)} image(s) x {k} generations")
         if self.weight == 0.0:
+            self.partner_seeds(seeds, len(images), sample)  # checks the seeds' count
             return self.diffusion.generations(images, seeds, sample)
-        partner = self.partner.generations(images, self.partner_seeds(seeds, len(images), sample), sample)
-        partner_mean = partner.mean(dim=1, keepdim=True).to(self.device)  # (B, 1, C, H, W)
+        partner_mean = self.partner_mean(images, seeds, sample)[:, None]  # (B, 1, C, H, W)
         if self.weight == 1.0:
             return partner_mean.expand(-1, k, -1, -1, -1).clone()
         own = self.diffusion.generations(images, seeds, sample)
         return (1 - self.weight) * own + self.weight * partner_mean
 
-    def loss(self, net: nn.Module, image: Tensor, mask: Tensor, generator: torch.Generator,
-             train: TrainConfig, share: slice) -> Tensor:
-        raise NotImplementedError("an Ensemble is not trained: train its two models (segdiff train, segdiff "
-                                  "baseline), then ensemble the runs")
 
-
-class Refinement:
+class Refinement(Combination):
     """SegDiff refining another model's mask (SDEdit, Meng et al. 2022; no retraining): for each
     image, `partner`'s mean probability p is read as the signed mask estimate 2p - 1, noised to
     step `start_step` with each generation's own first noise draw, and `diffusion` samples from
@@ -373,7 +388,6 @@ class Refinement:
     """
 
     kind: ClassVar[str] = "refinement"
-    uses_ema: ClassVar[bool] = False
 
     def __init__(self, diffusion: Segmenter, partner: Segmenter, start_step: int, *,
                  sources: tuple[str, str] | None = None):
@@ -382,18 +396,8 @@ class Refinement:
             raise ConfigError(f"refinement start step {start_step!r}: must be a step in [0, {steps - 1}]")
         if diffusion.config.model.mask_encoding == "bits" and diffusion.config.model.num_classes > 2:
             raise ConfigError("refinement needs a one-hot or binary mask: analog bits have no channel per class")
-        self.sources = tuple(map(str, sources)) if sources else (f"the {diffusion.kind} model",
-                                                                 f"the {partner.kind} model")
-        check_ensemble_members(diffusion.config, partner.config, self.sources)
-        self.diffusion, self.partner, self.start_step = diffusion, partner, start_step
-        self.config, self.net = diffusion.config, diffusion.net
-
-    @property
-    def device(self) -> torch.device:
-        return _device(self.net)
-
-    def num_generations(self, sample: SampleConfig) -> int:
-        return self.diffusion.num_generations(sample)
+        self.start_step = start_step
+        super().__init__(diffusion, partner, sources)
 
     def sampling_summary(self, sample: SampleConfig) -> dict[str, Any]:
         own = self.diffusion.sampling_summary(sample)
@@ -405,19 +409,9 @@ class Refinement:
 
     @torch.no_grad()
     def generations(self, images: Tensor, seeds: Sequence[int], sample: SampleConfig) -> Tensor:
-        k = self.num_generations(sample)
-        if len(seeds) != len(images) * k:
-            raise ValueError(f"{len(seeds)} seeds for {len(images)} image(s) x {k} generations")
-        partner_seeds = [derive_seed("ensemble partner", seeds[i * k], j) for i in range(len(images))
-                         for j in range(self.partner.num_generations(sample))]
-        p = self.partner.generations(images, partner_seeds, sample).mean(dim=1)  # (B, C, H, W)
-        init = (2 * p - 1).to(self.device)
+        init = 2 * self.partner_mean(images, seeds, sample) - 1  # the partner's mask, signed
         return sample_generations(self.net, images, self.diffusion.scheduler, sample, seeds, init=init,
                                   start_step=self.start_step)
-
-    def loss(self, net: nn.Module, image: Tensor, mask: Tensor, generator: torch.Generator,
-             train: TrainConfig, share: slice) -> Tensor:
-        raise NotImplementedError("a Refinement is not trained: train its two models, then combine the runs")
 
 
 def check_ensemble_members(diffusion: ExperimentConfig, partner: ExperimentConfig, sources: tuple[str, str]) -> None:
