@@ -311,6 +311,15 @@ def pct(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def pass_rows(files: list[Path], reference: list[float]):
+    """(the file's JSON, steps, its row, the row's paired IoU difference to `reference`) of each row of
+    each `steps` result file."""
+    for path in files:
+        found = json.loads(path.read_text())
+        for n, row in found["rows"].items():
+            yield found, n, row, paired(row["iou_per_image"], reference)
+
+
 def report(args: argparse.Namespace) -> int:
     from segdiff.io import write_section
     from segdiff.plots import plot_training_curves
@@ -388,13 +397,9 @@ def report(args: argparse.Namespace) -> int:
                   "against the 10-step row above:", "",
                   "| sampler | steps | F1 | IoU | IoU minus 10 steps (± s.e.) | ECE | s/image |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        ten = summary["iou_per_image"]
-        for path in step_files:
-            found = json.loads(path.read_text())
-            for n, row in found["rows"].items():
-                d = paired(row["iou_per_image"], ten)
-                lines.append(f"| {found['sampler']} | {n} | {pct(row['f1'])} | {pct(row['iou'])} | "
-                             f"{100 * d['mean']:+.2f} ± {100 * d['se']:.2f} | {row['ece']:.4f} | {row['seconds']:.1f} |")
+        for found, n, row, d in pass_rows(step_files, summary["iou_per_image"]):
+            lines.append(f"| {found['sampler']} | {n} | {pct(row['f1'])} | {pct(row['iou'])} | "
+                         f"{100 * d['mean']:+.2f} ± {100 * d['se']:.2f} | {row['ece']:.4f} | {row['seconds']:.1f} |")
     refine_files = sorted((base / "analysis").glob("refine-*.json"))
     if refine_files:
         better = summary["better_single"]
@@ -404,12 +409,9 @@ def report(args: argparse.Namespace) -> int:
                   "", "| T0 | sampler | steps | F1 | IoU | IoU minus the better single model (± s.e.) | s/image |",
                   "|---:|---|---:|---:|---:|---:|---:|"]
         reference = summary["iou_per_image"] if better.startswith("segdiff") else summary["unet_iou_per_image"]
-        for path in refine_files:
-            found = json.loads(path.read_text())
-            for n, row in found["rows"].items():
-                d = paired(row["iou_per_image"], reference)
-                lines.append(f"| {found['refine']} | {found['sampler']} | {n} | {pct(row['f1'])} | {pct(row['iou'])} | "
-                             f"{100 * d['mean']:+.2f} ± {100 * d['se']:.2f} | {row['seconds']:.1f} |")
+        for found, n, row, d in pass_rows(refine_files, reference):
+            lines.append(f"| {found['refine']} | {found['sampler']} | {n} | {pct(row['f1'])} | {pct(row['iou'])} | "
+                         f"{100 * d['mean']:+.2f} ± {100 * d['se']:.2f} | {row['seconds']:.1f} |")
     sec = summary["seconds_per_image"]
     lines += ["", f"Cost: {sec['segdiff']:.1f} s per test image for SegDiff at K = {k} against {sec['unet']:.2f} s "
               f"for the U-Net's one pass, timed in turn in the same run on {summary['threads']} threads "
@@ -430,24 +432,18 @@ def main() -> int:
     p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
     p.add_argument("--name", required=True, help="the runs' folder under --runs")
     p.add_argument("--minutes", type=float, required=True)
-    p = sub.add_parser("analyse")
-    p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
-    p.add_argument("--name", required=True)
-    p.add_argument("--generations", type=int, default=30)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-images", type=int, default=0, help="only the first N test images (a dry run)")
-    p = sub.add_parser("steps")
-    p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
-    p.add_argument("--name", required=True)
+    for command in ("analyse", "steps"):  # passes over the test split
+        p = sub.add_parser(command)
+        p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
+        p.add_argument("--name", required=True)
+        p.add_argument("--generations", type=int, default=30)
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--max-images", type=int, default=0, help="only the first N test images (a dry run)")
     p.add_argument("--sampler", default="sde-dpm-solver++")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 5])
     p.add_argument("--refine", type=int, default=None, metavar="T0", help="SegDiff refines the U-Net's mask, "
                    "noised to step T0 (SDEdit); the steps then run from T0 down")
-    p.add_argument("--generations", type=int, default=30)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-images", type=int, default=0, help="only the first N test images (a dry run)")
     p = sub.add_parser("report")
     p.add_argument("--name", default="main")
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
