@@ -296,6 +296,9 @@ def test_monuseg_page_shows_the_analysis_beside_the_paper(tmp_path):
     assert "40.0 s per test image" in page and "80x" in page
     assert "| ddim | 1 | 75.00 | 65.00 | -5.00 ± 0.00 | 0.0200 | 5.0 |" in page  # 5 points below 10 steps on each image
     assert "| 30 | ddim | 3 | 90.00 | 72.00 | +2.00 ± 0.00 | 9.0 |" in page  # against SegDiff, the better one
+    assert "better single model: met; the best weight, 0.5, gives +2.00 ± 0.00." in page
+    assert "3 steps or fewer: missed; the closest: ddim, 1 steps (-5.00)." in page
+    assert "20x one U-Net pass: missed (80x here" in page and page.count("## MoNuSeg") == 1
     assert (tmp_path / "docs" / "figures" / "monuseg" / "val-iou.png").is_file()
 
 
