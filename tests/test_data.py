@@ -508,6 +508,7 @@ def test_monuseg_cpu_preset_tiles_the_image_at_256_and_refuses_a_scale_its_input
     cfg = ExperimentConfig.from_preset("monuseg-cpu")
     assert (cfg.model.image_size, cfg.data.dataset, cfg.data.resize) == (64, "monuseg", 256)
     assert cfg.model.attention_resolutions == (16, 8) and cfg.train.time_budget_min == 60
+    assert (cfg.sample.sampler, cfg.sample.num_sampling_steps, cfg.sample.num_generations) == ("sde-dpm-solver++", 2, 9)
     protocol = protocol_for("monuseg", cfg.model.image_size, resize=cfg.data.resize)
     assert (protocol.feed, protocol.item_size, protocol.target_from_dataset) == ("tiles", 256, True)
     assert "4x4 64x64 tiles" in protocol.description and "512x512" in protocol.description
