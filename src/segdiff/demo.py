@@ -89,8 +89,9 @@ def run_demo(out: str | Path = "segdiff-demo", *, steps: int | None = None, time
 
 
 # The demo samples 20 steps of SDE-DPM-Solver++ rather than the paper's 100 DDPM steps: on a demo
-# run on 2 CPU cores, held-out IoU 0.8445 in 23.3 s against DDPM's 0.8484 in 121.5 s (10 steps:
-# 0.8095; `python benchmarks/demo_sampling.py segdiff-demo/run`), which keeps the demo within 5 minutes.
+# run on 2 CPU cores, held-out IoU 0.8445 in 27.1 s against DDPM's 0.8484 in 136.7 s, 0.20x its time
+# (10 steps: 0.8095; `python benchmarks/demo_sampling.py segdiff-demo/run`), which keeps the demo
+# within its 5 minutes.
 DEMO_SAMPLING = {"sampler": "sde-dpm-solver++", "num_sampling_steps": 20}
 
 
