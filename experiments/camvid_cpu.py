@@ -35,6 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # segdiff, when run from a checkout without install
+sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads this file
+
+from _common import machine, read_log, stage_script  # noqa: E402
 
 RUNS = ROOT / "runs" / "camvid-cpu"
 SIZES = (64, 96, 128)
@@ -115,12 +118,6 @@ def sizes(args: argparse.Namespace) -> int:
     return 0
 
 
-def machine() -> str:
-    from segdiff.device import describe_machine
-    import torch
-    return describe_machine(torch.device("cpu"))
-
-
 # --- run ----------------------------------------------------------------------------------------
 def stages(name: str, model: str, args: argparse.Namespace) -> list[tuple[str, str]]:
     """(training stage, test stage) of one model: training on one thread beside the other models,
@@ -134,13 +131,6 @@ def stages(name: str, model: str, args: argparse.Namespace) -> list[tuple[str, s
         (f"test-{model}", f"OMP_NUM_THREADS=2 segdiff evaluate {run} --dataset camvid --data {data} "
                           f"--split test --generations {args.test_generations} --out {run}/test"),
     ]
-
-
-def stage_script(logs: Path, stage: str, command: str) -> str:
-    """Bash that runs `command` unless STAGE.done exists, logging to STAGE.log, then marks it done."""
-    done, log = logs / f"{stage}.done", logs / f"{stage}.log"
-    return (f"if [ ! -e {done} ]; then echo \"[$(date +%T)] {stage}: {command}\"; "
-            f"{command} > {log} 2>&1 || {{ echo \"{stage} failed; see {log}\"; exit 1; }}; date > {done}; fi")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,11 +151,6 @@ def run(args: argparse.Namespace) -> int:
 
 # --- report -------------------------------------------------------------------------------------
 K_SHOWN = (1, 3, 9, 30)
-
-
-def read_log(run: Path) -> tuple[list[dict], list[dict]]:
-    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in records if r["event"] == "train"], [r for r in records if r["event"] == "val"]
 
 
 def pct(value) -> str:

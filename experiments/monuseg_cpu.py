@@ -53,6 +53,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # segdiff, when run from a checkout without install
+sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads this file
+
+from _common import machine, read_log, stage_script  # noqa: E402
 
 RUNS = ROOT / "runs" / "monuseg-cpu"
 SCALES = (128, 256, 512)
@@ -60,12 +63,6 @@ K_SHOWN = (1, 3, 9, 30)
 ENSEMBLE_WEIGHTS = (0.25, 0.5, 0.75)
 MODELS: dict[str, str] = {"segdiff": "train --preset monuseg-cpu", "unet": "baseline --preset monuseg-cpu"}
 BEGIN, END = "<!-- MONUSEG: written by experiments/monuseg_cpu.py report -->", "<!-- /MONUSEG -->"
-
-
-def machine() -> str:
-    import torch
-    from segdiff.device import describe_machine
-    return describe_machine(torch.device("cpu"))
 
 
 # --- ceiling ------------------------------------------------------------------------------------
@@ -98,13 +95,6 @@ def ceiling(args: argparse.Namespace) -> int:
 
 
 # --- run ----------------------------------------------------------------------------------------
-def stage_script(logs: Path, stage: str, command: str) -> str:
-    """Bash that runs `command` unless STAGE.done exists, logging to STAGE.log, then marks it done."""
-    done, log = logs / f"{stage}.done", logs / f"{stage}.log"
-    return (f"if [ ! -e {done} ]; then echo \"[$(date +%T)] {stage}: {command}\"; "
-            f"{command} > {log} 2>&1 || {{ echo \"{stage} failed; see {log}\"; exit 1; }}; date > {done}; fi")
-
-
 def commands(args: argparse.Namespace) -> dict[str, str]:
     """The training command of each model: one thread each, the same wall-time budget."""
     data = shlex.quote(args.data)
@@ -302,11 +292,6 @@ def summarise(rows: list[dict], ks: list[int], generations: int) -> dict:
 
 
 # --- report -------------------------------------------------------------------------------------
-def read_log(run: Path) -> tuple[list[dict], list[dict]]:
-    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in records if r["event"] == "train"], [r for r in records if r["event"] == "val"]
-
-
 def pct(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -330,8 +315,9 @@ def report(args: argparse.Namespace) -> int:
     ceiling_rows = json.loads((Path(args.runs) / "ceiling.json").read_text())["rows"]
     meta = json.loads((base / "run.json").read_text()) if (base / "run.json").exists() else {}
     models, k = summary["models"], summary["generations"]
-    steps = {m: read_log(base / m)[0][-1]["step"] for m in MODELS}
-    vals = {m: read_log(base / m)[1] for m in MODELS}
+    logs = {m: read_log(base / m) for m in MODELS}  # (training records, validation records)
+    steps = {m: train[-1]["step"] for m, (train, _) in logs.items()}
+    vals = {m: val for m, (_, val) in logs.items()}
     figure = Path(args.out).parent / "figures" / "monuseg" / "val-iou.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     plot_training_curves(figure, {name: ([v["time"] / 60 for v in vals[m]], [v["val_iou"] for v in vals[m]])

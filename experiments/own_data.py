@@ -25,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # segdiff's plotting, when run from a checkout without install
+sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads this file
+
+from _common import read_log  # noqa: E402
 
 SCORE_SIZE = 256  # as on Vaihingen: models at 64 px, probabilities resized bilinearly to 256 before the threshold
 # name -> (label in the report, the training command's arguments after `segdiff`)
@@ -66,11 +69,6 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             (logs / f"{name}.done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
     return 0
-
-
-def read_log(run: Path) -> tuple[list[dict], list[dict]]:
-    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in records if r["event"] == "train"], [r for r in records if r["event"] == "val"]
 
 
 def gap_lines(scores: dict) -> list[str]:
