@@ -329,6 +329,7 @@ def report(args: argparse.Namespace) -> int:
     for w in ENSEMBLE_WEIGHTS:
         label[f"ensemble_w{w:g}"] = f"ensemble, U-Net weight {w:g}"
     lines = [
+        BEGIN,
         "## MoNuSeg nuclei on 2 CPU cores",
         "",
         f"MoNuSeg's 30 training images (27 train, 3 validate) on 2 CPU cores; the 14 test images scored with "
@@ -436,7 +437,7 @@ def report(args: argparse.Namespace) -> int:
               "`segdiff baseline --preset monuseg-cpu --data DATA --out runs/mon-unet`, then `segdiff evaluate "
               "runs/mon-unet --dataset monuseg --data DATA --out runs/mon-unet/test`; the ensemble: `segdiff evaluate "
               "runs/mon --dataset monuseg --data DATA --ensemble runs/mon-unet --ensemble-weight W --out DIR`. How "
-              "the runs were made: experiments/README.md.", ""]
+              "the runs were made: experiments/README.md.", "", END]
     write_section(args.out, BEGIN, END, lines)
     print("\n".join(lines))
     return 0

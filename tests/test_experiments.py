@@ -300,6 +300,9 @@ def test_monuseg_page_shows_the_analysis_beside_the_paper(tmp_path):
     assert "3 steps or fewer: missed; the closest: ddim, 1 steps (-5.00)." in page
     assert "20x one U-Net pass: missed (80x here" in page and page.count("## MoNuSeg") == 1
     assert (tmp_path / "docs" / "figures" / "monuseg" / "val-iou.png").is_file()
+    # Written again, the section replaces itself.
+    assert _script("monuseg_cpu.py", "--runs", str(runs), "report", "--out", str(out)).returncode == 0
+    assert out.read_text() == page
 
 
 def test_monuseg_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
