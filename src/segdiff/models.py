@@ -292,11 +292,16 @@ class Combination:
     def num_generations(self, sample: SampleConfig) -> int:
         return self.diffusion.num_generations(sample)
 
+    def check_seeds(self, seeds: Sequence[int], batch: int, sample: SampleConfig) -> int:
+        """K, after checking that `seeds` hold one per generation of each of `batch` images."""
+        k = self.num_generations(sample)
+        if len(seeds) != batch * k:
+            raise ValueError(f"{len(seeds)} seeds for {batch} image(s) x {k} generations")
+        return k
+
     def partner_seeds(self, seeds: Sequence[int], batch: int, sample: SampleConfig) -> list[int]:
         """The partner's seeds, image-major: derived from each image's first seed, tagged apart."""
-        k, kp = len(seeds) // batch, self.partner.num_generations(sample)
-        if len(seeds) != batch * k or k != self.num_generations(sample):
-            raise ValueError(f"{len(seeds)} seeds for {batch} image(s) x {self.num_generations(sample)} generations")
+        k, kp = self.check_seeds(seeds, batch, sample), self.partner.num_generations(sample)
         return [derive_seed("ensemble partner", seeds[i * k], j) for i in range(batch) for j in range(kp)]
 
     def partner_mean(self, images: Tensor, seeds: Sequence[int], sample: SampleConfig) -> Tensor:
@@ -364,9 +369,8 @@ class Ensemble(Combination):
 
     @torch.no_grad()
     def generations(self, images: Tensor, seeds: Sequence[int], sample: SampleConfig) -> Tensor:
-        k = self.num_generations(sample)
+        k = self.check_seeds(seeds, len(images), sample)
         if self.weight == 0.0:
-            self.partner_seeds(seeds, len(images), sample)  # checks the seeds' count
             return self.diffusion.generations(images, seeds, sample)
         partner_mean = self.partner_mean(images, seeds, sample)[:, None]  # (B, 1, C, H, W)
         if self.weight == 1.0:
