@@ -223,10 +223,11 @@ def test_camvid_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
             parser.parse_args(words[2:])
 
 
-# --- experiments/monuseg_cpu.py -----------------------------------------------------------------
-def _monuseg_script():
-    spec = importlib.util.spec_from_file_location("monuseg_cpu", ROOT / "experiments" / "monuseg_cpu.py")
+# --- experiments/against_unet.py ------------------------------------------------------------------
+def _against_unet_script():
+    spec = importlib.util.spec_from_file_location("against_unet", ROOT / "experiments" / "against_unet.py")
     script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # its dataclass looks its module up there
     spec.loader.exec_module(script)
     return script
 
@@ -247,7 +248,7 @@ def _monuseg_rows() -> list[dict]:
 
 
 def test_monuseg_summary_pairs_images_and_scores_each_failure_detector():
-    summary = _monuseg_script().summarise(_monuseg_rows(), [1, 3], 3)
+    summary = _against_unet_script().summarise(_monuseg_rows(), [1, 3], 3)
     diff = summary["paired"]["segdiff_k3 - unet"]  # differences 0.1, 0.0, 0.2: mean 0.1, sd 0.1
     assert diff["mean"] == pytest.approx(0.1) and diff["se"] == pytest.approx(0.1 / 3 ** 0.5) and diff["wins"] == 2
     assert summary["better_single"] == "segdiff_k3"
@@ -260,7 +261,7 @@ def test_monuseg_summary_pairs_images_and_scores_each_failure_detector():
 
 
 def test_monuseg_page_shows_the_analysis_beside_the_paper(tmp_path):
-    script = _monuseg_script()
+    script = _against_unet_script()
     runs = tmp_path / "runs"
     summary = script.summarise(_monuseg_rows(), [1, 3], 3)
     summary.update({"machine": "a test machine", "threads": 2, "sample": "K = 3, 10-step sampler",
@@ -283,7 +284,7 @@ def test_monuseg_page_shows_the_analysis_beside_the_paper(tmp_path):
     out = tmp_path / "docs" / "results.md"
     out.parent.mkdir()
     out.write_text("# Results\n")
-    result = _script("monuseg_cpu.py", "--runs", str(runs), "report", "--out", str(out))
+    result = _script("against_unet.py", "--runs", str(runs), "report", "--out", str(out))
     assert result.returncode == 0, result.stderr
     page = out.read_text()
     assert "| 256 | 92.90 | 86.80 | 16 |" in page
@@ -301,21 +302,55 @@ def test_monuseg_page_shows_the_analysis_beside_the_paper(tmp_path):
     assert "20x one U-Net pass: missed (80x here" in page and page.count("## MoNuSeg") == 1
     assert (tmp_path / "docs" / "figures" / "monuseg" / "val-iou.png").is_file()
     # Written again, the section replaces itself.
-    assert _script("monuseg_cpu.py", "--runs", str(runs), "report", "--out", str(out)).returncode == 0
+    assert _script("against_unet.py", "--runs", str(runs), "report", "--out", str(out)).returncode == 0
     assert out.read_text() == page
 
 
-def test_monuseg_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
+def test_vaihingen_section_has_no_scale_table_keeps_the_monuseg_section_and_names_its_dataset(tmp_path):
+    script = _against_unet_script()
+    runs = tmp_path / "runs"
+    summary = script.summarise(_monuseg_rows(), [1, 3], 3)
+    summary.update({"machine": "a test machine", "threads": 2, "sample": "K = 3, 10-step sampler",
+                    "protocol": "Vaihingen"})
+    (runs / "main" / "analysis").mkdir(parents=True)
+    (runs / "main" / "analysis" / "analysis.json").write_text(json.dumps(summary))
+    for model, steps in (("segdiff", 2500), ("unet", 6000)):
+        log = [{"step": steps, "event": "train", "time": 3600.0},
+               {"step": steps, "event": "val", "val_iou": 0.8, "time": 3600.0}]
+        (runs / "main" / model).mkdir(parents=True)
+        (runs / "main" / model / "log.jsonl").write_text("\n".join(map(json.dumps, log)) + "\n")
+    out = tmp_path / "docs" / "results.md"
+    out.parent.mkdir()
+    out.write_text("# Results\n\n<!-- MONUSEG: written by experiments/against_unet.py report -->\nold\n<!-- /MONUSEG -->\n")
+    result = _script("against_unet.py", "--dataset", "vaihingen", "--runs", str(runs), "report", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert "<!-- /MONUSEG -->" in page and "\nold\n" in page  # the other section is left alone
+    assert page.count("## Vaihingen: where diffusion earns its cost") == 1 and "| scale |" not in page
+    assert "| SegDiff `vaihingen-cpu`, K = 3 | 80.00 | 70.00 | 0.0100 |" in page
+    assert "| paper, SegDiff (256 px, GPU) | 95.14 | 91.12 | |" in page and "paper, U-Net" not in page
+    assert "against_unet.py --dataset vaihingen analyse --data DATA --name main" in page
+    assert "--ensemble runs/vaihingen-unet" in page and "--score-size 256" in page
+    assert (tmp_path / "docs" / "figures" / "vaihingen" / "val-iou.png").is_file()
+
+
+@pytest.mark.parametrize("dataset", ["monuseg", "vaihingen"])
+def test_against_unet_runner_commands_parse_with_the_segdiff_command_line(tmp_path, dataset):
     import argparse
     import shlex
 
     from segdiff.cli import build_parser
 
-    args = argparse.Namespace(data=str(tmp_path / "my data"), runs=str(tmp_path / "runs"), name="main", minutes=60.0)
+    script = _against_unet_script()
+    args = argparse.Namespace(data=str(tmp_path / "my data"), runs=str(tmp_path / "runs"), name="main", minutes=60.0,
+                              benchmark=script.BENCHMARKS[dataset])
     parser = build_parser()
-    lines = _monuseg_script().commands(args)
+    lines = script.commands(args)
     assert set(lines) == {"segdiff", "unet"}
     for line in lines.values():
         words = shlex.split(line)
-        assert words[0] == "OMP_NUM_THREADS=1" and words[1] == "segdiff" and "monuseg-cpu" in words
-        parser.parse_args(words[2:])
+        assert words[0] == "OMP_NUM_THREADS=1" and words[1] == "segdiff" and f"{dataset}-cpu" in words
+        parsed = parser.parse_args(words[2:])
+        assert parsed.time_budget == 60.0
+    if dataset == "vaihingen":  # the preset stops at 7000 steps, which the U-Net would reach before the hour
+        assert "--steps 100000" in lines["unet"]

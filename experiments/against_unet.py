@@ -1,26 +1,32 @@
-"""Rerun docs/results.md, "MoNuSeg": the `monuseg-cpu` preset against the U-Net on 2 CPU cores.
+"""Rerun docs/results.md, "MoNuSeg" and "Vaihingen: where diffusion earns its cost": a benchmark's
+CPU preset against the U-Net, an hour each on 2 CPU cores, and what the diffusion model adds.
 
-    python experiments/monuseg_cpu.py ceiling --data DATA               # choose the scale
-    python experiments/monuseg_cpu.py run --data DATA --name main --minutes 60
-    python experiments/monuseg_cpu.py analyse --data DATA --name main   # one pass over the test split
-    python experiments/monuseg_cpu.py report --name main                # the section of docs/results.md
+    python experiments/against_unet.py ceiling --data DATA               # MoNuSeg: choose the scale
+    python experiments/against_unet.py run --data DATA --name main --minutes 60
+    python experiments/against_unet.py analyse --data DATA --name main   # one pass over the test split
+    python experiments/against_unet.py steps --data DATA --name main     # fewer sampling steps
+    python experiments/against_unet.py report --name main                # the section of docs/results.md
 
-`ceiling` measures what the working scale caps: the 30 training masks resized from 1000 px to a
-side s and brought back to 512 the way the protocol brings a prediction back (bilinear, then the
-0.5 threshold), scored at 512 against the masks resized to 512: the F1 and IoU a perfect model at
-scale s would get. A 64 px training crop costs the same at every scale; the test costs
-(s / 64)^2 tiles per image.
+`--dataset` (before the command) picks the benchmark: `monuseg` (the default; preset `monuseg-cpu`)
+or `vaihingen` (preset `vaihingen-cpu`); the runs go to runs/PRESET unless `--runs` says otherwise.
 
-`run` trains SegDiff (`segdiff train --preset monuseg-cpu`) and the U-Net (`segdiff baseline
---preset monuseg-cpu`) side by side, one thread each, for the same wall time; the log of each
-stage is RUNS/NAME/logs/STAGE.log, marked done with STAGE.done, so an interrupted run continues.
+`ceiling` (MoNuSeg) measures what the working scale caps: the 30 training masks resized from
+1000 px to a side s and brought back to 512 the way the protocol brings a prediction back
+(bilinear, then the 0.5 threshold), scored at 512 against the masks resized to 512: the F1 and IoU
+a perfect model at scale s would get. A 64 px training crop costs the same at every scale; the
+test costs (s / 64)^2 tiles per image.
 
-`analyse` loads both runs' best checkpoints and makes one pass over MoNuSeg's 14 test images,
-alone on 2 threads, with the test protocol `segdiff evaluate` uses (`protocol.Protocol`: the
-image at 256 covered by 16 tiles of 64, each generation seeded by (seed, image, tile, k), the
-probabilities resized to 512 and scored there), so its SegDiff and U-Net rows are what
-`segdiff evaluate RUN --dataset monuseg --generations K` prints. From the same K generations it
-scores, per image:
+`run` trains SegDiff (`segdiff train --preset PRESET`) and the U-Net (`segdiff baseline --preset
+PRESET`) side by side, one thread each, for the same wall time, the learning rate of both decaying
+to 0 when the time ends; the log of each stage is RUNS/NAME/logs/STAGE.log, marked done with
+STAGE.done, so an interrupted run continues.
+
+`analyse` loads both runs' best checkpoints and makes one pass over the test split, alone on 2
+threads, with the test protocol `segdiff evaluate` uses (`protocol.Protocol`; MoNuSeg: the image at
+256 covered by 16 tiles of 64, each generation seeded by (seed, image, tile, k), the probabilities
+resized to 512 and scored there; Vaihingen: the tile resized to 64, the probabilities resized to
+the paper's 256 and scored there), so its SegDiff and U-Net rows are what `segdiff evaluate RUN
+--dataset D --generations K` prints. From the same K generations it scores, per image:
 - SegDiff with the first k generations, k in 1, 3, 9, K (F1, IoU at 0.5, ECE);
 - the U-Net alone (one pass), and with its 8 dihedral copies (test-time augmentation);
 - the ensemble (1 - w) * SegDiff + w * U-Net for several w: what `--ensemble RUN
@@ -48,7 +54,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,16 +63,46 @@ sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads
 
 from _common import machine, read_log, stage_script  # noqa: E402
 
-RUNS = ROOT / "runs" / "monuseg-cpu"
 SCALES = (128, 256, 512)
 K_SHOWN = (1, 3, 9, 30)
 ENSEMBLE_WEIGHTS = (0.25, 0.5, 0.75)
-MODELS: dict[str, str] = {"segdiff": "train --preset monuseg-cpu", "unet": "baseline --preset monuseg-cpu"}
-BEGIN, END = "<!-- MONUSEG: written by experiments/monuseg_cpu.py report -->", "<!-- /MONUSEG -->"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark's CPU preset, how its test is scored, and its section of docs/results.md."""
+
+    dataset: str
+    preset: str
+    unet_args: str  # beyond `baseline --preset PRESET`: the U-Net's lr must decay with the time budget
+    score_size: int | None  # whole-image protocols: the side scored at (the paper's)
+    title: str
+    validation: str  # what the validation IoU of the figure is measured on
+    key: str  # the markers' name
+
+    @property
+    def models(self) -> dict[str, str]:
+        """The training command of each model, after `segdiff`."""
+        return {"segdiff": f"train --preset {self.preset}", "unet": f"baseline --preset {self.preset}{self.unet_args}"}
+
+    @property
+    def markers(self) -> tuple[str, str]:
+        return f"<!-- {self.key}: written by experiments/against_unet.py report -->", f"<!-- /{self.key} -->"
+
+
+BENCHMARKS = {
+    "monuseg": Benchmark("monuseg", "monuseg-cpu", "", None, "MoNuSeg nuclei on 2 CPU cores", "3 images at 512",
+                         "MONUSEG"),
+    # The vaihingen-cpu preset stops at 7000 steps, which the U-Net reaches before the hour.
+    "vaihingen": Benchmark("vaihingen", "vaihingen-cpu", " --steps 100000", 256,
+                           "Vaihingen: where diffusion earns its cost", "10 tiles at 64 px", "VAIHINGEN_COST"),
+}
 
 
 # --- ceiling ------------------------------------------------------------------------------------
 def ceiling(args: argparse.Namespace) -> int:
+    if args.benchmark.dataset != "monuseg":
+        raise SystemExit(f"ceiling measures MoNuSeg's scales; --dataset is {args.benchmark.dataset}")
     import torch.nn.functional as F
     from segdiff import metrics
     from segdiff.data import build_dataset
@@ -100,7 +136,7 @@ def commands(args: argparse.Namespace) -> dict[str, str]:
     data = shlex.quote(args.data)
     return {model: f"OMP_NUM_THREADS=1 segdiff {command} --data {data} --time-budget {args.minutes:g} "
                    f"--out {shlex.quote(str(Path(args.runs) / args.name / model))}"
-            for model, command in MODELS.items()}
+            for model, command in args.benchmark.models.items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,24 +144,28 @@ def run(args: argparse.Namespace) -> int:
     logs = Path(args.runs) / args.name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     (Path(args.runs) / args.name / "run.json").write_text(json.dumps(
-        {"minutes": args.minutes, "models": list(MODELS), "machine": machine()}, indent=2) + "\n")
+        {"minutes": args.minutes, "models": list(args.benchmark.models), "machine": machine()}, indent=2) + "\n")
     jobs = [subprocess.Popen(["bash", "-c", stage_script(logs, f"train-{model}", line)])
             for model, line in commands(args).items()]
     return int(max(p.wait() for p in jobs) != 0)
 
 
 # --- analyse ------------------------------------------------------------------------------------
-def dihedral_probabilities(net, image, tile: int):
-    """The U-Net's probability of each of the 8 dihedral copies of each tile, mapped back and
-    stitched: (8, 1, side, side)."""
+def dihedral_probabilities(net, image, protocol):
+    """The U-Net's probability of each of the 8 dihedral copies of the image as the protocol feeds it
+    (each tile, or the whole image resized to the input), mapped back (and stitched): (8, 1, s, s)."""
     import torch
+    from segdiff.data import resize_image
     from segdiff.sampling import apply_symmetry, invert_symmetry
     from segdiff.sliding import stitch_tiles, tiles
 
-    parts = tiles(image[None], image.shape[-1] // tile)[0]  # (n*n, 3, tile, tile)
+    if protocol.feed == "tiles":
+        parts = tiles(image[None], image.shape[-1] // protocol.image_size)[0]  # (n*n, 3, tile, tile)
+    else:
+        parts = resize_image(image, protocol.image_size)[None]  # (1, 3, S, S)
     with torch.no_grad():
         copies = [invert_symmetry(torch.sigmoid(net(apply_symmetry(parts, g))), g) for g in range(8)]
-    return torch.stack([stitch_tiles(c) for c in copies])  # (8, 1, side, side)
+    return torch.stack([stitch_tiles(c) if protocol.feed == "tiles" else c[0] for c in copies])
 
 
 def paired(a: list[float], b: list[float]) -> dict:
@@ -136,7 +176,7 @@ def paired(a: list[float], b: list[float]) -> dict:
 
 
 def test_setup(args: argparse.Namespace):
-    """The run's SegDiff (best checkpoint), its MoNuSeg protocol and the test split, on args.threads threads."""
+    """The run's SegDiff (best checkpoint), the benchmark's protocol and the test split, on args.threads threads."""
     import torch
     from segdiff.data import make_dataset
     from segdiff.models import load_model
@@ -145,7 +185,9 @@ def test_setup(args: argparse.Namespace):
     torch.set_num_threads(args.threads)
     segdiff = load_model(Path(args.runs) / args.name / "segdiff")
     cfg = replace(segdiff.config, data=replace(segdiff.config.data, root=args.data))
-    protocol = protocol_for("monuseg", cfg.model.image_size, resize=cfg.data.resize)
+    bench = args.benchmark
+    protocol = (protocol_for("monuseg", cfg.model.image_size, resize=cfg.data.resize) if bench.dataset == "monuseg"
+                else protocol_for(bench.dataset, cfg.model.image_size, score_size=bench.score_size))
     return segdiff, protocol, make_dataset(cfg, "test", image_size=protocol.dataset_size)
 
 
@@ -163,8 +205,8 @@ def analyse(args: argparse.Namespace) -> int:
     rows, seconds = [], {"segdiff": [], "unet": []}
     print(f"analyse: {len(dataset)} test images, SegDiff {sample.describe()}, {args.threads} threads")
     for i, name in enumerate(dataset.names[:args.max_images or None]):
-        image, _ = dataset[i]
-        target = dataset.original_mask(i)[0] > 0.5  # (512, 512)
+        image, mask = dataset[i]
+        target = protocol.target(dataset, i, mask)[0] > 0.5  # MoNuSeg (512, 512), Vaihingen (256, 256)
         size = tuple(target.shape)
         seed = derive_seed(args.seed, name)
         start = time.perf_counter()
@@ -173,7 +215,7 @@ def analyse(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         unet_prob = protocol.predict_item(unet, image, unet.config.sample, seed, size)[0][-1]  # (1, h, w)
         seconds["unet"].append(time.perf_counter() - start)
-        copies = resize_probabilities(dihedral_probabilities(unet.net, image, protocol.image_size), size)
+        copies = resize_probabilities(dihedral_probabilities(unet.net, image, protocol), size)
         tta_prob, tta_var = copies.mean(0), copies.var(0, unbiased=False)
         row = {"name": name}
 
@@ -231,8 +273,8 @@ def steps(args: argparse.Namespace) -> int:
     scores = {n: {"f1": [], "iou": [], "ece": []} for n in args.steps}
     seconds = {n: [] for n in args.steps}
     for i, name in enumerate(names):
-        image, _ = dataset[i]
-        target = dataset.original_mask(i)[0] > 0.5
+        image, mask = dataset[i]
+        target = protocol.target(dataset, i, mask)[0] > 0.5
         for n in args.steps:
             sample = replace(segdiff.config.sample, num_generations=args.generations, sampler=args.sampler,
                              num_sampling_steps=n)
@@ -305,55 +347,85 @@ def pass_rows(files: list[Path], reference: list[float]):
             yield found, n, row, paired(row["iou_per_image"], reference)
 
 
+def intro(bench: Benchmark, args: argparse.Namespace, summary: dict, steps: dict, minutes: float) -> list[str]:
+    """The section's opening: the data, the scale, the runs and their commands."""
+    script = f"python experiments/against_unet.py{'' if bench.dataset == 'monuseg' else ' --dataset ' + bench.dataset}"
+    trained = (f"Both models trained for {minutes:g} minutes side by side, one thread each, the learning rate of each "
+               f"decaying to 0 when the time ends (`{script} run --data DATA --name {args.name} --minutes {minutes:g}`): "
+               f"SegDiff made {steps['segdiff']} steps, the U-Net {steps['unet']}. Test, one pass "
+               f"(`{script} analyse --data DATA --name {args.name}`; SegDiff {summary['sample']}):")
+    if bench.dataset == "vaihingen":
+        return [f"The page's first section finds SegDiff and the U-Net within about a point of each other on "
+                f"Vaihingen. What does the diffusion model add: an ensemble with the U-Net, uncertainty that flags "
+                f"failures, fewer sampling steps? The 100 training tiles (90 train, 10 validate), the "
+                f"{summary['images']} test tiles scored at the paper's 256 px. These runs are not the first "
+                f"section's (each alone on 2 threads): both trained at once, one thread each, as on MoNuSeg, so "
+                f"each made fewer steps. Machine: {summary['machine']}.", "", trained]
+    ceiling_rows = json.loads((Path(args.runs) / "ceiling.json").read_text())["rows"]
+    return [f"MoNuSeg's 30 training images (27 train, 3 validate) on 2 CPU cores; the 14 test images scored with "
+            f"the paper's protocol at 512 x 512 (F1 and IoU per image, then averaged). Machine: {summary['machine']}.",
+            "",
+            "Scale: the `monuseg-cpu` preset trains on 64 px crops of the images resized to 256 (the paper: 256 px "
+            "crops at 512) and tests each image as 16 tiles of 64. A perfect model at each scale would score "
+            f"(`{script} ceiling --data DATA`):",
+            "",
+            "| scale | F1 ceiling | IoU ceiling | 64 px tiles per test image |",
+            "|---:|---:|---:|---:|",
+            *[f"| {side} | {pct(r['f1'])} | {pct(r['iou'])} | {r['tiles']} |" for side, r in ceiling_rows.items()],
+            "", trained]
+
+
+def one_command(bench: Benchmark) -> str:
+    """How a user reruns the preset, the U-Net and the ensemble with segdiff alone."""
+    run, unet = f"runs/{bench.dataset}", f"runs/{bench.dataset}-unet"
+    scored = "" if bench.score_size is None else f" --score-size {bench.score_size}"
+    return (f"One command trains the preset alone on the machine for its hour and scores it on the test split: "
+            f"`segdiff reproduce --preset {bench.preset} --data DATA --out {run}`; the U-Net: `segdiff baseline "
+            f"--preset {bench.preset}{bench.unet_args} --data DATA --out {unet}`, then `segdiff evaluate "
+            f"{unet} --dataset {bench.dataset} --data DATA{scored} --out {unet}/test`; the ensemble: `segdiff evaluate "
+            f"{run} --dataset {bench.dataset} --data DATA{scored} --ensemble {unet} --ensemble-weight W --out DIR`. "
+            "How the runs were made: experiments/README.md.")
+
+
 def report(args: argparse.Namespace) -> int:
     from segdiff.io import write_section
     from segdiff.plots import plot_training_curves
     from segdiff.protocol import PAPER_MONUSEG_BASELINES, PAPER_RESULTS
 
+    bench = args.benchmark
+    script = f"python experiments/against_unet.py{'' if bench.dataset == 'monuseg' else ' --dataset ' + bench.dataset}"
     base = Path(args.runs) / args.name
     summary = json.loads((base / "analysis" / "analysis.json").read_text())
-    ceiling_rows = json.loads((Path(args.runs) / "ceiling.json").read_text())["rows"]
     meta = json.loads((base / "run.json").read_text()) if (base / "run.json").exists() else {}
     models, k = summary["models"], summary["generations"]
-    logs = {m: read_log(base / m) for m in MODELS}  # (training records, validation records)
+    logs = {m: read_log(base / m) for m in bench.models}  # (training records, validation records)
     steps = {m: train[-1]["step"] for m, (train, _) in logs.items()}
     vals = {m: val for m, (_, val) in logs.items()}
-    figure = Path(args.out).parent / "figures" / "monuseg" / "val-iou.png"
+    figure_name = f"figures/{bench.dataset}/val-iou.png"
+    figure = Path(args.out).parent / figure_name
     figure.parent.mkdir(parents=True, exist_ok=True)
     plot_training_curves(figure, {name: ([v["time"] / 60 for v in vals[m]], [v["val_iou"] for v in vals[m]])
-                                  for m, name in (("segdiff", "SegDiff monuseg-cpu"), ("unet", "U-Net baseline"))},
-                         title="MoNuSeg validation IoU (3 images at 512)")
-    paper = PAPER_RESULTS["monuseg"]
-    label = {key: f"SegDiff `monuseg-cpu`, K = {key[len('segdiff_k'):]}" for key in models if key.startswith("segdiff_k")}
+                                  for m, name in (("segdiff", f"SegDiff {bench.preset}"), ("unet", "U-Net baseline"))},
+                         title=f"{bench.dataset} validation IoU ({bench.validation})")
+    paper = PAPER_RESULTS[bench.dataset]
+    baselines = PAPER_MONUSEG_BASELINES if bench.dataset == "monuseg" else {}
+    label = {key: f"SegDiff `{bench.preset}`, K = {key[len('segdiff_k'):]}" for key in models if key.startswith("segdiff_k")}
     label.update({"unet": "U-Net baseline", "unet_tta": "U-Net, 8 dihedral copies averaged"})
     for w in ENSEMBLE_WEIGHTS:
         label[f"ensemble_w{w:g}"] = f"ensemble, U-Net weight {w:g}"
+    begin, end = bench.markers
     lines = [
-        BEGIN,
-        "## MoNuSeg nuclei on 2 CPU cores",
+        begin,
+        f"## {bench.title}",
         "",
-        f"MoNuSeg's 30 training images (27 train, 3 validate) on 2 CPU cores; the 14 test images scored with "
-        f"the paper's protocol at 512 x 512 (F1 and IoU per image, then averaged). Machine: {summary['machine']}.",
-        "",
-        "Scale: the `monuseg-cpu` preset trains on 64 px crops of the images resized to 256 (the paper: 256 px "
-        "crops at 512) and tests each image as 16 tiles of 64. A perfect model at each scale would score "
-        "(`python experiments/monuseg_cpu.py ceiling --data DATA`):",
-        "",
-        "| scale | F1 ceiling | IoU ceiling | 64 px tiles per test image |",
-        "|---:|---:|---:|---:|",
-        *[f"| {side} | {pct(r['f1'])} | {pct(r['iou'])} | {r['tiles']} |" for side, r in ceiling_rows.items()],
-        "",
-        f"Both models trained for {meta.get('minutes', 60):g} minutes side by side, one thread each "
-        f"(`python experiments/monuseg_cpu.py run --data DATA --name {args.name} --minutes 60`): SegDiff made "
-        f"{steps['segdiff']} steps, the U-Net {steps['unet']}. Test, one pass "
-        f"(`python experiments/monuseg_cpu.py analyse --data DATA --name {args.name}`; SegDiff {summary['sample']}):",
+        *intro(bench, args, summary, steps, meta.get("minutes", 60)),
         "",
         "| model | F1 | IoU | ECE |",
         "|---|---:|---:|---:|",
         *[f"| {label[key]} | {pct(v['f1'])} | {pct(v['iou'])} | {v['ece']:.4f} |" for key, v in models.items()
           if not key.startswith("ensemble")],
         f"| paper, SegDiff (256 px, GPU) | {paper['f1']:.2f} | {paper['iou']:.2f} | |",
-        *[f"| paper, {name} | {v['f1']:.2f} | {v['iou']:.2f} | |" for name, v in PAPER_MONUSEG_BASELINES.items()],
+        *[f"| paper, {name} | {v['f1']:.2f} | {v['iou']:.2f} | |" for name, v in baselines.items()],
         "",
     ]
     diff = summary["paired"][f"segdiff_k{k} - unet"]
@@ -361,8 +433,8 @@ def report(args: argparse.Namespace) -> int:
               f"{100 * diff['mean']:+.2f} ± {100 * diff['se']:.2f} IoU points (mean ± standard error; SegDiff "
               f"better on {diff['wins']} of {diff['n']}). Validation IoU at the end: SegDiff "
               f"{pct(vals['segdiff'][-1]['val_iou'] if vals['segdiff'] else None)}, U-Net "
-              f"{pct(vals['unet'][-1]['val_iou'] if vals['unet'] else None)} (3 images; "
-              "![validation IoU over training time](figures/monuseg/val-iou.png)).", ""]
+              f"{pct(vals['unet'][-1]['val_iou'] if vals['unet'] else None)} ({bench.validation}; "
+              f"![validation IoU over training time]({figure_name})).", ""]
     better = summary["better_single"]
     lines += ["**Ensemble** (`--ensemble RUN --ensemble-weight w`: (1 - w) x SegDiff's mean + w x the U-Net's "
               "probability), against the better single model (" + label[better] + "):", "",
@@ -370,9 +442,10 @@ def report(args: argparse.Namespace) -> int:
     for w in ENSEMBLE_WEIGHTS:
         v, d = models[f"ensemble_w{w:g}"], summary["paired"][f"ensemble_w{w:g} - {better}"]
         lines.append(f"| {w:g} | {pct(v['f1'])} | {pct(v['iou'])} | {100 * d['mean']:+.2f} ± {100 * d['se']:.2f} |")
+    worst = math.ceil(0.2 * summary["images"] - 1e-9)
     lines += ["", "**Failure detection**: each per-image score against that model's per-image IoU. Spearman "
               "(negative is right: more uncertain, lower IoU), AUROC for picking out the worst 20 % "
-              f"({math.ceil(0.2 * summary['images'] - 1e-9)} images), and the area under the risk-coverage "
+              f"({worst} image{'s' if worst != 1 else ''}), and the area under the risk-coverage "
               "curve (lower is better; the oracle orders images by their true IoU):", "",
               "| score | Spearman | AUROC, worst 20 % | AURC | AURC, oracle |", "|---|---:|---:|---:|---:|"]
     for score, (_, name) in FAILURE_SCORES.items():
@@ -382,7 +455,7 @@ def report(args: argparse.Namespace) -> int:
     step_files = sorted((base / "analysis").glob("steps-*.json"))
     if step_files:
         lines += ["", f"**Fewer sampling steps** (K = {k}, the same seeds; "
-                  f"`python experiments/monuseg_cpu.py steps --data DATA --name {args.name} --sampler S`), "
+                  f"`{script} steps --data DATA --name {args.name} --sampler S`), "
                   "against the 10-step row above:", "",
                   "| sampler | steps | F1 | IoU | IoU minus 10 steps (± s.e.) | ECE | s/image |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
@@ -391,9 +464,8 @@ def report(args: argparse.Namespace) -> int:
                          f"{100 * d['mean']:+.2f} ± {100 * d['se']:.2f} | {row['ece']:.4f} | {row['seconds']:.1f} |")
     refine_files = sorted((base / "analysis").glob("refine-*.json"))
     if refine_files:
-        better = summary["better_single"]
         lines += ["", "**Refinement** (SDEdit, `models.Refinement`): SegDiff starts from the U-Net's mask 2p - 1 "
-                  "noised to step T0 and samples from there (`python experiments/monuseg_cpu.py steps --data DATA "
+                  f"noised to step T0 and samples from there (`{script} steps --data DATA "
                   f"--name {args.name} --refine T0 --steps N`), against the better single model ({label[better]}):",
                   "", "| T0 | sampler | steps | F1 | IoU | IoU minus the better single model (± s.e.) | s/image |",
                   "|---:|---|---:|---:|---:|---:|---:|"]
@@ -420,7 +492,7 @@ def report(args: argparse.Namespace) -> int:
     lines.append(f"- SegDiff's score flags failures better than the U-Net's: SegDiff's best by AURC "
                  f"({FAILURE_SCORES[best_sd][1]}) beats the U-Net's best ({FAILURE_SCORES[best_un][1]}) on {wins} of "
                  f"the 3 measures (AURC taken above each model's oracle); on {summary['images']} images, "
-                 f"{math.ceil(0.2 * summary['images'] - 1e-9)} of them failures, these measures move a lot with one image.")
+                 f"{worst} of them failures" + (", these measures move a lot with one image." if worst < 10 else "."))
     few = [(found["sampler"], int(n), d["mean"]) for found, n, _, d in pass_rows(step_files, summary["iou_per_image"])
            if int(n) <= 3]
     if few:
@@ -429,23 +501,19 @@ def report(args: argparse.Namespace) -> int:
         lines.append(f"- Within 1 IoU point of 10 steps at 3 steps or fewer: {'met' if close else 'missed'}; "
                      + (f"the fewest such steps: {sampler}, {n} ({100 * gap:+.2f})." if close else
                         f"the closest: {sampler}, {n} steps ({100 * gap:+.2f})."))
+    tiles = "" if bench.dataset != "monuseg" else "; a test image is 16 tiles"
     lines.append(f"- SegDiff at K = {k} at most 20x one U-Net pass: {'met' if summary['cost_ratio'] <= 20 else 'missed'} "
-                 f"({summary['cost_ratio']:.0f}x here; a test image is 16 tiles).")
-    lines.append("")
-    lines += ["One command trains the preset alone on the machine for its hour and scores it on the test split at "
-              "the preset's K = 9: `segdiff reproduce --preset monuseg-cpu --data DATA --out runs/mon`; the U-Net: "
-              "`segdiff baseline --preset monuseg-cpu --data DATA --out runs/mon-unet`, then `segdiff evaluate "
-              "runs/mon-unet --dataset monuseg --data DATA --out runs/mon-unet/test`; the ensemble: `segdiff evaluate "
-              "runs/mon --dataset monuseg --data DATA --ensemble runs/mon-unet --ensemble-weight W --out DIR`. How "
-              "the runs were made: experiments/README.md.", "", END]
-    write_section(args.out, BEGIN, END, lines)
+                 f"({summary['cost_ratio']:.0f}x here{tiles}).")
+    lines += ["", one_command(bench), "", end]
+    write_section(args.out, begin, end, lines)
     print("\n".join(lines))
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", default=str(RUNS), help="where the runs go (default: %(default)s)")
+    parser.add_argument("--dataset", choices=list(BENCHMARKS), default="monuseg", help="the benchmark (default: monuseg)")
+    parser.add_argument("--runs", default=None, help="where the runs go (default: runs/PRESET)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("ceiling")
     p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
@@ -470,6 +538,8 @@ def main() -> int:
     p.add_argument("--name", default="main")
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     args = parser.parse_args()
+    args.benchmark = BENCHMARKS[args.dataset]
+    args.runs = args.runs or str(ROOT / "runs" / args.benchmark.preset)
     return {"ceiling": ceiling, "run": run, "analyse": analyse, "steps": steps, "report": report}[args.command](args)
 
 
