@@ -347,6 +347,12 @@ def pass_rows(files: list[Path], reference: list[float]):
             yield found, n, row, paired(row["iou_per_image"], reference)
 
 
+def preset_sampling(preset: str):
+    """The preset's SampleConfig (its default sampler and steps)."""
+    from segdiff.config import PRESETS
+    return PRESETS[preset]().sample
+
+
 def intro(bench: Benchmark, args: argparse.Namespace, summary: dict, steps: dict, minutes: float) -> list[str]:
     """The section's opening: the data, the scale, the runs and their commands."""
     script = f"python experiments/against_unet.py{'' if bench.dataset == 'monuseg' else ' --dataset ' + bench.dataset}"
@@ -476,7 +482,16 @@ def report(args: argparse.Namespace) -> int:
     sec = summary["seconds_per_image"]
     lines += ["", f"Cost: {sec['segdiff']:.1f} s per test image for SegDiff at K = {k} against {sec['unet']:.2f} s "
               f"for the U-Net's one pass, timed in turn in the same run on {summary['threads']} threads "
-              f"(median over the images): {summary['cost_ratio']:.0f}x.", ""]
+              f"(median over the images): {summary['cost_ratio']:.0f}x."]
+    default = preset_sampling(bench.preset)
+    chosen = [row for found, n, row, _ in pass_rows(step_files, summary["iou_per_image"])
+              if found["sampler"] == default.sampler and int(n) == default.num_sampling_steps]
+    if chosen:
+        lines[-1] += (f" At the preset's default, {default.num_sampling_steps} steps of {default.sampler} (K = {k}, the "
+                      f"steps pass, also on {summary['threads']} threads): {chosen[0]['seconds']:.1f} s, "
+                      f"{chosen[0]['seconds'] / sec['unet']:.0f}x, for IoU {pct(chosen[0]['iou'])} against the "
+                      f"U-Net's {pct(models['unet']['iou'])}.")
+    lines.append("")
     lines += ["**Against the targets of the issue that asked for these runs:**", ""]
     gains = {w: summary["paired"][f"ensemble_w{w:g} - {better}"] for w in ENSEMBLE_WEIGHTS}
     w_best = max(gains, key=lambda w: gains[w]["mean"])
