@@ -66,6 +66,10 @@ from _common import machine, read_log, stage_script  # noqa: E402
 SCALES = (128, 256, 512)
 K_SHOWN = (1, 3, 9, 30)
 ENSEMBLE_WEIGHTS = (0.25, 0.5, 0.75)
+# Ensembles whose U-Net weight varies per pixel with the two models' uncertainty (`weighted_ensembles`).
+WEIGHTED_ENSEMBLES = {"ensemble_entropy": "entropy-weighted: U-Net share H(SegDiff) / (H(SegDiff) + H(U-Net))",
+                      "ensemble_variance": "variance-weighted, with the U-Net's 8 dihedral copies: U-Net share "
+                                           "var(SegDiff) / (var(SegDiff) + var(U-Net copies))"}
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,33 @@ def dihedral_probabilities(net, image, protocol):
     return torch.stack([stitch_tiles(c) if protocol.feed == "tiles" else c[0] for c in copies])
 
 
+def _share(own, partner):
+    """The partner's per-pixel share own / (own + partner) of two non-negative uncertainty maps; 1/2
+    where both are 0 (both certain: neither is preferred)."""
+    import torch
+    total = own + partner
+    return torch.where(total > 0, own / total.clamp(min=1e-12), torch.full_like(total, 0.5))
+
+
+def weighted_ensembles(segdiff_mean, segdiff_var, unet_prob, tta_mean, tta_var) -> dict:
+    """The per-pixel uncertainty-weighted ensembles of WEIGHTED_ENSEMBLES, each a probability map:
+    - entropy: each pixel's U-Net weight is SegDiff's binary entropy over the sum of both models'
+      (the U-Net's one pass), so the more certain model counts more where they differ;
+    - variance: inverse-variance weighting of SegDiff's K generations (their variance) against the
+      U-Net's 8 dihedral copies (their variance, their mean as the U-Net's probability).
+    All arguments are (1, h, w) maps in [0, 1] (variances in [0, 0.25])."""
+    from segdiff.encoding import entropy
+    import torch
+
+    def binary_entropy(p):  # (1, h, w) -> (1, h, w)
+        return entropy(torch.cat([1 - p, p]), dim=0)
+
+    w = _share(binary_entropy(segdiff_mean), binary_entropy(unet_prob))
+    v = _share(segdiff_var, tta_var)
+    return {"ensemble_entropy": (1 - w) * segdiff_mean + w * unet_prob,
+            "ensemble_variance": (1 - v) * segdiff_mean + v * tta_mean}
+
+
 def paired(a: list[float], b: list[float]) -> dict:
     """Mean of the per-image differences a - b and its standard error (sd / sqrt(n))."""
     d = [x - y for x, y in zip(a, b)]
@@ -230,6 +261,8 @@ def analyse(args: argparse.Namespace) -> int:
         score("unet_tta", tta_prob)
         for w in ENSEMBLE_WEIGHTS:
             score(f"ensemble_w{w:g}", (1 - w) * means[-1] + w * unet_prob)
+        for key, prob in weighted_ensembles(means[-1], std.square(), unet_prob, tta_prob, tta_var).items():
+            score(key, prob)
         row["segdiff_entropy"] = float(metrics.mean_entropy(means[-1][None])[0])
         row["segdiff_disagreement"] = float(metrics.boundary_disagreement(means[-1][None], std.square()[None])[0])
         row["unet_entropy"] = float(metrics.mean_entropy(unet_prob[None])[0])
@@ -266,15 +299,20 @@ def steps(args: argparse.Namespace) -> int:
     base = Path(args.runs) / args.name
     segdiff, protocol, dataset = test_setup(args)
     names = dataset.names[:args.max_images or None]
+    unet = load_model(base / "unet")
     model = segdiff
     if args.refine is not None:
         from segdiff.models import Refinement
-        model = Refinement(segdiff, load_model(base / "unet"), start_step=args.refine)
+        model = Refinement(segdiff, unet, start_step=args.refine)
     scores = {n: {"f1": [], "iou": [], "ece": []} for n in args.steps}
     seconds = {n: [] for n in args.steps}
+    unet_seconds = []  # the U-Net's one pass on the same images, timed in the same run: the cost's reference
     for i, name in enumerate(names):
         image, mask = dataset[i]
         target = protocol.target(dataset, i, mask)[0] > 0.5
+        start = time.perf_counter()
+        protocol.predict_item(unet, image, unet.config.sample, derive_seed(args.seed, name), tuple(target.shape))
+        unet_seconds.append(time.perf_counter() - start)
         for n in args.steps:
             sample = replace(segdiff.config.sample, num_generations=args.generations, sampler=args.sampler,
                              num_sampling_steps=n)
@@ -289,11 +327,17 @@ def steps(args: argparse.Namespace) -> int:
     result = {"sampler": args.sampler, "refine": args.refine, "generations": args.generations, "images": len(names),
               "threads": args.threads, "machine": machine(),
               "rows": {str(n): {**{m: statistics.mean(v) for m, v in scores[n].items()},
-                                "iou_per_image": scores[n]["iou"], "seconds": statistics.median(seconds[n])}
+                                "iou_per_image": scores[n]["iou"], "seconds": statistics.median(seconds[n]),
+                                "unet_seconds": statistics.median(unet_seconds)}
                        for n in args.steps}}
     out = base / "analysis" / (f"steps-{args.sampler}.json" if args.refine is None else
                                f"refine-{args.refine}-{args.sampler}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # a pass over other step counts of the same setting: keep its rows beside these
+        earlier = json.loads(out.read_text())
+        if all(earlier.get(key) == result[key] for key in ("generations", "images")):
+            result["rows"] = {n: row for n, row in sorted({**earlier["rows"], **result["rows"]}.items(),
+                                                          key=lambda item: int(item[0]))}
     from segdiff.io import atomic_write
     atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     for n in args.steps:
@@ -312,13 +356,18 @@ FAILURE_SCORES = {"segdiff_entropy": ("segdiff", "SegDiff mean entropy"),
 def summarise(rows: list[dict], ks: list[int], generations: int) -> dict:
     from segdiff import metrics
     column = lambda key: [r[key] for r in rows]  # noqa: E731
+    weighted = [key for key in WEIGHTED_ENSEMBLES if f"{key}_iou" in rows[0]]  # absent from older analyses
     keys = [f"segdiff_k{k}" for k in ks] + ["unet", "unet_tta"] + [f"ensemble_w{w:g}" for w in ENSEMBLE_WEIGHTS]
+    keys += weighted
     models = {key: {m: statistics.mean(column(f"{key}_{m}")) for m in ("f1", "iou", "ece")} for key in keys}
     full = f"segdiff_k{ks[-1]}"
     better = max((full, "unet"), key=lambda key: models[key]["iou"])
     pairs = {f"{full} - unet": paired(column(f"{full}_iou"), column("unet_iou"))}
     for w in ENSEMBLE_WEIGHTS:
         pairs[f"ensemble_w{w:g} - {better}"] = paired(column(f"ensemble_w{w:g}_iou"), column(f"{better}_iou"))
+    for key in weighted:  # the variance rule uses the U-Net's TTA: also against it
+        pairs[f"{key} - {better}"] = paired(column(f"{key}_iou"), column(f"{better}_iou"))
+        pairs[f"{key} - unet_tta"] = paired(column(f"{key}_iou"), column("unet_tta_iou"))
     failure = {}
     for score, (model, _) in FAILURE_SCORES.items():
         quality = column(f"{full}_iou" if model == "segdiff" else "unet_iou")
@@ -448,6 +497,21 @@ def report(args: argparse.Namespace) -> int:
     for w in ENSEMBLE_WEIGHTS:
         v, d = models[f"ensemble_w{w:g}"], summary["paired"][f"ensemble_w{w:g} - {better}"]
         lines.append(f"| {w:g} | {pct(v['f1'])} | {pct(v['iou'])} | {100 * d['mean']:+.2f} ± {100 * d['se']:.2f} |")
+    weighted = [key for key in WEIGHTED_ENSEMBLES if key in models]
+    if weighted:
+        lines += ["", "Weighted by uncertainty, pixel by pixel (computed in the analysis pass; not a segdiff option):", "",
+                  "| rule | F1 | IoU | ECE | minus the better single model (± s.e.) | minus the U-Net's 8 copies (± s.e.) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for key in weighted:
+            v, d, t = models[key], summary["paired"][f"{key} - {better}"], summary["paired"][f"{key} - unet_tta"]
+            lines.append(f"| {WEIGHTED_ENSEMBLES[key]} | {pct(v['f1'])} | {pct(v['iou'])} | {v['ece']:.4f} | "
+                         f"{100 * d['mean']:+.2f} ± {100 * d['se']:.2f} | {100 * t['mean']:+.2f} ± {100 * t['se']:.2f} |")
+        if "ensemble_entropy" in weighted:
+            lines += ["", "With two classes the entropy rule's mask is the plain average's at w = 0.5, pixel for pixel: "
+                      "it says foreground where (s - 1/2) / H(s) + (u - 1/2) / H(u) > 0, and (p - 1/2) / H(p) "
+                      "increases and is odd about 1/2, so that holds exactly where s + u > 1. Only its probabilities, "
+                      f"and so its calibration, differ (ECE {models['ensemble_entropy']['ece']:.4f} against "
+                      f"{models['ensemble_w0.5']['ece']:.4f})."]
     worst = math.ceil(0.2 * summary["images"] - 1e-9)
     lines += ["", "**Failure detection**: each per-image score against that model's per-image IoU. Spearman "
               "(negative is right: more uncertain, lower IoU), AUROC for picking out the worst 20 % "
@@ -486,18 +550,22 @@ def report(args: argparse.Namespace) -> int:
     default = preset_sampling(bench.preset)
     chosen = [row for found, n, row, _ in pass_rows(step_files, summary["iou_per_image"])
               if found["sampler"] == default.sampler and int(n) == default.num_sampling_steps]
-    if chosen:
+    if chosen:  # timed beside the U-Net's pass in the steps run (older step files: against the analysis pass's)
+        row = chosen[0]
+        reference = row.get("unet_seconds", sec["unet"])
         lines[-1] += (f" At the preset's default, {default.num_sampling_steps} steps of {default.sampler} (K = {k}, the "
-                      f"steps pass, also on {summary['threads']} threads): {chosen[0]['seconds']:.1f} s, "
-                      f"{chosen[0]['seconds'] / sec['unet']:.0f}x, for IoU {pct(chosen[0]['iou'])} against the "
-                      f"U-Net's {pct(models['unet']['iou'])}.")
+                      f"steps pass, also on {summary['threads']} threads): {row['seconds']:.1f} s against the U-Net's "
+                      f"{reference:.3f} s timed in that pass, {row['seconds'] / reference:.0f}x, for IoU "
+                      f"{pct(row['iou'])} against the U-Net's {pct(models['unet']['iou'])}.")
     lines.append("")
     lines += ["**Against the targets of the issue that asked for these runs:**", ""]
-    gains = {w: summary["paired"][f"ensemble_w{w:g} - {better}"] for w in ENSEMBLE_WEIGHTS}
-    w_best = max(gains, key=lambda w: gains[w]["mean"])
+    gains = {f"the weight {w:g}": summary["paired"][f"ensemble_w{w:g} - {better}"] for w in ENSEMBLE_WEIGHTS}
+    gains.update({f"the {WEIGHTED_ENSEMBLES[key].split(':')[0].split(',')[0]} rule": summary["paired"][f"{key} - {better}"]
+                  for key in weighted})
+    best = max(gains, key=lambda rule: gains[rule]["mean"])
     lines.append(f"- Ensemble at least 1 IoU point above the better single model: "
-                 f"{'met' if gains[w_best]['mean'] >= 0.01 else 'missed'}; the best weight, {w_best:g}, gives "
-                 f"{100 * gains[w_best]['mean']:+.2f} ± {100 * gains[w_best]['se']:.2f}.")
+                 f"{'met' if gains[best]['mean'] >= 0.01 else 'missed'}; the best, {best}, gives "
+                 f"{100 * gains[best]['mean']:+.2f} ± {100 * gains[best]['se']:.2f}.")
     fail = summary["failure"]
     best_sd = min(("segdiff_entropy", "segdiff_disagreement"), key=lambda key: fail[key]["aurc"])
     best_un = min(("unet_entropy", "unet_tta_variance"), key=lambda key: fail[key]["aurc"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -239,12 +240,34 @@ def _monuseg_rows() -> list[dict]:
     for i, (sd, ent) in enumerate(((0.7, 0.2), (0.6, 0.3), (0.8, 0.1))):
         row = {"name": f"img{i}"}
         for key, iou in (("segdiff_k1", sd - 0.1), ("segdiff_k3", sd), ("unet", 0.6), ("unet_tta", 0.61),
-                         ("ensemble_w0.25", sd + 0.01), ("ensemble_w0.5", sd + 0.02), ("ensemble_w0.75", 0.65)):
+                         ("ensemble_w0.25", sd + 0.01), ("ensemble_w0.5", sd + 0.02), ("ensemble_w0.75", 0.65),
+                         ("ensemble_entropy", sd + 0.03), ("ensemble_variance", 0.6)):
             row.update({f"{key}_f1": iou + 0.1, f"{key}_iou": iou, f"{key}_ece": 0.01})
         row.update({"segdiff_entropy": ent, "segdiff_disagreement": ent / 10, "unet_entropy": 0.5,
                     "unet_tta_variance": 0.01, "segdiff_seconds": 40.0, "unet_seconds": 0.5})
         rows.append(row)
     return rows
+
+
+def test_uncertainty_weighted_ensembles_trust_the_more_certain_model_per_pixel():
+    script = _against_unet_script()
+    # Pixel 0: SegDiff unsure (0.5), the U-Net sure (0.9): the entropy rule gives the U-Net the share
+    # H(0.5) / (H(0.5) + H(0.9)) = 0.6931 / (0.6931 + 0.3251). Pixel 1: both sure (0 and 1): 1/2 each.
+    segdiff_mean = torch.tensor([[[0.5, 0.0]]])
+    unet = torch.tensor([[[0.9, 1.0]]])
+    share = math.log(2) / (math.log(2) + (-0.9 * math.log(0.9) - 0.1 * math.log(0.1)))
+    # Variance: SegDiff's generations vary (0.25, 0.0), the U-Net's copies (0.05, 0.0): shares 0.25 / 0.3 and 1/2.
+    found = script.weighted_ensembles(segdiff_mean, torch.tensor([[[0.25, 0.0]]]), unet, torch.tensor([[[0.8, 1.0]]]),
+                                      torch.tensor([[[0.05, 0.0]]]))
+    assert found["ensemble_entropy"][0, 0, 0].item() == pytest.approx((1 - share) * 0.5 + share * 0.9)
+    assert found["ensemble_entropy"][0, 0, 1].item() == pytest.approx(0.5)
+    assert found["ensemble_variance"][0, 0, 0].item() == pytest.approx((0.05 * 0.5 + 0.25 * 0.8) / 0.3)
+    assert found["ensemble_variance"][0, 0, 1].item() == pytest.approx(0.5)
+    # The report's claim: with two classes the entropy rule's 0.5 mask is the plain average's.
+    s, u = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    zero = torch.zeros_like(s)
+    mixed = script.weighted_ensembles(s, zero, u, u, zero)["ensemble_entropy"]
+    assert torch.equal(mixed > 0.5, (s + u) / 2 > 0.5) and not torch.allclose(mixed, (s + u) / 2)
 
 
 def test_monuseg_summary_pairs_images_and_scores_each_failure_detector():
@@ -253,6 +276,7 @@ def test_monuseg_summary_pairs_images_and_scores_each_failure_detector():
     assert diff["mean"] == pytest.approx(0.1) and diff["se"] == pytest.approx(0.1 / 3 ** 0.5) and diff["wins"] == 2
     assert summary["better_single"] == "segdiff_k3"
     assert summary["paired"]["ensemble_w0.5 - segdiff_k3"]["mean"] == pytest.approx(0.02)
+    assert summary["paired"]["ensemble_variance - unet_tta"]["mean"] == pytest.approx(-0.01)
     entropy = summary["failure"]["segdiff_entropy"]
     assert entropy["spearman"] == pytest.approx(-1.0) and entropy["auroc_worst20"] == 1.0
     assert entropy["aurc"] == pytest.approx(entropy["aurc_oracle"])
@@ -297,7 +321,9 @@ def test_monuseg_page_shows_the_analysis_beside_the_paper(tmp_path):
     assert "40.0 s per test image" in page and "80x" in page
     assert "| ddim | 1 | 75.00 | 65.00 | -5.00 ± 0.00 | 0.0200 | 5.0 |" in page  # 5 points below 10 steps on each image
     assert "| 30 | ddim | 3 | 90.00 | 72.00 | +2.00 ± 0.00 | 9.0 |" in page  # against SegDiff, the better one
-    assert "better single model: met; the best weight, 0.5, gives +2.00 ± 0.00." in page
+    assert ("| entropy-weighted: U-Net share H(SegDiff) / (H(SegDiff) + H(U-Net)) | 83.00 | 73.00 | 0.0100 | "
+            "+3.00 ± 0.00 |") in page
+    assert "better single model: met; the best, the entropy-weighted rule, gives +3.00 ± 0.00." in page
     assert "3 steps or fewer: missed; the closest: ddim, 1 steps (-5.00)." in page
     assert "20x one U-Net pass: missed (80x here" in page and page.count("## MoNuSeg") == 1
     assert (tmp_path / "docs" / "figures" / "monuseg" / "val-iou.png").is_file()
@@ -314,7 +340,8 @@ def test_vaihingen_section_has_no_scale_table_keeps_the_monuseg_section_and_name
                     "protocol": "Vaihingen"})
     (runs / "main" / "analysis").mkdir(parents=True)
     (runs / "main" / "analysis" / "analysis.json").write_text(json.dumps(summary))
-    two_steps = {"f1": 0.8, "iou": 0.7, "ece": 0.02, "iou_per_image": [0.7, 0.6, 0.8], "seconds": 4.0}
+    two_steps = {"f1": 0.8, "iou": 0.7, "ece": 0.02, "iou_per_image": [0.7, 0.6, 0.8], "seconds": 4.0,
+                 "unet_seconds": 0.25}
     (runs / "main" / "analysis" / "steps-sde-dpm-solver++.json").write_text(json.dumps(
         {"sampler": "sde-dpm-solver++", "generations": 3, "rows": {"2": two_steps}}))
     for model, steps in (("segdiff", 2500), ("unet", 6000)):
@@ -334,9 +361,10 @@ def test_vaihingen_section_has_no_scale_table_keeps_the_monuseg_section_and_name
     assert "| paper, SegDiff (256 px, GPU) | 95.14 | 91.12 | |" in page and "paper, U-Net" not in page
     assert "against_unet.py --dataset vaihingen analyse --data DATA --name main" in page
     assert "--ensemble runs/vaihingen-unet" in page and "--score-size 256" in page
-    # The preset's default (2 steps of SDE-DPM-Solver++) costs 4.0 s against the U-Net's 0.5 s.
+    # The preset's default (2 steps of SDE-DPM-Solver++) costs 4.0 s against the U-Net's 0.25 s timed
+    # in the same steps pass (not the analysis pass's 0.5 s).
     assert "At the preset's default, 2 steps of sde-dpm-solver++ (K = 3, the steps pass, also on 2 threads): " \
-           "4.0 s, 8x, for IoU 70.00 against the U-Net's 60.00." in page
+           "4.0 s against the U-Net's 0.250 s timed in that pass, 16x, for IoU 70.00 against the U-Net's 60.00." in page
     assert (tmp_path / "docs" / "figures" / "vaihingen" / "val-iou.png").is_file()
 
 

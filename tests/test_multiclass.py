@@ -259,6 +259,16 @@ def test_demo_with_classes_trains_scores_per_class_and_refuses_one_class(tmp_pat
     assert 0.0 <= summary["held_out_miou"] <= 1.0 and (tmp_path / "demo" / "examples.png").is_file()
 
 
+@pytest.mark.slow
+def test_multiclass_demo_tells_the_classes_apart_within_its_budget(tmp_path):
+    # The README's promise for `segdiff demo --classes 4`: every shape class learnt (IoU >= 0.70
+    # each, mIoU >= 0.80) in the demo's 2.75-minute budget on 2 cores.
+    from segdiff.demo import run_demo
+
+    summary = run_demo(tmp_path, num_classes=4, progress=False)
+    assert summary["held_out_miou"] >= 0.80 and min(summary["per_class_iou"].values()) >= 0.70
+
+
 def test_a_model_of_c_classes_is_refused_on_data_with_another_c(tmp_path):
     write_multiclass_folder(tmp_path / "data", "index", count=4, size=32)
     model = build_model(ExperimentConfig.tiny().override(["model.num_classes=3"]))
