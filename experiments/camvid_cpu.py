@@ -2,6 +2,7 @@
 
     python experiments/camvid_cpu.py sizes --data DATA                    # choose the input size
     python experiments/camvid_cpu.py run --data DATA --name main --minutes 60
+    python experiments/camvid_cpu.py run --data DATA --name alone --minutes 60 --alone --models segdiff
     python experiments/camvid_cpu.py run --data DATA --name encoding --minutes 15 --models onehot bits
     python experiments/camvid_cpu.py report                               # the section of docs/results.md
 
@@ -13,8 +14,9 @@ the training step time of SegDiff and of the U-Net at S (median of timed steps o
 CamVid, batch 8, 2 threads), written to RUNS/sizes.json.
 
 `run` trains the models named side by side, one thread each (the machine has 2 cores: each model
-gets one, both the same wall time), then scores each in turn, alone on 2 threads, on CamVid's 233
-test images at 480x360 with K = `--test-generations` (the curve over k = 1..K comes from the same
+gets one, both the same wall time), or with `--alone` one after another, each alone on 2 threads
+(one model a call if need be: run.json keeps the models of earlier calls of the same run), then
+scores each in turn, alone on 2 threads, on CamVid's 233 test images at 480x360 with K = `--test-generations` (the curve over k = 1..K comes from the same
 generations). Every stage is
 logged to RUNS/NAME/logs/STAGE.log and marked done with STAGE.done: an interrupted run continues
 where it stopped. `report` writes the CamVid section of docs/results.md (between the CAMVID
@@ -120,11 +122,11 @@ def sizes(args: argparse.Namespace) -> int:
 
 # --- run ----------------------------------------------------------------------------------------
 def stages(name: str, model: str, args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(training stage, test stage) of one model: training on one thread beside the other models,
-    testing alone on 2 threads."""
+    """(training stage, test stage) of one model: training on one thread beside the other models
+    (with `--alone`, on 2 threads, alone), testing alone on 2 threads."""
     data = shlex.quote(args.data)
     run = shlex.quote(str(Path(args.runs) / name / model))
-    threads = max(1, 2 // len(args.models))
+    threads = 2 if getattr(args, "alone", False) else max(1, 2 // len(args.models))
     return [
         (f"train-{model}", f"OMP_NUM_THREADS={threads} segdiff {MODELS[model][1]} --data {data} "
                            f"--time-budget {args.minutes:g} --out {run}"),
@@ -133,16 +135,34 @@ def stages(name: str, model: str, args: argparse.Namespace) -> list[tuple[str, s
     ]
 
 
+def run_info(path: Path, args: argparse.Namespace) -> dict:
+    """RUNS/NAME/run.json's content for this run: the minutes, the models, whether they trained alone,
+    the machine. Runs made alone may come in several calls (one model a call, even in different
+    sessions): the models of an earlier run.json of the same minutes, made alone, are kept."""
+    info = {"minutes": args.minutes, "models": list(args.models), "alone": args.alone, "machine": machine()}
+    if args.alone and path.exists():
+        earlier = json.loads(path.read_text())
+        if earlier.get("alone") and earlier["minutes"] == args.minutes:
+            info["models"] = list(dict.fromkeys([*earlier["models"], *args.models]))
+    return info
+
+
 def run(args: argparse.Namespace) -> int:
-    """The models train side by side, each in a process of its own; then each is tested in turn."""
+    """The models train side by side, each in a process of its own (with `--alone`, one after
+    another, each alone on the machine); then each is tested in turn."""
     logs = Path(args.runs) / args.name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    (Path(args.runs) / args.name / "run.json").write_text(json.dumps({"minutes": args.minutes, "models": args.models,
-                                                          "machine": machine()}, indent=2) + "\n")
+    info_path = Path(args.runs) / args.name / "run.json"
+    info_path.write_text(json.dumps(run_info(info_path, args), indent=2) + "\n")
     plans = {model: stages(args.name, model, args) for model in args.models}
-    training = [subprocess.Popen(["bash", "-c", stage_script(logs, *plans[model][0])]) for model in args.models]
-    if max(p.wait() for p in training):
-        return 1
+    if args.alone:
+        if any(subprocess.run(["bash", "-c", stage_script(logs, *plans[model][0])]).returncode
+               for model in args.models):
+            return 1
+    else:
+        training = [subprocess.Popen(["bash", "-c", stage_script(logs, *plans[model][0])]) for model in args.models]
+        if max(p.wait() for p in training):
+            return 1
     for model in args.models:
         if subprocess.run(["bash", "-c", stage_script(logs, *plans[model][1])]).returncode:
             return 1
@@ -235,8 +255,10 @@ def report(args: argparse.Namespace) -> int:
         "## CamVid (11 classes)",
         "",
         (f"SegDiff (`camvid-cpu` preset) against the U-Net baseline on CamVid's SegNet split: trained on the 367 "
-         f"train images for {info['minutes']:g} minutes of wall time each, side by side on one thread each "
-         f"(the 2 cores of {info['machine'].split(';')[0]}), the same data pipeline and 64 px input; validated on "
+         f"train images for {info['minutes']:g} minutes of wall time each, "
+         + ("one after the other, each alone on " if info.get("alone") else "side by side on one thread each (")
+         + f"the 2 cores of {info['machine'].split(';')[0]}{'' if info.get('alone') else ')'}, the same data "
+         "pipeline and 64 px input; validated on "
          "64 of the 101 val images; scored on the 233 test images at 480x360 (class probabilities resized "
          "bilinearly, then the argmax; void ignored), mIoU from one confusion matrix over the split. "
          f"SegDiff: {segdiff['sampler']} with {segdiff['num_steps']} steps, K = {k_total}. "
@@ -270,7 +292,8 @@ def report(args: argparse.Namespace) -> int:
         "",
         "```",
         "python experiments/camvid_cpu.py sizes --data DATA",
-        f"python experiments/camvid_cpu.py run --data DATA --name {args.name} --minutes {info['minutes']:g}",
+        f"python experiments/camvid_cpu.py run --data DATA --name {args.name} --minutes {info['minutes']:g}"
+        + (" --alone" if info.get("alone") else ""),
         "python experiments/camvid_cpu.py report",
         "segdiff reproduce --preset camvid --data DATA            # full size (256 px, the paper's network), for a GPU",
         "```",
@@ -320,6 +343,9 @@ def main() -> int:
     p.add_argument("--minutes", type=float, required=True)
     p.add_argument("--models", nargs="+", default=["segdiff", "unet"], choices=list(MODELS))
     p.add_argument("--test-generations", type=int, default=30)
+    p.add_argument("--alone", action="store_true",
+                   help="train the models one after another, each alone on 2 threads (default: side by side, one "
+                        "thread each); an alone run may add its models in several calls")
     p = sub.add_parser("report")
     p.add_argument("--name", default="main", help="the SegDiff-against-U-Net runs")
     p.add_argument("--encoding", default="encoding", help="the one-hot-against-bits runs (skipped if absent)")

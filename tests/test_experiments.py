@@ -205,6 +205,33 @@ def test_camvid_page_shows_the_scores_its_runs_wrote_beside_the_published_rows(t
     assert out.read_text() == page
 
 
+def test_camvid_runs_made_alone_take_two_threads_gather_their_models_and_say_so(tmp_path):
+    import argparse
+
+    spec = importlib.util.spec_from_file_location("camvid_cpu", ROOT / "experiments" / "camvid_cpu.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = argparse.Namespace(data=str(tmp_path), runs=str(tmp_path / "runs"), minutes=60.0, test_generations=30,
+                              models=["segdiff"], alone=True)
+    train, test = script.stages("alone", "segdiff", args)
+    assert train[1].startswith("OMP_NUM_THREADS=2 segdiff train") and test[1].startswith("OMP_NUM_THREADS=2 ")
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(script.run_info(path, args)))
+    later = argparse.Namespace(**{**vars(args), "models": ["unet"]})  # the U-Net's hour, another day
+    assert script.run_info(path, later)["models"] == ["segdiff", "unet"]
+    assert script.run_info(path, argparse.Namespace(**{**vars(later), "minutes": 30.0}))["models"] == ["unet"]
+    # The page says how the pair was trained, and the command that trains it so.
+    write_camvid_runs(tmp_path / "runs")
+    info = tmp_path / "runs" / "main" / "run.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "alone": True}))
+    out = tmp_path / "results.md"
+    out.write_text("# Results\n")
+    assert _camvid("--runs", str(tmp_path / "runs"), "report", "--out", str(out)).returncode == 0
+    page = out.read_text()
+    assert "60 minutes of wall time each, one after the other, each alone on the 2 cores of a test machine," in page
+    assert "--name main --minutes 60 --alone" in page and "side by side" not in page.split("## CamVid")[1].split("|")[0]
+
+
 def test_camvid_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
     import argparse
     import shlex
