@@ -16,8 +16,8 @@ CamVid, batch 8, 2 threads), written to RUNS/sizes.json.
 `run` trains the models named side by side, one thread each (the machine has 2 cores: each model
 gets one, both the same wall time), or with `--alone` one after another, each alone on 2 threads
 (one model a call if need be: run.json keeps the models of earlier calls of the same run), then
-scores each in turn, alone on 2 threads, on CamVid's 233 test images at 480x360 with K = `--test-generations` (the curve over k = 1..K comes from the same
-generations). Every stage is
+scores each in turn, alone on 2 threads, on CamVid's 233 test images at 480x360 with K =
+`--test-generations` (the curve over k = 1..K comes from the same generations). Every stage is
 logged to RUNS/NAME/logs/STAGE.log and marked done with STAGE.done: an interrupted run continues
 where it stopped. `report` writes the CamVid section of docs/results.md (between the CAMVID
 markers) and docs/figures/camvid/*.png from the runs' files; every number in it comes from them.
@@ -126,7 +126,7 @@ def stages(name: str, model: str, args: argparse.Namespace) -> list[tuple[str, s
     (with `--alone`, on 2 threads, alone), testing alone on 2 threads."""
     data = shlex.quote(args.data)
     run = shlex.quote(str(Path(args.runs) / name / model))
-    threads = 2 if getattr(args, "alone", False) else max(1, 2 // len(args.models))
+    threads = 2 if args.alone else max(1, 2 // len(args.models))
     return [
         (f"train-{model}", f"OMP_NUM_THREADS={threads} segdiff {MODELS[model][1]} --data {data} "
                            f"--time-budget {args.minutes:g} --out {run}"),
@@ -250,15 +250,15 @@ def report(args: argparse.Namespace) -> int:
               f"{at_k(segdiff, 'ece', k):.4f} | {at_k(segdiff, 'brier', k):.4f} |" for k in K_SHOWN if k <= k_total]
     k_rows.append(f"| U-Net | 1 | {pct(unet['metrics']['miou'])} | {pct(unet['metrics']['pixel_accuracy'])} | "
                   f"{unet['curve']['ece'][-1]:.4f} | {unet['curve']['brier'][-1]:.4f} |")
+    cores = f"the 2 cores of {info['machine'].split(';')[0]}"
+    how = f"one after the other, each alone on {cores}" if info.get("alone") else f"side by side on one thread each ({cores})"
     section = [
         BEGIN,
         "## CamVid (11 classes)",
         "",
         (f"SegDiff (`camvid-cpu` preset) against the U-Net baseline on CamVid's SegNet split: trained on the 367 "
-         f"train images for {info['minutes']:g} minutes of wall time each, "
-         + ("one after the other, each alone on " if info.get("alone") else "side by side on one thread each (")
-         + f"the 2 cores of {info['machine'].split(';')[0]}{'' if info.get('alone') else ')'}, the same data "
-         "pipeline and 64 px input; validated on "
+         f"train images for {info['minutes']:g} minutes of wall time each, {how}, the same data pipeline and "
+         "64 px input; validated on "
          "64 of the 101 val images; scored on the 233 test images at 480x360 (class probabilities resized "
          "bilinearly, then the argmax; void ignored), mIoU from one confusion matrix over the split. "
          f"SegDiff: {segdiff['sampler']} with {segdiff['num_steps']} steps, K = {k_total}. "

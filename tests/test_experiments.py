@@ -182,6 +182,13 @@ def _camvid(*args: str) -> subprocess.CompletedProcess:
     return _script("camvid_cpu.py", *args)
 
 
+def _camvid_script():
+    spec = importlib.util.spec_from_file_location("camvid_cpu", ROOT / "experiments" / "camvid_cpu.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def test_camvid_page_shows_the_scores_its_runs_wrote_beside_the_published_rows(tmp_path):
     write_camvid_runs(tmp_path / "runs")
     out = tmp_path / "docs" / "results.md"
@@ -208,9 +215,7 @@ def test_camvid_page_shows_the_scores_its_runs_wrote_beside_the_published_rows(t
 def test_camvid_runs_made_alone_take_two_threads_gather_their_models_and_say_so(tmp_path):
     import argparse
 
-    spec = importlib.util.spec_from_file_location("camvid_cpu", ROOT / "experiments" / "camvid_cpu.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _camvid_script()
     args = argparse.Namespace(data=str(tmp_path), runs=str(tmp_path / "runs"), minutes=60.0, test_generations=30,
                               models=["segdiff"], alone=True)
     train, test = script.stages("alone", "segdiff", args)
@@ -238,12 +243,10 @@ def test_camvid_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
 
     from segdiff.cli import build_parser
 
-    spec = importlib.util.spec_from_file_location("camvid_cpu", ROOT / "experiments" / "camvid_cpu.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _camvid_script()
     parser = build_parser()
     args = argparse.Namespace(data=str(tmp_path), runs=str(tmp_path / "runs"), minutes=15.0, test_generations=9,
-                              models=["onehot", "bits"])
+                              models=["onehot", "bits"], alone=False)
     for model in args.models:
         for _, command in script.stages("encoding", model, args):
             words = shlex.split(command)
