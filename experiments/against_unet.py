@@ -18,8 +18,10 @@ test costs (s / 64)^2 tiles per image.
 
 `run` trains SegDiff (`segdiff train --preset PRESET`) and the U-Net (`segdiff baseline --preset
 PRESET`) side by side, one thread each, for the same wall time, the learning rate of both decaying
-to 0 when the time ends; the log of each stage is RUNS/NAME/logs/STAGE.log, marked done with
-STAGE.done, so an interrupted run continues.
+to 0 when the time ends; with `--alone`, one after the other, each alone on 2 threads (one model
+a call if need be, `--models`: run.json keeps the models of earlier calls of the same run). The log
+of each stage is RUNS/NAME/logs/STAGE.log, marked done with STAGE.done, so an interrupted run
+continues.
 
 `analyse` loads both runs' best checkpoints and makes one pass over the test split, alone on 2
 threads, with the test protocol `segdiff evaluate` uses (`protocol.Protocol`; MoNuSeg: the image at
@@ -51,7 +53,6 @@ import math
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -61,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # segdiff, when run from a checkout without install
 sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads this file
 
-from _common import machine, read_log, stage_script  # noqa: E402
+from _common import add_run_arguments, machine, read_log, run_info, run_stages, training_threads  # noqa: E402
 
 SCALES = (128, 256, 512)
 K_SHOWN = (1, 3, 9, 30)
@@ -137,22 +138,23 @@ def ceiling(args: argparse.Namespace) -> int:
 
 # --- run ----------------------------------------------------------------------------------------
 def commands(args: argparse.Namespace) -> dict[str, str]:
-    """The training command of each model: one thread each, the same wall-time budget."""
+    """The training command of each model named: the same wall-time budget, one thread each side by
+    side (with `--alone`, 2 threads each)."""
     data = shlex.quote(args.data)
-    return {model: f"OMP_NUM_THREADS=1 segdiff {command} --data {data} --time-budget {args.minutes:g} "
-                   f"--out {shlex.quote(str(Path(args.runs) / args.name / model))}"
-            for model, command in args.benchmark.models.items()}
+    threads = training_threads(len(args.models), args.alone)
+    return {model: f"OMP_NUM_THREADS={threads} segdiff {args.benchmark.models[model]} --data {data} "
+                   f"--time-budget {args.minutes:g} --out {shlex.quote(str(Path(args.runs) / args.name / model))}"
+            for model in args.models}
 
 
 def run(args: argparse.Namespace) -> int:
-    """Both models train side by side, each in a process of its own on one thread."""
+    """The models train side by side, each in a process of its own (with `--alone`, one after
+    another, each alone on the machine)."""
     logs = Path(args.runs) / args.name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    (Path(args.runs) / args.name / "run.json").write_text(json.dumps(
-        {"minutes": args.minutes, "models": list(args.benchmark.models), "machine": machine()}, indent=2) + "\n")
-    jobs = [subprocess.Popen(["bash", "-c", stage_script(logs, f"train-{model}", line)])
-            for model, line in commands(args).items()]
-    return int(max(p.wait() for p in jobs) != 0)
+    info_path = Path(args.runs) / args.name / "run.json"
+    info_path.write_text(json.dumps(run_info(info_path, args.minutes, args.models, args.alone), indent=2) + "\n")
+    return run_stages(logs, {f"train-{model}": line for model, line in commands(args).items()}, args.alone)
 
 
 # --- analyse ------------------------------------------------------------------------------------
@@ -289,6 +291,17 @@ def analyse(args: argparse.Namespace) -> int:
     return 0
 
 
+def merge_steps(earlier: dict, result: dict) -> dict:
+    """A steps pass's result, with the rows of an earlier pass of the same setting (K, images, seed)
+    kept beside its own (its own win where both have a step count); else the result alone. Files
+    written before the seed was recorded were made with the default seed, 0."""
+    earlier = {"seed": 0, **earlier}
+    if any(earlier.get(key) != result[key] for key in ("generations", "images", "seed")):
+        return result
+    rows = {**earlier["rows"], **result["rows"]}
+    return {**result, "rows": {n: rows[n] for n in sorted(rows, key=int)}}
+
+
 def steps(args: argparse.Namespace) -> int:
     """SegDiff's test scores at few sampling steps: for each step count, the same K generations'
     seeds as `analyse`, sampled with `--sampler` in that many steps; F1, IoU and ECE of the mean.
@@ -326,7 +339,7 @@ def steps(args: argparse.Namespace) -> int:
         print(f"[{i + 1}/{len(names)}] {name}: " + ", ".join(
             f"{n} steps IoU {100 * scores[n]['iou'][-1]:.2f}" for n in args.steps), flush=True)
     result = {"sampler": args.sampler, "refine": args.refine, "generations": args.generations, "images": len(names),
-              "threads": args.threads, "machine": machine(),
+              "seed": args.seed, "threads": args.threads, "machine": machine(),
               "rows": {str(n): {**{m: statistics.mean(v) for m, v in scores[n].items()},
                                 "iou_per_image": scores[n]["iou"], "seconds": statistics.median(seconds[n]),
                                 "unet_seconds": statistics.median(unet_seconds)}
@@ -334,11 +347,8 @@ def steps(args: argparse.Namespace) -> int:
     out = base / "analysis" / (f"steps-{args.sampler}.json" if args.refine is None else
                                f"refine-{args.refine}-{args.sampler}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():  # a pass over other step counts of the same setting: keep its rows beside these
-        earlier = json.loads(out.read_text())
-        if all(earlier.get(key) == result[key] for key in ("generations", "images")):
-            result["rows"] = {n: row for n, row in sorted({**earlier["rows"], **result["rows"]}.items(),
-                                                          key=lambda item: int(item[0]))}
+    if out.exists():
+        result = merge_steps(json.loads(out.read_text()), result)
     from segdiff.io import atomic_write
     atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     for n in args.steps:
@@ -403,20 +413,23 @@ def preset_sampling(preset: str):
     return PRESETS[preset]().sample
 
 
-def intro(bench: Benchmark, args: argparse.Namespace, summary: dict, steps: dict, minutes: float) -> list[str]:
-    """The section's opening: the data, the scale, the runs and their commands."""
+def intro(bench: Benchmark, args: argparse.Namespace, summary: dict, steps: dict, meta: dict) -> list[str]:
+    """The section's opening: the data, the scale, the runs (as run.json describes them) and their commands."""
     script = f"python experiments/against_unet.py{'' if bench.dataset == 'monuseg' else ' --dataset ' + bench.dataset}"
-    trained = (f"Both models trained for {minutes:g} minutes side by side, one thread each, the learning rate of each "
-               f"decaying to 0 when the time ends (`{script} run --data DATA --name {args.name} --minutes {minutes:g}`): "
+    minutes, alone = meta.get("minutes", 60), meta.get("alone", False)
+    how = "one after the other, each alone on 2 threads" if alone else "side by side, one thread each"
+    trained = (f"Both models trained for {minutes:g} minutes {how}, the learning rate of each decaying to 0 when the "
+               f"time ends (`{script} run --data DATA --name {args.name} --minutes {minutes:g}{' --alone' if alone else ''}`): "
                f"SegDiff made {steps['segdiff']} steps, the U-Net {steps['unet']}. Test, one pass "
                f"(`{script} analyse --data DATA --name {args.name}`; SegDiff {summary['sample']}):")
     if bench.dataset == "vaihingen":
         return [f"The page's first section finds SegDiff and the U-Net within about a point of each other on "
                 f"Vaihingen. What does the diffusion model add: an ensemble with the U-Net, uncertainty that flags "
                 f"failures, fewer sampling steps? The 100 training tiles (90 train, 10 validate), the "
-                f"{summary['images']} test tiles scored at the paper's 256 px. These runs are not the first "
-                f"section's (each alone on 2 threads): both trained at once, one thread each, as on MoNuSeg, so "
-                f"each made fewer steps. Machine: {summary['machine']}.", "", trained]
+                f"{summary['images']} test tiles scored at the paper's 256 px. "
+                + ("" if alone else "These runs are not the first section's (each alone on 2 threads): both trained "
+                   "at once, one thread each, so each made fewer steps. ")
+                + f"Machine: {summary['machine']}.", "", trained]
     ceiling_rows = json.loads((Path(args.runs) / "ceiling.json").read_text())["rows"]
     return [f"MoNuSeg's 30 training images (27 train, 3 validate) on 2 CPU cores; the 14 test images scored with "
             f"the paper's protocol at 512 x 512 (F1 and IoU per image, then averaged). Machine: {summary['machine']}.",
@@ -474,7 +487,7 @@ def report(args: argparse.Namespace) -> int:
         begin,
         f"## {bench.title}",
         "",
-        *intro(bench, args, summary, steps, meta.get("minutes", 60)),
+        *intro(bench, args, summary, steps, meta),
         "",
         "| model | F1 | IoU | ECE |",
         "|---|---:|---:|---:|",
@@ -602,9 +615,7 @@ def main() -> int:
     p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
     p.add_argument("--scales", type=int, nargs="+", default=list(SCALES))
     p = sub.add_parser("run")
-    p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
-    p.add_argument("--name", required=True, help="the runs' folder under --runs")
-    p.add_argument("--minutes", type=float, required=True)
+    add_run_arguments(p, ["segdiff", "unet"], ["segdiff", "unet"], "--runs")
     for command in ("analyse", "steps"):  # passes over the test split
         p = sub.add_parser(command)
         p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))

@@ -30,7 +30,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # segdiff, when run from a checkout without install
 sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads this file
 
-from _common import machine, read_log, stage_script  # noqa: E402
+from _common import add_run_arguments, machine, read_log, run_info, run_stages, training_threads  # noqa: E402
 
 RUNS = ROOT / "runs" / "camvid-cpu"
 SIZES = (64, 96, 128)
@@ -126,7 +125,7 @@ def stages(name: str, model: str, args: argparse.Namespace) -> list[tuple[str, s
     (with `--alone`, on 2 threads, alone), testing alone on 2 threads."""
     data = shlex.quote(args.data)
     run = shlex.quote(str(Path(args.runs) / name / model))
-    threads = 2 if args.alone else max(1, 2 // len(args.models))
+    threads = training_threads(len(args.models), args.alone)
     return [
         (f"train-{model}", f"OMP_NUM_THREADS={threads} segdiff {MODELS[model][1]} --data {data} "
                            f"--time-budget {args.minutes:g} --out {run}"),
@@ -135,38 +134,17 @@ def stages(name: str, model: str, args: argparse.Namespace) -> list[tuple[str, s
     ]
 
 
-def run_info(path: Path, args: argparse.Namespace) -> dict:
-    """RUNS/NAME/run.json's content for this run: the minutes, the models, whether they trained alone,
-    the machine. Runs made alone may come in several calls (one model a call, even in different
-    sessions): the models of an earlier run.json of the same minutes, made alone, are kept."""
-    info = {"minutes": args.minutes, "models": list(args.models), "alone": args.alone, "machine": machine()}
-    if args.alone and path.exists():
-        earlier = json.loads(path.read_text())
-        if earlier.get("alone") and earlier["minutes"] == args.minutes:
-            info["models"] = list(dict.fromkeys([*earlier["models"], *args.models]))
-    return info
-
-
 def run(args: argparse.Namespace) -> int:
     """The models train side by side, each in a process of its own (with `--alone`, one after
     another, each alone on the machine); then each is tested in turn."""
     logs = Path(args.runs) / args.name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     info_path = Path(args.runs) / args.name / "run.json"
-    info_path.write_text(json.dumps(run_info(info_path, args), indent=2) + "\n")
+    info_path.write_text(json.dumps(run_info(info_path, args.minutes, args.models, args.alone), indent=2) + "\n")
     plans = {model: stages(args.name, model, args) for model in args.models}
-    if args.alone:
-        if any(subprocess.run(["bash", "-c", stage_script(logs, *plans[model][0])]).returncode
-               for model in args.models):
-            return 1
-    else:
-        training = [subprocess.Popen(["bash", "-c", stage_script(logs, *plans[model][0])]) for model in args.models]
-        if max(p.wait() for p in training):
-            return 1
-    for model in args.models:
-        if subprocess.run(["bash", "-c", stage_script(logs, *plans[model][1])]).returncode:
-            return 1
-    return 0
+    if run_stages(logs, dict(plan[0] for plan in plans.values()), args.alone):
+        return 1
+    return run_stages(logs, dict(plan[1] for plan in plans.values()), alone=True)
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -294,7 +272,7 @@ def report(args: argparse.Namespace) -> int:
         "python experiments/camvid_cpu.py sizes --data DATA",
         f"python experiments/camvid_cpu.py run --data DATA --name {args.name} --minutes {info['minutes']:g}"
         + (" --alone" if info.get("alone") else ""),
-        "python experiments/camvid_cpu.py report",
+        "python experiments/camvid_cpu.py report" + ("" if args.name == "main" else f" --name {args.name}"),
         "segdiff reproduce --preset camvid --data DATA            # full size (256 px, the paper's network), for a GPU",
         "```",
         END,
@@ -338,14 +316,8 @@ def main() -> int:
     p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     p = sub.add_parser("run")
-    p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
-    p.add_argument("--name", required=True, help="the runs' folder under runs/camvid-cpu")
-    p.add_argument("--minutes", type=float, required=True)
-    p.add_argument("--models", nargs="+", default=["segdiff", "unet"], choices=list(MODELS))
+    add_run_arguments(p, list(MODELS), ["segdiff", "unet"], "runs/camvid-cpu")
     p.add_argument("--test-generations", type=int, default=30)
-    p.add_argument("--alone", action="store_true",
-                   help="train the models one after another, each alone on 2 threads (default: side by side, one "
-                        "thread each); an alone run may add its models in several calls")
     p = sub.add_parser("report")
     p.add_argument("--name", default="main", help="the SegDiff-against-U-Net runs")
     p.add_argument("--encoding", default="encoding", help="the one-hot-against-bits runs (skipped if absent)")

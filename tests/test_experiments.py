@@ -221,20 +221,23 @@ def test_camvid_runs_made_alone_take_two_threads_gather_their_models_and_say_so(
     train, test = script.stages("alone", "segdiff", args)
     assert train[1].startswith("OMP_NUM_THREADS=2 segdiff train") and test[1].startswith("OMP_NUM_THREADS=2 ")
     path = tmp_path / "run.json"
-    path.write_text(json.dumps(script.run_info(path, args)))
-    later = argparse.Namespace(**{**vars(args), "models": ["unet"]})  # the U-Net's hour, another day
-    assert script.run_info(path, later)["models"] == ["segdiff", "unet"]
-    assert script.run_info(path, argparse.Namespace(**{**vars(later), "minutes": 30.0}))["models"] == ["unet"]
+    path.write_text(json.dumps(script.run_info(path, 60.0, ["segdiff"], alone=True)))
+    # The U-Net's hour, another day, joins the run; a run of other minutes, or side by side, starts afresh.
+    assert script.run_info(path, 60.0, ["unet"], alone=True)["models"] == ["segdiff", "unet"]
+    assert script.run_info(path, 30.0, ["unet"], alone=True)["models"] == ["unet"]
+    assert script.run_info(path, 60.0, ["unet"], alone=False)["models"] == ["unet"]
     # The page says how the pair was trained, and the command that trains it so.
     write_camvid_runs(tmp_path / "runs")
-    info = tmp_path / "runs" / "main" / "run.json"
+    (tmp_path / "runs" / "main").rename(tmp_path / "runs" / "alone")
+    info = tmp_path / "runs" / "alone" / "run.json"
     info.write_text(json.dumps({**json.loads(info.read_text()), "alone": True}))
     out = tmp_path / "results.md"
     out.write_text("# Results\n")
-    assert _camvid("--runs", str(tmp_path / "runs"), "report", "--out", str(out)).returncode == 0
+    assert _camvid("--runs", str(tmp_path / "runs"), "report", "--name", "alone", "--out", str(out)).returncode == 0
     page = out.read_text()
     assert "60 minutes of wall time each, one after the other, each alone on the 2 cores of a test machine," in page
-    assert "--name main --minutes 60 --alone" in page and "side by side" not in page.split("## CamVid")[1].split("|")[0]
+    assert "side by side" not in page.split("## CamVid")[1].split("|")[0]
+    assert "run --data DATA --name alone --minutes 60 --alone\npython experiments/camvid_cpu.py report --name alone\n" in page
 
 
 def test_camvid_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
@@ -346,6 +349,7 @@ def test_monuseg_page_shows_the_analysis_beside_the_paper(tmp_path):
     assert "| U-Net baseline | 70.00 | 60.00 | 0.0100 |" in page
     assert "| paper, SegDiff (256 px, GPU) | 81.59 | 69.00 | |" in page and "| paper, U-Net | 79.43 | 65.99 | |" in page
     assert "+10.00 ± 5.77 IoU points" in page and "SegDiff made 2500 steps, the U-Net 6000" in page
+    assert "60 minutes side by side, one thread each" in page  # no run.json: the pair of the first runs
     assert "| 0.5 | 82.00 | 72.00 | +2.00 ± 0.00 |" in page
     assert "| SegDiff mean entropy | -1.00 | 1.00 |" in page
     assert "40.0 s per test image" in page and "80x" in page
@@ -381,6 +385,7 @@ def test_vaihingen_section_has_no_scale_table_keeps_the_monuseg_section_and_name
         (runs / "main" / model / "log.jsonl").write_text("\n".join(map(json.dumps, log)) + "\n")
     out = tmp_path / "docs" / "results.md"
     out.parent.mkdir()
+    (runs / "main" / "run.json").write_text(json.dumps({"minutes": 60, "models": ["segdiff", "unet"], "alone": True}))
     out.write_text("# Results\n\n<!-- MONUSEG: written by experiments/against_unet.py report -->\nold\n<!-- /MONUSEG -->\n")
     result = _script("against_unet.py", "--dataset", "vaihingen", "--runs", str(runs), "report", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -390,12 +395,25 @@ def test_vaihingen_section_has_no_scale_table_keeps_the_monuseg_section_and_name
     assert "| SegDiff `vaihingen-cpu`, K = 3 | 80.00 | 70.00 | 0.0100 |" in page
     assert "| paper, SegDiff (256 px, GPU) | 95.14 | 91.12 | |" in page and "paper, U-Net" not in page
     assert "against_unet.py --dataset vaihingen analyse --data DATA --name main" in page
+    # The pair trained alone (run.json says so): the page says how, and gives the command that does it.
+    assert "60 minutes one after the other, each alone on 2 threads" in page and "not the first section's" not in page
+    assert "against_unet.py --dataset vaihingen run --data DATA --name main --minutes 60 --alone`" in page
     assert "--ensemble runs/vaihingen-unet" in page and "--score-size 256" in page
     # The preset's default (2 steps of SDE-DPM-Solver++) costs 4.0 s against the U-Net's 0.25 s timed
     # in the same steps pass (not the analysis pass's 0.5 s).
     assert "At the preset's default, 2 steps of sde-dpm-solver++ (K = 3, the steps pass, also on 2 threads): " \
            "4.0 s against the U-Net's 0.250 s timed in that pass, 16x, for IoU 70.00 against the U-Net's 60.00." in page
     assert (tmp_path / "docs" / "figures" / "vaihingen" / "val-iou.png").is_file()
+
+
+def test_a_steps_pass_keeps_the_rows_of_an_earlier_pass_only_of_the_same_setting():
+    merge = _against_unet_script().merge_steps
+    earlier = {"generations": 30, "images": 14, "rows": {"10": {"iou": 0.6}, "2": {"iou": 0.5}}}  # no seed: 0
+    now = {"generations": 30, "images": 14, "seed": 0, "rows": {"2": {"iou": 0.55}, "1": {"iou": 0.4}}}
+    merged = merge(earlier, now)
+    assert list(merged["rows"]) == ["1", "2", "10"] and merged["rows"]["2"] == {"iou": 0.55}  # the new pass wins
+    for other in ({"seed": 1}, {"generations": 9}, {"images": 3}):
+        assert merge(earlier, {**now, **other})["rows"] == now["rows"]
 
 
 @pytest.mark.parametrize("dataset", ["monuseg", "vaihingen"])
@@ -407,7 +425,7 @@ def test_against_unet_runner_commands_parse_with_the_segdiff_command_line(tmp_pa
 
     script = _against_unet_script()
     args = argparse.Namespace(data=str(tmp_path / "my data"), runs=str(tmp_path / "runs"), name="main", minutes=60.0,
-                              benchmark=script.BENCHMARKS[dataset])
+                              benchmark=script.BENCHMARKS[dataset], models=["segdiff", "unet"], alone=False)
     parser = build_parser()
     lines = script.commands(args)
     assert set(lines) == {"segdiff", "unet"}
@@ -416,5 +434,8 @@ def test_against_unet_runner_commands_parse_with_the_segdiff_command_line(tmp_pa
         assert words[0] == "OMP_NUM_THREADS=1" and words[1] == "segdiff" and f"{dataset}-cpu" in words
         parsed = parser.parse_args(words[2:])
         assert parsed.time_budget == 60.0
+    # Alone, each model takes both cores; one model a call.
+    alone = script.commands(argparse.Namespace(**{**vars(args), "models": ["unet"], "alone": True}))
+    assert list(alone) == ["unet"] and alone["unet"].startswith("OMP_NUM_THREADS=2 segdiff baseline")
     if dataset == "vaihingen":  # the preset stops at 7000 steps, which the U-Net would reach before the hour
         assert "--steps 100000" in lines["unet"]
