@@ -24,13 +24,14 @@ def stage_script(logs: Path, stage: str, command: str) -> str:
             f"{command} > {log} 2>&1 || {{ echo \"{stage} failed; see {log}\"; exit 1; }}; date > {done}; fi")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, models: list[str], default: list[str], runs: str) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, models: list[str], runs: str,
+                      default: list[str] | None = None) -> None:
     """A `run` command's arguments: the data, the run's name, the budget, which models (of `models`;
-    `default` if not said), alone or not."""
+    `default`, else all of them, if not said), alone or not."""
     parser.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
     parser.add_argument("--name", required=True, help=f"the runs' folder under {runs}")
     parser.add_argument("--minutes", type=float, required=True)
-    parser.add_argument("--models", nargs="+", default=default, choices=models)
+    parser.add_argument("--models", nargs="+", default=default or models, choices=models)
     parser.add_argument("--alone", action="store_true",
                         help="train the models one after another, each alone on 2 threads (default: side by side, "
                              "one thread each); an alone run may add its models in several calls")
@@ -51,6 +52,14 @@ def run_info(path: Path, minutes: float, models: list[str], alone: bool) -> dict
         if earlier.get("alone") and earlier["minutes"] == minutes:
             info["models"] = list(dict.fromkeys([*earlier["models"], *models]))
     return info
+
+
+def begin_run(folder: Path, minutes: float, models: list[str], alone: bool) -> Path:
+    """Write FOLDER/run.json (`run_info`) and return FOLDER/logs, made, where the stages log."""
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps(run_info(folder / "run.json", minutes, models, alone), indent=2) + "\n")
+    return logs
 
 
 def run_stages(logs: Path, stages: dict[str, str], alone: bool) -> int:

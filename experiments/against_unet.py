@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # segdiff, when run from a checkout without install
 sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads this file
 
-from _common import add_run_arguments, machine, read_log, run_info, run_stages, training_threads  # noqa: E402
+from _common import add_run_arguments, begin_run, machine, read_log, run_stages, training_threads  # noqa: E402
 
 SCALES = (128, 256, 512)
 K_SHOWN = (1, 3, 9, 30)
@@ -150,10 +150,7 @@ def commands(args: argparse.Namespace) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     """The models train side by side, each in a process of its own (with `--alone`, one after
     another, each alone on the machine)."""
-    logs = Path(args.runs) / args.name / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    info_path = Path(args.runs) / args.name / "run.json"
-    info_path.write_text(json.dumps(run_info(info_path, args.minutes, args.models, args.alone), indent=2) + "\n")
+    logs = begin_run(Path(args.runs) / args.name, args.minutes, args.models, args.alone)
     return run_stages(logs, {f"train-{model}": line for model, line in commands(args).items()}, args.alone)
 
 
@@ -615,7 +612,7 @@ def main() -> int:
     p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
     p.add_argument("--scales", type=int, nargs="+", default=list(SCALES))
     p = sub.add_parser("run")
-    add_run_arguments(p, ["segdiff", "unet"], ["segdiff", "unet"], "--runs")
+    add_run_arguments(p, ["segdiff", "unet"], "--runs")
     for command in ("analyse", "steps"):  # passes over the test split
         p = sub.add_parser(command)
         p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))

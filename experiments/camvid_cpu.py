@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # segdiff, when run from a checkout without install
 sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads this file
 
-from _common import add_run_arguments, machine, read_log, run_info, run_stages, training_threads  # noqa: E402
+from _common import add_run_arguments, begin_run, machine, read_log, run_stages, training_threads  # noqa: E402
 
 RUNS = ROOT / "runs" / "camvid-cpu"
 SIZES = (64, 96, 128)
@@ -137,10 +137,7 @@ def stages(name: str, model: str, args: argparse.Namespace) -> list[tuple[str, s
 def run(args: argparse.Namespace) -> int:
     """The models train side by side, each in a process of its own (with `--alone`, one after
     another, each alone on the machine); then each is tested in turn."""
-    logs = Path(args.runs) / args.name / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    info_path = Path(args.runs) / args.name / "run.json"
-    info_path.write_text(json.dumps(run_info(info_path, args.minutes, args.models, args.alone), indent=2) + "\n")
+    logs = begin_run(Path(args.runs) / args.name, args.minutes, args.models, args.alone)
     plans = {model: stages(args.name, model, args) for model in args.models}
     if run_stages(logs, dict(plan[0] for plan in plans.values()), args.alone):
         return 1
@@ -316,7 +313,7 @@ def main() -> int:
     p.add_argument("--data", default=os.environ.get("SEGDIFF_DATA", ""))
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     p = sub.add_parser("run")
-    add_run_arguments(p, list(MODELS), ["segdiff", "unet"], "runs/camvid-cpu")
+    add_run_arguments(p, list(MODELS), "runs/camvid-cpu", default=["segdiff", "unet"])
     p.add_argument("--test-generations", type=int, default=30)
     p = sub.add_parser("report")
     p.add_argument("--name", default="main", help="the SegDiff-against-U-Net runs")

@@ -220,12 +220,17 @@ def test_camvid_runs_made_alone_take_two_threads_gather_their_models_and_say_so(
                               models=["segdiff"], alone=True)
     train, test = script.stages("alone", "segdiff", args)
     assert train[1].startswith("OMP_NUM_THREADS=2 segdiff train") and test[1].startswith("OMP_NUM_THREADS=2 ")
-    path = tmp_path / "run.json"
-    path.write_text(json.dumps(script.run_info(path, 60.0, ["segdiff"], alone=True)))
+    folder = tmp_path / "run"
+
+    def models_after(minutes, models, alone):
+        assert script.begin_run(folder, minutes, models, alone) == folder / "logs" and (folder / "logs").is_dir()
+        return json.loads((folder / "run.json").read_text())["models"]
+
+    assert models_after(60.0, ["segdiff"], True) == ["segdiff"]
     # The U-Net's hour, another day, joins the run; a run of other minutes, or side by side, starts afresh.
-    assert script.run_info(path, 60.0, ["unet"], alone=True)["models"] == ["segdiff", "unet"]
-    assert script.run_info(path, 30.0, ["unet"], alone=True)["models"] == ["unet"]
-    assert script.run_info(path, 60.0, ["unet"], alone=False)["models"] == ["unet"]
+    assert models_after(60.0, ["unet"], True) == ["segdiff", "unet"]
+    assert models_after(30.0, ["unet"], True) == ["unet"]
+    assert models_after(60.0, ["segdiff"], False) == ["segdiff"]
     # The page says how the pair was trained, and the command that trains it so.
     write_camvid_runs(tmp_path / "runs")
     (tmp_path / "runs" / "main").rename(tmp_path / "runs" / "alone")
