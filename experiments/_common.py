@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -18,10 +19,12 @@ def machine() -> str:
 
 
 def stage_script(logs: Path, stage: str, command: str) -> str:
-    """Bash that runs `command` unless STAGE.done exists, logging to STAGE.log, then marks it done."""
-    done, log = logs / f"{stage}.done", logs / f"{stage}.log"
+    """Bash that runs `command` unless STAGE.done exists (it says it skips it), logging to STAGE.log,
+    then marks it done."""
+    done, log = shlex.quote(str(logs / f"{stage}.done")), shlex.quote(str(logs / f"{stage}.log"))
     return (f"if [ ! -e {done} ]; then echo \"[$(date +%T)] {stage}: {command}\"; "
-            f"{command} > {log} 2>&1 || {{ echo \"{stage} failed; see {log}\"; exit 1; }}; date > {done}; fi")
+            f"{command} > {log} 2>&1 || {{ echo \"{stage} failed; see {log}\"; exit 1; }}; date > {done}; "
+            f"else echo \"skip {stage}: {done} exists\"; fi")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, models: list[str], runs: str,

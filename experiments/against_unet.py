@@ -41,6 +41,10 @@ the paper's 256 and scored there), so its SegDiff and U-Net rows are what `segdi
   20 %, `metrics.risk_coverage_area`);
 - seconds per image of SegDiff at K and of the U-Net's one pass, timed in turn on the same images.
 It writes RUNS/NAME/analysis/per_image.csv and analysis.json.
+
+`report` writes the benchmark's section from one run (`--name`); a paragraph sums up the pair's
+other run (`--compare`, default `main`: trained the other way, side by side or alone) and the rows
+of the passes made on that run only.
 """
 
 from __future__ import annotations
@@ -453,6 +457,46 @@ def one_command(bench: Benchmark) -> str:
             "How the runs were made: experiments/README.md.")
 
 
+def compare_lines(bench: Benchmark, args: argparse.Namespace, script: str, base: Path) -> list[str]:
+    """The other run of the same pair (`--compare NAME`, trained the other way: side by side or alone),
+    in a paragraph: its steps and test scores, and the rows of its passes this run has not made."""
+    other = Path(args.runs) / args.compare
+    if args.compare == args.name or not (other / "analysis" / "analysis.json").exists():
+        return []
+    summary = json.loads((other / "analysis" / "analysis.json").read_text())
+    meta = json.loads((other / "run.json").read_text()) if (other / "run.json").exists() else {}
+    minutes, alone = meta.get("minutes", 60), meta.get("alone", False)
+    steps = {m: read_log(other / m)[0][-1]["step"] for m in bench.models}
+    k, models, better = summary["generations"], summary["models"], summary["better_single"]
+    diff = summary["paired"][f"segdiff_k{k} - unet"]
+    text = (f"The same pair trained {minutes:g} minutes "
+            + ("one after the other, each alone on 2 threads" if alone else "side by side, one thread each")
+            + f" (`{script} run --data DATA --name {args.compare} --minutes {minutes:g}{' --alone' if alone else ''}`): "
+            f"SegDiff made {steps['segdiff']} steps, the U-Net {steps['unet']}; test IoU {pct(models[f'segdiff_k{k}']['iou'])} "
+            f"(K = {k}) against {pct(models['unet']['iou'])}, SegDiff minus the U-Net {100 * diff['mean']:+.2f} ± "
+            f"{100 * diff['se']:.2f}; the ensemble at w = 0.5 {pct(models['ensemble_w0.5']['iou'])}.")
+    made = set()  # (sampler, T0 or None, steps) of this run's passes
+    for path in (base / "analysis").glob("*-*.json"):
+        found = json.loads(path.read_text())
+        made |= {(found["sampler"], found.get("refine"), n) for n in found["rows"]}
+    passes = []
+    for path in sorted((other / "analysis").glob("steps-*.json")):
+        for found, n, row, d in pass_rows([path], summary["iou_per_image"]):
+            if (found["sampler"], None, n) not in made:
+                passes.append(f"{found['sampler']} at {n} steps, IoU {pct(row['iou'])} ({100 * d['mean']:+.2f} ± "
+                              f"{100 * d['se']:.2f} against its 10 steps)")
+    reference = summary["iou_per_image"] if better.startswith("segdiff") else summary["unet_iou_per_image"]
+    for path in sorted((other / "analysis").glob("refine-*.json")):
+        for found, n, row, d in pass_rows([path], reference):
+            if (found["sampler"], found["refine"], n) not in made:
+                passes.append(f"refinement from T0 = {found['refine']} with {n} steps of {found['sampler']}, IoU "
+                              f"{pct(row['iou'])} ({100 * d['mean']:+.2f} ± {100 * d['se']:.2f} against its better "
+                              "single model)")
+    if passes:
+        text += " Passes made on that run only: " + "; ".join(passes) + "."
+    return [text, ""]
+
+
 def report(args: argparse.Namespace) -> int:
     from segdiff.io import write_section
     from segdiff.plots import plot_training_curves
@@ -501,6 +545,7 @@ def report(args: argparse.Namespace) -> int:
               f"{pct(vals['segdiff'][-1]['val_iou'] if vals['segdiff'] else None)}, U-Net "
               f"{pct(vals['unet'][-1]['val_iou'] if vals['unet'] else None)} ({bench.validation}; "
               f"![validation IoU over training time]({figure_name})).", ""]
+    lines += compare_lines(bench, args, script, base)
     better = summary["better_single"]
     lines += ["**Ensemble** (`--ensemble RUN --ensemble-weight w`: (1 - w) x SegDiff's mean + w x the U-Net's "
               "probability), against the better single model (" + label[better] + "):", "",
@@ -627,6 +672,8 @@ def main() -> int:
                    "noised to step T0 (SDEdit); the steps then run from T0 down")
     p = sub.add_parser("report")
     p.add_argument("--name", default="main")
+    p.add_argument("--compare", default="main", metavar="NAME",
+                   help="the pair's other run (trained the other way), summed up in a paragraph if it has an analysis")
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     args = parser.parse_args()
     args.benchmark = BENCHMARKS[args.dataset]

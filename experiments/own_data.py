@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # segdiff's plotting, when run from a checkout without install
 sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads this file
 
-from _common import read_log  # noqa: E402
+from _common import read_log, run_stages  # noqa: E402
 
 SCORE_SIZE = 256  # as on Vaihingen: models at 64 px, probabilities resized bilinearly to 256 before the threshold
 # name -> (label in the report, the training command's arguments after `segdiff`)
@@ -56,19 +54,9 @@ def run(args: argparse.Namespace) -> int:
     runs = Path(args.runs) / f"{args.task}-{args.minutes:g}m"
     logs = runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for model in args.models:
-        for name, command in stages(args.task, args.minutes, model, args.tasks_dir, runs):
-            if (logs / f"{name}.done").exists():
-                print(f"skip {name}: {logs}/{name}.done exists")
-                continue
-            print(f"[{time.strftime('%H:%M:%S')}] {runs.name} {name}: {command}", flush=True)
-            with (logs / f"{name}.log").open("w") as log:
-                code = subprocess.run(command, shell=True, stdout=log, stderr=subprocess.STDOUT).returncode
-            if code != 0:
-                print(f"{name} failed (exit {code}); see {logs}/{name}.log", flush=True)
-                return 1
-            (logs / f"{name}.done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-    return 0
+    return run_stages(logs, {name: command for model in args.models
+                             for name, command in stages(args.task, args.minutes, model, args.tasks_dir, runs)},
+                      alone=True)
 
 
 def gap_lines(scores: dict) -> list[str]:

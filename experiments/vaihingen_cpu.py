@@ -21,12 +21,14 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads this file
+
+from _common import run_stages  # noqa: E402
+
 OWN_DATA_BEGIN = "<!-- OWN_DATA"  # where experiments/own_data.py's section of the page starts
 UNET_STEPS = 20_000  # what an hour on 2 cores fits for the U-Net (5.9 steps/s), so its cosine lr ends too
 K_SHOWN = (1, 3, 9, 30)
@@ -48,19 +50,8 @@ STAGES: tuple[tuple[str, str], ...] = (
 def run(args: argparse.Namespace) -> int:
     logs = Path(args.runs) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for name, template in STAGES:
-        if (logs / f"{name}.done").exists():
-            print(f"skip {name}: {logs}/{name}.done exists")
-            continue
-        command = template.format(data=shlex.quote(args.data), runs=shlex.quote(args.runs))
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {command}", flush=True)
-        with (logs / f"{name}.log").open("w") as log:
-            code = subprocess.run(command, shell=True, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-        if code != 0:
-            print(f"{name} failed (exit {code}); see {logs}/{name}.log", flush=True)
-            return 1
-        (logs / f"{name}.done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-    return 0
+    return run_stages(logs, {name: template.format(data=shlex.quote(args.data), runs=shlex.quote(args.runs))
+                             for name, template in STAGES}, alone=True)
 
 
 def _pct(x: float) -> str:

@@ -411,6 +411,55 @@ def test_vaihingen_section_has_no_scale_table_keeps_the_monuseg_section_and_name
     assert (tmp_path / "docs" / "figures" / "vaihingen" / "val-iou.png").is_file()
 
 
+def _write_pair(run: Path, summary: dict, steps: dict, passes: dict, alone: bool) -> None:
+    """A run folder of the pair as `run` and `analyse` leave it: run.json, each model's log, the
+    analysis and the passes' files (file name -> content)."""
+    (run / "analysis").mkdir(parents=True)
+    (run / "analysis" / "analysis.json").write_text(json.dumps(summary))
+    for name, content in passes.items():
+        (run / "analysis" / name).write_text(json.dumps(content))
+    (run / "run.json").write_text(json.dumps({"minutes": 60, "models": ["segdiff", "unet"], "alone": alone}))
+    for model, n in steps.items():
+        log = [{"step": n, "event": "train", "time": 3600.0}, {"step": n, "event": "val", "val_iou": 0.6, "time": 3600.0}]
+        (run / model).mkdir(parents=True)
+        (run / model / "log.jsonl").write_text("\n".join(map(json.dumps, log)) + "\n")
+
+
+def test_the_section_of_one_run_sums_up_the_pairs_other_run_and_the_passes_made_only_there(tmp_path):
+    script = _against_unet_script()
+    runs = tmp_path / "runs"
+    (runs).mkdir()
+    (runs / "ceiling.json").write_text(json.dumps({"masks": 30, "rows": {}}))
+    summary = script.summarise(_monuseg_rows(), [1, 3], 3)  # SegDiff 70.00 against the U-Net's 60.00
+    summary.update({"machine": "a test machine", "threads": 2, "sample": "K = 3", "protocol": "MoNuSeg"})
+    row = {"f1": 0.75, "iou": 0.65, "ece": 0.02, "iou_per_image": [0.65, 0.55, 0.75], "seconds": 5.0}
+    # Side by side (main): a ddim pass at 1 and 2 steps and a refinement; alone: a ddim pass at 1 step only.
+    _write_pair(runs / "main", summary, {"segdiff": 2500, "unet": 6000}, alone=False, passes={
+        "steps-ddim.json": {"sampler": "ddim", "generations": 3, "rows": {"1": row, "2": row}},
+        "refine-30-ddim.json": {"sampler": "ddim", "refine": 30, "generations": 3, "rows": {"3": row}}})
+    _write_pair(runs / "alone", summary, {"segdiff": 6000, "unet": 16000}, alone=True, passes={
+        "steps-ddim.json": {"sampler": "ddim", "generations": 3, "rows": {"1": row}}})
+    out = tmp_path / "results.md"
+    result = _script("against_unet.py", "--runs", str(runs), "report", "--name", "alone", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert "60 minutes one after the other, each alone on 2 threads" in page and "SegDiff made 6000 steps" in page
+    assert ("The same pair trained 60 minutes side by side, one thread each (`python experiments/against_unet.py run "
+            "--data DATA --name main --minutes 60`): SegDiff made 2500 steps, the U-Net 6000; test IoU 70.00 (K = 3) "
+            "against 60.00, SegDiff minus the U-Net +10.00 ± 5.77; the ensemble at w = 0.5 72.00.") in page
+    # Only the passes the alone run lacks: ddim at 2 steps (5 points below 10 steps on each image) and
+    # the refinement (5 points below SegDiff, the better single model, on each image).
+    assert ("Passes made on that run only: ddim at 2 steps, IoU 65.00 (-5.00 ± 0.00 against its 10 steps); "
+            "refinement from T0 = 30 with 3 steps of ddim, IoU 65.00 (-5.00 ± 0.00 against its better single "
+            "model).") in page
+    assert "ddim at 1 steps" not in page
+    # The main run's own section does not compare it with itself; a missing other run is skipped.
+    for name, compare in (("main", "main"), ("alone", "nothing")):
+        assert _script("against_unet.py", "--runs", str(runs), "report", "--name", name, "--compare", compare,
+                       "--out", str(out)).returncode == 0
+        assert "The same pair trained" not in out.read_text()
+
+
 def test_a_steps_pass_keeps_the_rows_of_an_earlier_pass_only_of_the_same_setting():
     merge = _against_unet_script().merge_steps
     earlier = {"generations": 30, "images": 14, "rows": {"10": {"iou": 0.6}, "2": {"iou": 0.5}}}  # no seed: 0
