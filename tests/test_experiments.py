@@ -326,7 +326,7 @@ def test_monuseg_page_shows_the_analysis_beside_the_paper(tmp_path):
     script = _against_unet_script()
     runs = tmp_path / "runs"
     summary = script.summarise(_monuseg_rows(), [1, 3], 3)
-    summary.update({"machine": "a test machine", "threads": 2, "sample": "K = 3, 10-step sampler",
+    summary.update({"machine": "a test machine", "threads": 2, "sample": "K=3, sampler ddim (10 steps), symmetry none",
                     "protocol": "MoNuSeg"})
     (runs / "main" / "analysis").mkdir(parents=True)
     (runs / "main" / "analysis" / "analysis.json").write_text(json.dumps(summary))
@@ -375,7 +375,7 @@ def test_vaihingen_section_has_no_scale_table_keeps_the_monuseg_section_and_name
     script = _against_unet_script()
     runs = tmp_path / "runs"
     summary = script.summarise(_monuseg_rows(), [1, 3], 3)
-    summary.update({"machine": "a test machine", "threads": 2, "sample": "K = 3, 10-step sampler",
+    summary.update({"machine": "a test machine", "threads": 2, "sample": "K=3, sampler ddim (10 steps), symmetry none",
                     "protocol": "Vaihingen"})
     (runs / "main" / "analysis").mkdir(parents=True)
     (runs / "main" / "analysis" / "analysis.json").write_text(json.dumps(summary))
@@ -431,14 +431,21 @@ def test_the_section_of_one_run_sums_up_the_pairs_other_run_and_the_passes_made_
     (runs).mkdir()
     (runs / "ceiling.json").write_text(json.dumps({"masks": 30, "rows": {}}))
     summary = script.summarise(_monuseg_rows(), [1, 3], 3)  # SegDiff 70.00 against the U-Net's 60.00
-    summary.update({"machine": "a test machine", "threads": 2, "sample": "K = 3", "protocol": "MoNuSeg"})
+    summary.update({"machine": "a test machine", "threads": 2, "sample": "K=3, sampler ddim (10 steps)",
+                    "protocol": "MoNuSeg"})
+    # The alone run's analysis sampled at the preset's default (2 steps of SDE-DPM-Solver++): its passes
+    # compare with it; its 10-step pass is the reference of the few-steps target.
+    alone = {**summary, "sample": "K=3, sampler sde-dpm-solver++ (2 steps)", "sampler": "sde-dpm-solver++",
+             "sampling_steps": 2}
+    ten = {"f1": 0.8, "iou": 0.72, "ece": 0.02, "iou_per_image": [0.72, 0.62, 0.82], "seconds": 20.0}
     row = {"f1": 0.75, "iou": 0.65, "ece": 0.02, "iou_per_image": [0.65, 0.55, 0.75], "seconds": 5.0}
     # Side by side (main): a ddim pass at 1 and 2 steps and a refinement; alone: a ddim pass at 1 step only.
     _write_pair(runs / "main", summary, {"segdiff": 2500, "unet": 6000}, alone=False, passes={
         "steps-ddim.json": {"sampler": "ddim", "generations": 3, "rows": {"1": row, "2": row}},
         "refine-30-ddim.json": {"sampler": "ddim", "refine": 30, "generations": 3, "rows": {"3": row}}})
-    _write_pair(runs / "alone", summary, {"segdiff": 6000, "unet": 16000}, alone=True, passes={
-        "steps-ddim.json": {"sampler": "ddim", "generations": 3, "rows": {"1": row}}})
+    _write_pair(runs / "alone", alone, {"segdiff": 6000, "unet": 16000}, alone=True, passes={
+        "steps-ddim.json": {"sampler": "ddim", "generations": 3, "rows": {"1": row}},
+        "steps-sde-dpm-solver++.json": {"sampler": "sde-dpm-solver++", "generations": 3, "rows": {"10": ten}}})
     out = tmp_path / "results.md"
     result = _script("against_unet.py", "--runs", str(runs), "report", "--name", "alone", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -453,6 +460,11 @@ def test_the_section_of_one_run_sums_up_the_pairs_other_run_and_the_passes_made_
             "refinement from T0 = 30 with 3 steps of ddim, IoU 65.00 (-5.00 ± 0.00 against its better single "
             "model).") in page
     assert "ddim at 1 steps" not in page
+    assert "**Other sampling steps**" in page and "| IoU minus 2 steps (± s.e.) |" in page
+    assert "| sde-dpm-solver++ | 10 | 80.00 | 72.00 | +2.00 ± 0.00 |" in page
+    assert "That pass sampled at the preset's default, 2 steps of sde-dpm-solver++." in page
+    # Against 10 steps: ddim at 1 step is 7 points below, the 2-step analysis 2 points below.
+    assert "3 steps or fewer: missed; the closest: sde-dpm-solver++, 2 steps (-2.00)." in page
     # The main run's own section does not compare it with itself; a missing other run is skipped.
     for name, compare in (("main", "main"), ("alone", "nothing")):
         assert _script("against_unet.py", "--runs", str(runs), "report", "--name", name, "--compare", compare,
