@@ -490,19 +490,17 @@ def compare_lines(bench: Benchmark, args: argparse.Namespace, script: str, base:
     for path in (base / "analysis").glob("*-*.json"):
         found = json.loads(path.read_text())
         made |= {(found["sampler"], found.get("refine"), n) for n in found["rows"]}
-    passes = []
-    for path in sorted((other / "analysis").glob("steps-*.json")):
-        for found, n, row, d in pass_rows([path], summary["iou_per_image"]):
-            if (found["sampler"], None, n) not in made:
-                passes.append(f"{found['sampler']} at {n} steps, IoU {pct(row['iou'])} ({100 * d['mean']:+.2f} ± "
-                              f"{100 * d['se']:.2f} against its 10 steps)")
+    passes, ref_steps = [], analysis_sampling(summary)[1]
+    for found, n, row, d in pass_rows(sorted((other / "analysis").glob("steps-*.json")), summary["iou_per_image"]):
+        if (found["sampler"], None, n) not in made:
+            passes.append(f"{found['sampler']} at {n} steps, IoU {pct(row['iou'])} ({100 * d['mean']:+.2f} ± "
+                          f"{100 * d['se']:.2f} against its {ref_steps} steps)")
     reference = summary["iou_per_image"] if better.startswith("segdiff") else summary["unet_iou_per_image"]
-    for path in sorted((other / "analysis").glob("refine-*.json")):
-        for found, n, row, d in pass_rows([path], reference):
-            if (found["sampler"], found["refine"], n) not in made:
-                passes.append(f"refinement from T0 = {found['refine']} with {n} steps of {found['sampler']}, IoU "
-                              f"{pct(row['iou'])} ({100 * d['mean']:+.2f} ± {100 * d['se']:.2f} against its better "
-                              "single model)")
+    for found, n, row, d in pass_rows(sorted((other / "analysis").glob("refine-*.json")), reference):
+        if (found["sampler"], found["refine"], n) not in made:
+            passes.append(f"refinement from T0 = {found['refine']} with {n} steps of {found['sampler']}, IoU "
+                          f"{pct(row['iou'])} ({100 * d['mean']:+.2f} ± {100 * d['se']:.2f} against its better "
+                          "single model)")
     if passes:
         text += " Passes made on that run only: " + "; ".join(passes) + "."
     return [text, ""]
@@ -589,16 +587,16 @@ def report(args: argparse.Namespace) -> int:
         f = summary["failure"][score]
         lines.append(f"| {name} | {f['spearman']:+.2f} | {f['auroc_worst20']:.2f} | {f['aurc']:.4f} | "
                      f"{f['aurc_oracle']:.4f} |")
-    step_files = sorted((base / "analysis").glob("steps-*.json"))
+    step_rows = list(pass_rows(sorted((base / "analysis").glob("steps-*.json")), summary["iou_per_image"]))
     ref_sampler, ref_steps = analysis_sampling(summary)
-    if step_files:
-        fewer = all(int(n) < ref_steps for _, n, _, _ in pass_rows(step_files, summary["iou_per_image"]))
+    if step_rows:
+        fewer = all(int(n) < ref_steps for _, n, _, _ in step_rows)
         lines += ["", f"**{'Fewer' if fewer else 'Other'} sampling steps** (K = {k}, the same seeds; "
                   f"`{script} steps --data DATA --name {args.name} --sampler S`), "
                   f"against the {ref_steps}-step row above:", "",
                   f"| sampler | steps | F1 | IoU | IoU minus {ref_steps} steps (± s.e.) | ECE | s/image |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        for found, n, row, d in pass_rows(step_files, summary["iou_per_image"]):
+        for found, n, row, d in step_rows:
             lines.append(f"| {found['sampler']} | {n} | {pct(row['f1'])} | {pct(row['iou'])} | "
                          f"{100 * d['mean']:+.2f} ± {100 * d['se']:.2f} | {row['ece']:.4f} | {row['seconds']:.1f} |")
     refine_files = sorted((base / "analysis").glob("refine-*.json"))
@@ -617,7 +615,7 @@ def report(args: argparse.Namespace) -> int:
               f"for the U-Net's one pass, timed in turn in the same run on {summary['threads']} threads "
               f"(median over the images): {summary['cost_ratio']:.0f}x."]
     default = preset_sampling(bench.preset)
-    chosen = [row for found, n, row, _ in pass_rows(step_files, summary["iou_per_image"])
+    chosen = [row for found, n, row, _ in step_rows
               if found["sampler"] == default.sampler and int(n) == default.num_sampling_steps]
     if (ref_sampler, ref_steps) == (default.sampler, default.num_sampling_steps):
         lines[-1] += f" That pass sampled at the preset's default, {ref_steps} steps of {ref_sampler}."
@@ -648,7 +646,7 @@ def report(args: argparse.Namespace) -> int:
                  f"{worst} of them failures" + (", these measures move a lot with one image." if worst < 10 else "."))
     per_image = {(ref_sampler, ref_steps): summary["iou_per_image"]}  # (sampler, steps) -> IoU per image
     per_image.update({(found["sampler"], int(n)): row["iou_per_image"]
-                      for found, n, row, _ in pass_rows(step_files, summary["iou_per_image"])})
+                      for found, n, row, _ in step_rows})
     ten = per_image.get((ref_sampler, 10))
     few = [] if ten is None else [(sampler, n, paired(ious, ten)["mean"])
                                   for (sampler, n), ious in sorted(per_image.items()) if n <= 3]
