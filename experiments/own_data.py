@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads
 from _common import read_log, run_stages  # noqa: E402
 
 SCORE_SIZE = 256  # as on Vaihingen: models at 64 px, probabilities resized bilinearly to 256 before the threshold
+VAL_STEPS = (1, 2, 10)  # sampling steps each SegDiff run is scored at on the validation split (the preset's choice)
 # name -> (label in the report, the training command's arguments after `segdiff`)
 MODELS: dict[str, tuple[str, str]] = {
     "segdiff": ("SegDiff `cpu` preset", "train --preset cpu"),
@@ -42,11 +43,43 @@ BEGIN, END = "<!-- OWN_DATA: written by experiments/own_data.py report -->", "<!
 def stages(task: str, minutes: float, model: str, tasks_dir: str, runs: Path) -> list[tuple[str, str]]:
     data = shlex.quote(f"{tasks_dir}/camvid-{task}")
     run = shlex.quote(str(runs / model))
-    return [
+    evaluate = f"OMP_NUM_THREADS=2 segdiff evaluate {run} --dataset folder --data {data} --score-size {SCORE_SIZE}"
+    stages = [
         (f"train-{model}", f"OMP_NUM_THREADS=2 segdiff {MODELS[model][1]} --data {data} --time-budget {minutes:g} "
                            f"--out {run}"),
-        (f"test-{model}", f"OMP_NUM_THREADS=2 segdiff evaluate {run} --dataset folder --data {data} --split test "
-                          f"--score-size {SCORE_SIZE} --out {run}/test"),
+        (f"test-{model}", f"{evaluate} --split test --out {run}/test"),
+    ]
+    if model.startswith("segdiff"):  # its sampling steps, chosen on the validation split (the test split unseen)
+        stages.append((f"val-steps-{model}", " && ".join(f"{evaluate} --split val --steps {n} --out {run}/val-steps-{n}"
+                                                         for n in VAL_STEPS)))
+    return stages
+
+
+def steps_table(runs_root: Path, tasks: list[str], minutes: list[float], models: list[str]) -> list[str]:
+    """Lines of the table of SegDiff's validation scores at each of VAL_STEPS sampling steps (the
+    preset's K), one row per run that has them; the runs' val-steps-N/summary.json."""
+    rows = []
+    for task in tasks:
+        for m in minutes:
+            for model in (name for name in models if name.startswith("segdiff")):
+                run = runs_root / f"{task}-{m:g}m" / model
+                found = {n: json.loads((run / f"val-steps-{n}" / "summary.json").read_text())
+                         for n in VAL_STEPS if (run / f"val-steps-{n}" / "summary.json").exists()}
+                if found:
+                    rows.append(f"| {task} | {MODELS[model][0]} | {m:g} | "
+                                + " | ".join(f"{100 * found[n]['metrics']['iou']:.2f}" if n in found else "-"
+                                             for n in VAL_STEPS)
+                                + f" | {next(iter(found.values()))['num_generations']} |")
+    if not rows:
+        return []
+    return [
+        (f"SegDiff's sampling steps, on the validation split (IoU at {SCORE_SIZE} px, the preset's K, SDE-DPM-Solver++; "
+         "the test split is not used to choose them):"),
+        "",
+        "| task | model | minutes | " + " | ".join(f"{n} step{'s' * (n > 1)}" for n in VAL_STEPS) + " | K |",
+        "|---|---|---:|" + "---:|" * len(VAL_STEPS) + "---:|",
+        *rows,
+        "",
     ]
 
 
@@ -141,6 +174,7 @@ def report(args: argparse.Namespace) -> int:
         "",
         *gap_lines(scores),
         *[line for picture in pictures for line in (picture, "")],
+        *steps_table(runs_root, args.tasks, args.minutes, args.models),
         *screening_table(args.screens),
         "The recipe, for a folder of your own (`images/`, `masks/`, and a `classes.yaml` if masks have void):",
         "",

@@ -505,3 +505,70 @@ def test_against_unet_runner_commands_parse_with_the_segdiff_command_line(tmp_pa
     assert list(alone) == ["unet"] and alone["unet"].startswith("OMP_NUM_THREADS=2 segdiff baseline")
     if dataset == "vaihingen":  # the preset stops at 7000 steps, which the U-Net would reach before the hour
         assert "--steps 100000" in lines["unet"]
+
+
+# --- experiments/own_data.py ----------------------------------------------------------------------
+def _own_data_script():
+    spec = importlib.util.spec_from_file_location("own_data", ROOT / "experiments" / "own_data.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def _write_own_data_run(run: Path, iou: float, val_ious: list[float], steps: dict[int, float] | None = None) -> None:
+    """A run folder as `own_data.py run` leaves it: log.jsonl, test/summary.json, and for SegDiff the
+    validation scores at each sampling step (val-steps-N/summary.json)."""
+    run.mkdir(parents=True)
+    records = [{"event": "train", "step": 100 * (i + 1), "time": 60.0 * (i + 1)} for i in range(len(val_ious))]
+    records += [{"event": "val", "step": 100 * (i + 1), "time": 60.0 * (i + 1), "val_iou": v}
+                for i, v in enumerate(val_ious)]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "test").mkdir()
+    summary = {"machine": "the test machine", "num_generations": 9, "seconds_per_image": 0.5,
+               "metrics": {"iou": iou, "f1": iou + 0.1}}
+    (run / "test" / "summary.json").write_text(json.dumps(summary))
+    for n, val_iou in (steps or {}).items():
+        (run / f"val-steps-{n}").mkdir()
+        (run / f"val-steps-{n}" / "summary.json").write_text(json.dumps({**summary, "metrics": {"iou": val_iou}}))
+
+
+def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_path):
+    script = _own_data_script()
+    runs = tmp_path / "runs"
+    _write_own_data_run(runs / "car-20m" / "segdiff", 0.40, [0.3, 0.5], steps={1: 0.41, 2: 0.43, 10: 0.385})
+    _write_own_data_run(runs / "car-20m" / "unet", 0.45, [0.6, 0.7])
+    _write_own_data_run(runs / "road-20m" / "segdiff", 0.80, [0.8, 0.9], steps={2: 0.9})
+    _write_own_data_run(runs / "road-20m" / "unet", 0.84, [0.9, 0.95])
+    page = tmp_path / "results.md"
+    page.write_text(f"# Results\n\n{script.BEGIN}\nSTALE SECTION\n{script.END}\n\n## Kept\n")
+    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "own_data.py"), "report", "--tasks", "car",
+                             "road", "--runs", str(runs), "--out", str(page)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = page.read_text()
+    assert "STALE SECTION" not in text and text.endswith("## Kept\n")
+    assert "| car | SegDiff `cpu` preset | 20 | 200 | 50.0 | 40.00 | 50.00 | 9 | 0.50 |" in text
+    # the gap is the U-Net's test IoU minus SegDiff's, in points, against the target of 3
+    assert "car, 20 min: +5.00 (missed); road, 20 min: +4.00 (missed)" in text
+    assert "| car | SegDiff `cpu` preset | 20 | 41.00 | 43.00 | 38.50 | 9 |" in text
+    assert "| road | SegDiff `cpu` preset | 20 | - | 90.00 | - | 9 |" in text  # the steps a run was scored at
+    assert (tmp_path / "figures" / "own-data" / "camvid-car.png").exists()
+
+
+def test_own_data_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
+    import shlex
+
+    from segdiff.cli import build_parser
+
+    script = _own_data_script()
+    parser = build_parser()
+    for model in script.MODELS:
+        stages = script.stages("car", 20, model, str(tmp_path / "tasks"), tmp_path / "runs")
+        assert [name for name, _ in stages][:2] == [f"train-{model}", f"test-{model}"]
+        for _, command in stages:
+            for part in command.split(" && "):  # the validation-steps stage chains one evaluation per step
+                words = shlex.split(part)
+                assert words[0] == "OMP_NUM_THREADS=2" and words[1] == "segdiff"
+                parser.parse_args(words[2:])
+    steps = dict(script.stages("car", 20, "segdiff", "t", tmp_path))["val-steps-segdiff"]
+    assert [f"--steps {n} " in steps for n in script.VAL_STEPS] == [True] * len(script.VAL_STEPS)
+    assert "val-steps-unet" not in dict(script.stages("car", 20, "unet", "t", tmp_path))
