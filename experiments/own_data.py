@@ -128,17 +128,19 @@ def screening_table(screens: list[str]) -> list[str]:
         if evaluated.exists():
             summary = json.loads(evaluated.read_text())
             post_hoc = f"{100 * summary['metrics']['iou']:.1f}"
-            common.add((summary["num_generations"], summary["num_steps"], summary["score_size"]))
+            if config["model"]["kind"] == "segdiff":  # a U-Net's evaluation is its one pass
+                common.add((summary["num_generations"], summary["num_steps"], summary["score_size"]))
         rows.append(f"| {label} | {config['train']['time_budget_min']:g} | {steps[-1]['step']} | "
                     f"{100 * vals[-1]['val_iou']:.1f} | "
                     f"{config['sample']['num_sampling_steps'] if config['model']['kind'] == 'segdiff' else '-'} | "
                     f"{post_hoc} |")
-    setting = (", ".join(f"K = {k}, {n} sampling steps, scored at {size} px" for k, n, size in sorted(common))
-               or "none made")
+    setting = ("SegDiff at " + "; ".join(f"K = {k}, {n} sampling steps, scored at {size} px"
+                                         for k, n, size in sorted(common)) if common else "none of SegDiff")
     return [
-        ("What was tried, on the car task at a shorter budget: each run on one thread, two side by side on "
-         "the same machine; steps and validation IoU at the last step from the runs' log.jsonl (K = 3, at the "
-         f"sampling steps each run's preset then had), and one common evaluation of the last weights ({setting})."),
+        ("What was tried, on the car task at a shorter budget: each run on one thread beside another job on "
+         "the same 2 cores (experiments/README.md says which); steps and validation IoU at the last step from "
+         "the runs' log.jsonl (SegDiff's at K = 3 and the sampling steps its preset then had), and one common "
+         f"evaluation of the last weights on the validation split ({setting})."),
         "",
         "| run | minutes | steps | val IoU at the end | its sampling steps | val IoU, common evaluation |",
         "|---|---:|---:|---:|---:|---:|",

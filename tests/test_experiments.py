@@ -541,19 +541,21 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     _write_own_data_run(runs / "road-20m" / "unet", 0.84, [0.9, 0.95])
     page = tmp_path / "results.md"
     page.write_text(f"# Results\n\n{script.BEGIN}\nSTALE SECTION\n{script.END}\n\n## Kept\n")
-    # two short screening runs: one with the common post-hoc evaluation (RUN/val), one without
-    for name, val_iou in (("screen-a", 0.31), ("screen-b", None)):
+    # short screening runs, each with a post-hoc evaluation (RUN/val) but one SegDiff run
+    for name, kind, evaluation in (("screen-a", "segdiff", (9, 2, 0.31)), ("screen-b", "unet", (1, 0, 0.5)),
+                                   ("screen-c", "segdiff", None)):
         _write_own_data_run(tmp_path / name, 0.3, [0.2, 0.25])
-        kind = "unet" if val_iou is None else "segdiff"
         (tmp_path / name / "config.json").write_text(json.dumps(
             {"train": {"time_budget_min": 8}, "model": {"kind": kind}, "sample": {"num_sampling_steps": 10}}))
-        if val_iou is not None:
+        if evaluation is not None:
+            k, steps, iou = evaluation
             (tmp_path / name / "val").mkdir()
             (tmp_path / name / "val" / "summary.json").write_text(json.dumps(
-                {"num_generations": 9, "num_steps": 2, "score_size": 256, "metrics": {"iou": val_iou}}))
+                {"num_generations": k, "num_steps": steps, "score_size": 256, "metrics": {"iou": iou}}))
     result = subprocess.run([sys.executable, str(ROOT / "experiments" / "own_data.py"), "report", "--tasks", "car",
                              "road", "pedestrian", "--runs", str(runs), "--out", str(page), "--screens",
-                             f"preset={tmp_path / 'screen-a'}", f"U-Net={tmp_path / 'screen-b'}"],
+                             f"preset={tmp_path / 'screen-a'}", f"U-Net={tmp_path / 'screen-b'}",
+                             f"variant={tmp_path / 'screen-c'}"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     text = page.read_text()
@@ -564,8 +566,9 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     assert "| car | SegDiff `cpu` preset | 20 | 41.00 | 43.00 | 38.50 | 9 |" in text
     assert "| road | SegDiff `cpu` preset | 20 | - | 90.00 | - | 9 |" in text  # the steps a run was scored at
     assert "Not measured yet with this preset: pedestrian (20 min: segdiff, unet)." in text
-    assert "| preset | 8 | 200 | 25.0 | 10 | 31.0 |" in text and "| U-Net | 8 | 200 | 25.0 | - | - |" in text
-    assert "one common evaluation of the last weights (K = 9, 2 sampling steps, scored at 256 px)" in text
+    assert "| preset | 8 | 200 | 25.0 | 10 | 31.0 |" in text and "| U-Net | 8 | 200 | 25.0 | - | 50.0 |" in text
+    assert "| variant | 8 | 200 | 25.0 | 10 | - |" in text
+    assert "validation split (SegDiff at K = 9, 2 sampling steps, scored at 256 px)." in text
     assert (tmp_path / "figures" / "own-data" / "camvid-car.png").exists()
 
 
