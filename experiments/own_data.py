@@ -2,11 +2,12 @@
 
     python experiments/camvid_tasks.py --data DATA --out TASKS            # the folder datasets
     python experiments/own_data.py run --tasks-dir TASKS --task car --minutes 20
-    python experiments/own_data.py report --tasks car road --minutes 20   # the section of docs/results.md
+    python experiments/own_data.py report --minutes 20   # the section of docs/results.md (car, road, pedestrian)
 
 Each model of MODELS trains alone on the machine (2 threads) for the given minutes of wall time, the
 same data, input size and pipeline, then is scored on the task's test split at SCORE_SIZE px with the
-sampler settings its checkpoint holds (the preset's defaults). Every stage is logged to
+sampler settings its checkpoint holds (the preset's defaults); a SegDiff run is also scored on the
+validation split at each of VAL_STEPS sampling steps, the evidence for the preset's. Every stage is logged to
 RUNS/TASK-MINm/logs/STAGE.log and marked done with STAGE.done: an interrupted run continues where it
 stopped. `report` reads the runs' log.jsonl and test summary.json and writes the "Your own data"
 section of docs/results.md (the text between the OWN_DATA markers) and one figure per task: the
