@@ -41,6 +41,16 @@ MODELS: dict[str, tuple[str, str]] = {
 BEGIN, END = "<!-- OWN_DATA: written by experiments/own_data.py report -->", "<!-- /OWN_DATA -->"
 
 
+def task_runs(runs_root: Path, task: str, minutes: float) -> Path:
+    """The folder of one task's runs at one budget (a subfolder per model, and logs/)."""
+    return runs_root / f"{task}-{minutes:g}m"
+
+
+def is_segdiff(model: str) -> bool:
+    """Whether a name of MODELS is SegDiff (the preset or a variant), which samples, rather than the U-Net."""
+    return model.startswith("segdiff")
+
+
 def stages(task: str, minutes: float, model: str, tasks_dir: str, runs: Path) -> list[tuple[str, str]]:
     data = shlex.quote(f"{tasks_dir}/camvid-{task}")
     run = shlex.quote(str(runs / model))
@@ -50,7 +60,7 @@ def stages(task: str, minutes: float, model: str, tasks_dir: str, runs: Path) ->
                            f"--out {run}"),
         (f"test-{model}", f"{evaluate} --split test --out {run}/test"),
     ]
-    if model.startswith("segdiff"):  # its sampling steps, chosen on the validation split (the test split unseen)
+    if is_segdiff(model):  # its sampling steps, chosen on the validation split (the test split unseen)
         stages.append((f"val-steps-{model}", " && ".join(f"{evaluate} --split val --steps {n} --out {run}/val-steps-{n}"
                                                          for n in VAL_STEPS)))
     return stages
@@ -62,10 +72,9 @@ def steps_table(runs_root: Path, tasks: list[str], minutes: list[float], models:
     rows = []
     for task in tasks:
         for m in minutes:
-            for model in (name for name in models if name.startswith("segdiff")):
-                run = runs_root / f"{task}-{m:g}m" / model
-                found = {n: json.loads((run / f"val-steps-{n}" / "summary.json").read_text())
-                         for n in VAL_STEPS if (run / f"val-steps-{n}" / "summary.json").exists()}
+            for model in filter(is_segdiff, models):
+                paths = {n: task_runs(runs_root, task, m) / model / f"val-steps-{n}" / "summary.json" for n in VAL_STEPS}
+                found = {n: json.loads(path.read_text()) for n, path in paths.items() if path.exists()}
                 if found:
                     rows.append(f"| {task} | {MODELS[model][0]} | {m:g} | "
                                 + " | ".join(f"{100 * found[n]['metrics']['iou']:.2f}" if n in found else "-"
@@ -85,7 +94,7 @@ def steps_table(runs_root: Path, tasks: list[str], minutes: list[float], models:
 
 
 def run(args: argparse.Namespace) -> int:
-    runs = Path(args.runs) / f"{args.task}-{args.minutes:g}m"
+    runs = task_runs(Path(args.runs), args.task, args.minutes)
     logs = runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     return run_stages(logs, {name: command for model in args.models
@@ -124,16 +133,17 @@ def screening_table(screens: list[str]) -> list[str]:
         label, _, folder = item.rpartition("=")
         steps, vals = read_log(Path(folder))
         config = json.loads((Path(folder) / "config.json").read_text())
+        segdiff = config["model"]["kind"] == "segdiff"
         evaluated = Path(folder) / "val" / "summary.json"
         post_hoc = "-"
         if evaluated.exists():
             summary = json.loads(evaluated.read_text())
             post_hoc = f"{100 * summary['metrics']['iou']:.1f}"
-            if config["model"]["kind"] == "segdiff":  # a U-Net's evaluation is its one pass
+            if segdiff:  # a U-Net's evaluation is its one pass
                 common.add((summary["num_generations"], summary["num_steps"], summary["score_size"]))
         rows.append(f"| {label} | {config['train']['time_budget_min']:g} | {steps[-1]['step']} | "
                     f"{100 * vals[-1]['val_iou']:.1f} | "
-                    f"{config['sample']['num_sampling_steps'] if config['model']['kind'] == 'segdiff' else '-'} | "
+                    f"{config['sample']['num_sampling_steps'] if segdiff else '-'} | "
                     f"{post_hoc} |")
     setting = ("SegDiff at " + "; ".join(f"K = {k}, {n} sampling steps, scored at {size} px"
                                          for k, n, size in sorted(common)) if common else "none of SegDiff")
@@ -161,7 +171,7 @@ def report(args: argparse.Namespace) -> int:
     for task in args.tasks:
         curves = {}
         for minutes in args.minutes:
-            runs = runs_root / f"{task}-{minutes:g}m"
+            runs = task_runs(runs_root, task, minutes)
             for model in args.models:
                 summary_path = runs / model / "test" / "summary.json"
                 if not summary_path.exists():

@@ -81,6 +81,15 @@ def _script(name: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "experiments" / name), *args], capture_output=True, text=True)
 
 
+def _load_script(name: str):
+    """experiments/NAME imported as a module, under its own name (a dataclass in it looks its module up there)."""
+    spec = importlib.util.spec_from_file_location(Path(name).stem, ROOT / "experiments" / name)
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    return script
+
+
 def _page(*args: str) -> subprocess.CompletedProcess:
     return _script("vaihingen_cpu.py", *args)
 
@@ -126,9 +135,7 @@ def test_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
 
     from segdiff.cli import build_parser
 
-    spec = importlib.util.spec_from_file_location("vaihingen_cpu", ROOT / "experiments" / "vaihingen_cpu.py")
-    page = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(page)
+    page = _load_script("vaihingen_cpu.py")
     parser = build_parser()
     for _, template in page.STAGES:
         words = shlex.split(template.format(data=tmp_path / "data", runs=tmp_path / "runs"))
@@ -183,10 +190,7 @@ def _camvid(*args: str) -> subprocess.CompletedProcess:
 
 
 def _camvid_script():
-    spec = importlib.util.spec_from_file_location("camvid_cpu", ROOT / "experiments" / "camvid_cpu.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return _load_script("camvid_cpu.py")
 
 
 def test_camvid_page_shows_the_scores_its_runs_wrote_beside_the_published_rows(tmp_path):
@@ -264,11 +268,7 @@ def test_camvid_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
 
 # --- experiments/against_unet.py ------------------------------------------------------------------
 def _against_unet_script():
-    spec = importlib.util.spec_from_file_location("against_unet", ROOT / "experiments" / "against_unet.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script  # its dataclass looks its module up there
-    spec.loader.exec_module(script)
-    return script
+    return _load_script("against_unet.py")
 
 
 def _monuseg_rows() -> list[dict]:
@@ -509,10 +509,7 @@ def test_against_unet_runner_commands_parse_with_the_segdiff_command_line(tmp_pa
 
 # --- experiments/own_data.py ----------------------------------------------------------------------
 def _own_data_script():
-    spec = importlib.util.spec_from_file_location("own_data", ROOT / "experiments" / "own_data.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return _load_script("own_data.py")
 
 
 def _write_own_data_run(run: Path, iou: float, val_ious: list[float], steps: dict[int, float] | None = None) -> None:
@@ -552,11 +549,9 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
             (tmp_path / name / "val").mkdir()
             (tmp_path / name / "val" / "summary.json").write_text(json.dumps(
                 {"num_generations": k, "num_steps": steps, "score_size": 256, "metrics": {"iou": iou}}))
-    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "own_data.py"), "report", "--tasks", "car",
-                             "road", "pedestrian", "--runs", str(runs), "--out", str(page), "--screens",
-                             f"preset={tmp_path / 'screen-a'}", f"U-Net={tmp_path / 'screen-b'}",
-                             f"variant={tmp_path / 'screen-c'}"],
-                            capture_output=True, text=True)
+    result = _script("own_data.py", "report", "--tasks", "car", "road", "pedestrian", "--runs", str(runs),
+                     "--out", str(page), "--screens", f"preset={tmp_path / 'screen-a'}",
+                     f"U-Net={tmp_path / 'screen-b'}", f"variant={tmp_path / 'screen-c'}")
     assert result.returncode == 0, result.stderr
     text = page.read_text()
     assert "STALE SECTION" not in text and text.endswith("## Kept\n")
