@@ -2,6 +2,7 @@
 
     python experiments/camvid_tasks.py --data DATA --out TASKS            # the folder datasets
     python experiments/own_data.py run --tasks-dir TASKS --task car --minutes 20
+    python experiments/own_data.py screen --tasks-dir TASKS --name NAME --set KEY=VALUE   # 8 minutes on car
     python experiments/own_data.py report --minutes 20   # the section of docs/results.md (car, road, pedestrian)
 
 Each model of MODELS trains alone on the machine (2 threads) for the given minutes of wall time, the
@@ -9,9 +10,16 @@ same data, input size and pipeline, then is scored on the task's test split at S
 sampler settings its checkpoint holds (the preset's defaults); a SegDiff run is also scored on the
 validation split at each of VAL_STEPS sampling steps, the evidence for the preset's. Every stage is logged to
 RUNS/TASK-MINm/logs/STAGE.log and marked done with STAGE.done: an interrupted run continues where it
-stopped. `report` reads the runs' log.jsonl and test summary.json and writes the "Your own data"
-section of docs/results.md (the text between the OWN_DATA markers) and one figure per task: the
-validation IoU of every run against its training minutes. Every number in it comes from those files.
+stopped. `screen` trains one variant (`--set` overrides of the preset, or the U-Net) on a task for a
+shorter budget, alone on 2 threads, and scores its last weights on the validation split at the
+preset's K and steps: one common evaluation for every variant.
+
+A run's small result files (RECORD_FILES: its config, log.jsonl and evaluation summaries, never its
+weights) are copied to experiments/records/own-data/ when its stages are done, and git keeps them:
+run folders live outside git and do not outlast a machine. `report` reads those records and writes
+the "Your own data" section of docs/results.md (the text between the OWN_DATA markers) and one
+figure per task: the validation IoU of every run against its training minutes. Every number in it
+comes from those files.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,6 +48,10 @@ MODELS: dict[str, tuple[str, str]] = {
     "segdiff-dice": ("SegDiff `cpu` + Dice term", "train --preset cpu --set train.dice_weight=1"),
 }
 BEGIN, END = "<!-- OWN_DATA: written by experiments/own_data.py report -->", "<!-- /OWN_DATA -->"
+RECORDS = ROOT / "experiments" / "records" / "own-data"  # what `report` reads; kept in git
+# The files of a run folder that its report needs, copied to RECORDS (`keep`); the weights stay behind.
+RECORD_FILES = ("config.json", "log.jsonl", "test/summary.json", "val/summary.json",
+                *(f"val-steps-{n}/summary.json" for n in VAL_STEPS))
 
 
 def task_runs(runs_root: Path, task: str, minutes: float) -> Path:
@@ -93,13 +106,57 @@ def steps_table(runs_root: Path, tasks: list[str], minutes: list[float], models:
     ]
 
 
+def keep(run: Path, record: Path) -> list[Path]:
+    """Copy the RECORD_FILES that `run` holds to the same places under `record` (replacing what was
+    there) and return the copies."""
+    kept = []
+    for name in RECORD_FILES:
+        if (run / name).exists():
+            (record / name).parent.mkdir(parents=True, exist_ok=True)
+            kept.append(Path(shutil.copyfile(run / name, record / name)))
+    return kept
+
+
 def run(args: argparse.Namespace) -> int:
     runs = task_runs(Path(args.runs), args.task, args.minutes)
     logs = runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    return run_stages(logs, {name: command for model in args.models
-                             for name, command in stages(args.task, args.minutes, model, args.tasks_dir, runs)},
-                      alone=True)
+    failed = run_stages(logs, {name: command for model in args.models
+                               for name, command in stages(args.task, args.minutes, model, args.tasks_dir, runs)},
+                        alone=True)
+    for model in args.models:  # what finished is kept, also when a later stage failed
+        keep(runs / model, task_runs(Path(args.records), args.task, args.minutes) / model)
+    return failed
+
+
+def screen_stages(task: str, minutes: float, name: str, kind: str, sets: list[str], tasks_dir: str,
+                  run: Path) -> dict[str, str]:
+    """A screening run's stages: train `kind` ("segdiff" with the preset's settings and `sets`
+    overrides, or "unet") alone on 2 threads, then score the last weights on the validation split at
+    the `cpu` preset's K and sampling steps (for every variant the same), at SCORE_SIZE px."""
+    from segdiff.config import ExperimentConfig
+
+    sample = ExperimentConfig.cpu().sample
+    data, out = shlex.quote(f"{tasks_dir}/camvid-{task}"), shlex.quote(str(run))
+    command = "train" if kind == "segdiff" else "baseline"
+    overrides = "".join(f" --set {shlex.quote(item)}" for item in sets)
+    return {
+        f"train-{name}": (f"OMP_NUM_THREADS=2 segdiff {command} --preset cpu --data {data} --time-budget {minutes:g} "
+                          f"--out {out}{overrides}"),
+        f"val-{name}": (f"OMP_NUM_THREADS=2 segdiff evaluate {out} --dataset folder --data {data} --split val "
+                        f"--score-size {SCORE_SIZE} --generations {sample.num_generations} "
+                        f"--steps {sample.num_sampling_steps} --out {out}/val"),
+    }
+
+
+def screen(args: argparse.Namespace) -> int:
+    runs = Path(args.runs) / "screens" / f"{args.task}-{args.minutes:g}m"
+    logs = runs / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    failed = run_stages(logs, screen_stages(args.task, args.minutes, args.name, args.kind, args.set,
+                                            args.tasks_dir, runs / args.name), alone=True)
+    keep(runs / args.name, Path(args.records) / "screens" / f"{args.task}-{args.minutes:g}m" / args.name)
+    return failed
 
 
 def gap_lines(scores: dict) -> list[str]:
@@ -120,21 +177,23 @@ def missing_lines(tasks: list[str], minutes: list[float], models: list[str], sco
     return [f"Not measured yet with this preset: {'; '.join(missing)}.", ""] if missing else []
 
 
-def screening_table(screens: list[str]) -> list[str]:
-    """Lines of the short screening runs' table (LABEL=RUN_FOLDER each): steps and validation IoU at the
-    end from their log.jsonl (each run's own validation: K = train.val_generations at its sampling steps),
-    and, where RUN/val/summary.json exists, the validation IoU of one common post-hoc evaluation
-    (`segdiff evaluate RUN/last.safetensors --split val ...`), so that runs validated at different
-    sampling settings compare on one footing."""
+def screening_table(screens: list[str], root: Path) -> list[str]:
+    """Lines of the short screening runs' table (LABEL=FOLDER each, FOLDER under `root` unless
+    absolute: the records `screen` keeps): steps and validation IoU at the end from their log.jsonl
+    (each run's own validation: K = train.val_generations at its sampling steps), and, where
+    FOLDER/val/summary.json exists, the validation IoU of one common post-hoc evaluation
+    (`segdiff evaluate RUN --split val ...`), so that runs validated at different sampling settings
+    compare on one footing."""
     if not screens:
         return []
     rows, common = [], set()
     for item in screens:
-        label, _, folder = item.rpartition("=")
-        steps, vals = read_log(Path(folder))
-        config = json.loads((Path(folder) / "config.json").read_text())
+        label, _, name = item.rpartition("=")
+        folder = root / name
+        steps, vals = read_log(folder)
+        config = json.loads((folder / "config.json").read_text())
         segdiff = config["model"]["kind"] == "segdiff"
-        evaluated = Path(folder) / "val" / "summary.json"
+        evaluated = folder / "val" / "summary.json"
         post_hoc = "-"
         if evaluated.exists():
             summary = json.loads(evaluated.read_text())
@@ -148,10 +207,10 @@ def screening_table(screens: list[str]) -> list[str]:
     setting = ("SegDiff at " + "; ".join(f"K = {k}, {n} sampling steps, scored at {size} px"
                                          for k, n, size in sorted(common)) if common else "none of SegDiff")
     return [
-        ("What was tried, on the car task at a shorter budget: each run on one thread beside another job on "
-         "the same 2 cores (experiments/README.md says which); steps and validation IoU at the last step from "
-         "the runs' log.jsonl (SegDiff's at K = 3 and the sampling steps its preset then had), and one common "
-         f"evaluation of the last weights on the validation split ({setting})."),
+        ("What was tried, on the car task at a shorter budget, each run alone on 2 threads "
+         "(`python experiments/own_data.py screen`): steps and validation IoU at the last step from the runs' "
+         "log.jsonl (SegDiff's own validation at K = 3), and one common evaluation of the last weights on the "
+         f"validation split ({setting})."),
         "",
         "| run | minutes | steps | val IoU at the end | its sampling steps | val IoU, common evaluation |",
         "|---|---:|---:|---:|---:|---:|",
@@ -211,7 +270,7 @@ def report(args: argparse.Namespace) -> int:
         *missing_lines(args.tasks, args.minutes, args.models, scores),
         *[line for picture in pictures for line in (picture, "")],
         *steps_table(runs_root, args.tasks, args.minutes, args.models),
-        *screening_table(args.screens),
+        *screening_table(args.screens, runs_root / "screens"),
         "The recipe, for a folder of your own (`images/`, `masks/`, and a `classes.yaml` if masks have void):",
         "",
         "```",
@@ -242,16 +301,27 @@ def main() -> int:
     p.add_argument("--task", required=True)
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("--models", nargs="+", default=["segdiff", "unet"], choices=sorted(MODELS))
-    p.add_argument("--runs", default="runs/own-data")
+    p.add_argument("--runs", default="runs/own-data", help="where the run folders (with weights) go")
+    p.add_argument("--records", default=str(RECORDS), help="where their RECORD_FILES are kept")
     p.set_defaults(func=run)
+    p = sub.add_parser("screen", help="train one variant for a short budget and score it on the validation split")
+    p.add_argument("--tasks-dir", required=True, help="the folder camvid_tasks.py wrote")
+    p.add_argument("--task", default="car")
+    p.add_argument("--minutes", type=float, default=8.0)
+    p.add_argument("--name", required=True, help="the run's folder name")
+    p.add_argument("--kind", choices=["segdiff", "unet"], default="segdiff")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override of the preset")
+    p.add_argument("--runs", default="runs/own-data", help="the run folder goes to RUNS/screens/TASK-MINm/NAME")
+    p.add_argument("--records", default=str(RECORDS), help="its RECORD_FILES to RECORDS/screens/TASK-MINm/NAME")
+    p.set_defaults(func=screen)
     p = sub.add_parser("report", help="write the 'Your own data' section of docs/results.md")
     p.add_argument("--tasks", nargs="+", default=["car", "road", "pedestrian"])
     p.add_argument("--minutes", nargs="+", type=float, default=[20.0])
     p.add_argument("--models", nargs="+", default=["segdiff", "unet"], choices=sorted(MODELS))
-    p.add_argument("--runs", default="runs/own-data")
+    p.add_argument("--runs", default=str(RECORDS), help="the kept records (or run folders) to read")
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
-    p.add_argument("--screens", nargs="*", default=[], metavar="LABEL=RUN",
-                   help="short screening runs to tabulate (their log.jsonl and config.json)")
+    p.add_argument("--screens", nargs="*", default=[], metavar="LABEL=FOLDER",
+                   help="screening runs to tabulate, FOLDER under RUNS/screens (e.g. car-8m/preset)")
     p.set_defaults(func=report)
     args = parser.parse_args()
     return args.func(args)

@@ -538,20 +538,21 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     _write_own_data_run(runs / "road-20m" / "unet", 0.84, [0.9, 0.95])
     page = tmp_path / "results.md"
     page.write_text(f"# Results\n\n{script.BEGIN}\nSTALE SECTION\n{script.END}\n\n## Kept\n")
-    # short screening runs, each with a post-hoc evaluation (RUN/val) but one SegDiff run
+    # short screening runs (RUNS/screens/car-8m/NAME), each with a post-hoc evaluation (val/) but one SegDiff run
+    screens = runs / "screens" / "car-8m"
     for name, kind, evaluation in (("screen-a", "segdiff", (9, 2, 0.31)), ("screen-b", "unet", (1, 0, 0.5)),
                                    ("screen-c", "segdiff", None)):
-        _write_own_data_run(tmp_path / name, 0.3, [0.2, 0.25])
-        (tmp_path / name / "config.json").write_text(json.dumps(
+        _write_own_data_run(screens / name, 0.3, [0.2, 0.25])
+        (screens / name / "config.json").write_text(json.dumps(
             {"train": {"time_budget_min": 8}, "model": {"kind": kind}, "sample": {"num_sampling_steps": 10}}))
         if evaluation is not None:
             k, steps, iou = evaluation
-            (tmp_path / name / "val").mkdir()
-            (tmp_path / name / "val" / "summary.json").write_text(json.dumps(
+            (screens / name / "val").mkdir()
+            (screens / name / "val" / "summary.json").write_text(json.dumps(
                 {"num_generations": k, "num_steps": steps, "score_size": 256, "metrics": {"iou": iou}}))
     result = _script("own_data.py", "report", "--tasks", "car", "road", "pedestrian", "--runs", str(runs),
-                     "--out", str(page), "--screens", f"preset={tmp_path / 'screen-a'}",
-                     f"U-Net={tmp_path / 'screen-b'}", f"variant={tmp_path / 'screen-c'}")
+                     "--out", str(page), "--screens", "preset=car-8m/screen-a",
+                     "U-Net=car-8m/screen-b", f"variant={screens / 'screen-c'}")
     assert result.returncode == 0, result.stderr
     text = page.read_text()
     assert "STALE SECTION" not in text and text.endswith("## Kept\n")
@@ -565,6 +566,25 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     assert "| variant | 8 | 200 | 25.0 | 10 | - |" in text
     assert "validation split (SegDiff at K = 9, 2 sampling steps, scored at 256 px)." in text
     assert (tmp_path / "figures" / "own-data" / "camvid-car.png").exists()
+
+
+def test_own_data_keeps_a_runs_small_result_files_and_not_its_weights(tmp_path):
+    script = _own_data_script()
+    run, record = tmp_path / "run", tmp_path / "records" / "car-20m" / "segdiff"
+    _write_own_data_run(run, 0.4, [0.3], steps={2: 0.43})
+    (run / "config.json").write_text("{}")
+    (run / "last.safetensors").write_bytes(b"weights")
+    (run / "test" / "examples.png").write_bytes(b"picture")
+    kept = script.keep(run, record)
+    assert sorted(p.relative_to(record).as_posix() for p in kept) == [
+        "config.json", "log.jsonl", "test/summary.json", "val-steps-2/summary.json"]
+    assert all(p.read_bytes() == (run / p.relative_to(record)).read_bytes() for p in kept)
+    assert sorted(p.name for p in record.rglob("*") if p.is_file()) == ["config.json", "log.jsonl", "summary.json",
+                                                                       "summary.json"]
+    # a later call replaces the records with the run's newer files
+    (run / "test" / "summary.json").write_text('{"new": 1}')
+    script.keep(run, record)
+    assert json.loads((record / "test" / "summary.json").read_text()) == {"new": 1}
 
 
 def test_own_data_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
@@ -582,6 +602,15 @@ def test_own_data_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
                 words = shlex.split(part)
                 assert words[0] == "OMP_NUM_THREADS=2" and words[1] == "segdiff"
                 parser.parse_args(words[2:])
+    # a screening run: the variant's overrides reach the training command; its evaluation is at the preset's K and steps
+    screen = script.screen_stages("car", 8, "lr", "segdiff", ["train.lr=1e-3"], str(tmp_path / "tasks"),
+                                  tmp_path / "runs" / "lr")
+    assert list(screen) == ["train-lr", "val-lr"]
+    train_args, val_args = (parser.parse_args(shlex.split(command)[2:]) for command in screen.values())
+    assert train_args.command == "train" and train_args.set == ["train.lr=1e-3"] and train_args.time_budget == 8
+    assert (val_args.split, val_args.generations, val_args.steps) == ("val", 9, 2)
+    unet = script.screen_stages("car", 8, "unet", "unet", [], "t", tmp_path / "unet")["train-unet"]
+    assert shlex.split(unet)[1:3] == ["segdiff", "baseline"]
     steps = dict(script.stages("car", 20, "segdiff", "t", tmp_path))["val-steps-segdiff"]
     assert [f"--steps {n} " in steps for n in script.VAL_STEPS] == [True] * len(script.VAL_STEPS)
     assert "val-steps-unet" not in dict(script.stages("car", 20, "unet", "t", tmp_path))

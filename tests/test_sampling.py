@@ -359,6 +359,15 @@ def test_every_sampler_recovers_x0_from_an_x0_predicting_network(x0, sampler, st
     torch.testing.assert_close(pred.prob, from_signed(x0), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 10), ("ddim", 25), ("sde-dpm-solver++", 2)])
+def test_every_sampler_recovers_x0_from_a_network_of_its_logits(x0, sampler, steps):
+    # Logits of +-20 read as x_0 = 2 sigmoid(z) - 1 = +-(1 - 4e-9): the mask itself, unclamped.
+    s = DDPMScheduler(100, prediction="logits")
+    pred = predict(_X0Oracle(x0, scale=20.0), torch.zeros(3, 1, 8, 8), s, num_generations=1, sampler=sampler,
+                   num_sampling_steps=steps, seeds=[0, 1, 2])
+    torch.testing.assert_close(pred.prob, from_signed(x0), atol=1e-4, rtol=0)
+
+
 def test_to_epsilon_inverts_add_noise_for_both_parameterisations(x0):
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
     t = torch.tensor([0, 50, 99])

@@ -574,6 +574,70 @@ def test_a_negative_dice_weight_is_refused():
         TrainConfig(dice_weight=-1)
 
 
+# ----------------------------------------------------------------------------------------------
+# x_0's logits (diffusion.prediction="logits")
+
+
+def test_a_logits_network_reads_its_output_as_2_sigmoid_minus_1():
+    from segdiff.diffusion import DDPMScheduler
+
+    scheduler = DDPMScheduler(25, prediction="logits")
+    z = torch.tensor([0.0, math.log(3.0), -math.log(3.0), 40.0]).reshape(4, 1, 1, 1)
+    t = torch.tensor([0, 5, 12, 24])
+    x_t = torch.randn(4, 1, 1, 1)
+    # sigmoid(ln 3) = 3/4, so x_0 = 1/2; x_t plays no part in it.
+    x0 = scheduler.to_x0(z, t, x_t).flatten()
+    assert torch.allclose(x0, torch.tensor([0.0, 0.5, -0.5, 1.0]), atol=1e-6)
+    # The noise every sampler steps with is the one that x_0 implies: x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps.
+    abar = scheduler.alphas_cumprod[t].float().reshape(4, 1, 1, 1)
+    eps = scheduler.to_epsilon(z, t, x_t)
+    assert torch.allclose(abar.sqrt() * x0.reshape(4, 1, 1, 1) + (1 - abar).sqrt() * eps, x_t, atol=1e-5)
+
+
+def test_a_logits_networks_loss_is_monais_dice_ce_and_leaves_void_pixels_out():
+    from monai.losses import DiceCELoss
+
+    from segdiff.diffusion import DDPMScheduler
+    from segdiff.models import training_loss
+
+    scheduler = DDPMScheduler(25, prediction="logits")
+    g = torch.Generator().manual_seed(1)
+    mask = (torch.rand(3, 1, 8, 8, generator=g) > 0.7).float()
+    x0, noise = mask * 2 - 1, torch.randn(3, 1, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 24])
+    x_t = scheduler.add_noise(x0, noise, t)
+    logits = torch.randn(3, 1, 8, 8, generator=g) * 3
+    loss = training_loss(logits, x0, noise, t, x_t, scheduler)
+    # MONAI's binary Dice + cross-entropy on the logits, the U-Net baseline's loss, one Dice over the batch.
+    assert loss.item() == pytest.approx(DiceCELoss(sigmoid=True, batch=True)(logits, mask).item(), abs=1e-5)
+    # With void pixels, what the network outputs there changes nothing; elsewhere it does.
+    valid = torch.ones_like(mask, dtype=torch.bool)
+    valid[:, :, :2] = False
+    changed = logits.clone()
+    changed[:, :, :2] = -logits[:, :, :2] + 5
+    assert training_loss(changed, x0, noise, t, x_t, scheduler, valid=valid).item() == pytest.approx(
+        training_loss(logits, x0, noise, t, x_t, scheduler, valid=valid).item(), abs=1e-6)
+    assert training_loss(logits, x0, noise, t, x_t, scheduler, valid=valid).item() != pytest.approx(loss.item())
+
+
+def test_a_logits_network_trains_samples_and_refuses_a_dice_weight(tmp_path):
+    from segdiff import models
+    from segdiff.config import ConfigError
+
+    train(tiny(tmp_path, "diffusion.prediction=logits", "train.max_steps=2", "train.log_every=1"), progress=False)
+    # The zero-initialised output layer gives logits 0 at step 1: cross-entropy ln 2 and every
+    # probability 1/2, so the batch Dice loss lies in (0, 1): the first loss lies in (ln 2, ln 2 + 1).
+    first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert math.log(2) < first["loss"] < math.log(2) + 1
+    model = models.load_model(tmp_path / "last.safetensors")
+    assert model.config.diffusion.prediction == "logits"
+    sample = replace(model.config.sample, num_generations=2, num_sampling_steps=2)
+    prob = model.generations(torch.rand(1, 3, 32, 32), [0, 1], sample)
+    assert prob.shape == (1, 2, 1, 32, 32) and 0 <= prob.min() and prob.max() <= 1
+    with pytest.raises(ConfigError, match="dice_weight=0.5 does not apply to diffusion.prediction=logits"):
+        ExperimentConfig.cpu().override(["diffusion.prediction=logits", "train.dice_weight=0.5"])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ema_update_matches_the_private_foreach_lerp_it_replaced_bit_for_bit(dtype):
     # train() updates the EMA with torch.optim.swa_utils.get_ema_multi_avg_fn(decay); before, it called

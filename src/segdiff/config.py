@@ -289,13 +289,15 @@ class DiffusionConfig:
 
     num_steps: int = 100  # T
     beta_schedule: Literal["linear"] = "linear"  # 1e-4*(1000/T) .. 0.02*(1000/T)
-    # What the network outputs: "epsilon" (the paper: the noise) or "sample" (x_0, the mask itself,
-    # which trains the high-noise steps far faster; see the vaihingen-cpu preset).
-    prediction: Literal["epsilon", "sample"] = "epsilon"
+    # What the network outputs: "epsilon" (the paper: the noise), "sample" (x_0, the mask itself,
+    # which trains the high-noise steps far faster; see the vaihingen-cpu preset) or "logits" (x_0's
+    # logits z, x_0 = 2 sigmoid(z) - 1, trained with Dice + binary cross-entropy against the mask
+    # instead of the MSE: the U-Net baseline's loss, as Diff-UNet (Xing et al. 2023) trains its x_0).
+    prediction: Literal["epsilon", "sample", "logits"] = "epsilon"
 
     def __post_init__(self) -> None:
         _check_choice("beta_schedule", self.beta_schedule, ("linear",))
-        _check_choice("prediction", self.prediction, ("epsilon", "sample"))
+        _check_choice("prediction", self.prediction, ("epsilon", "sample", "logits"))
         if not 21 <= self.num_steps <= 1000:
             # The linear schedule ends at beta_T = 0.02 * 1000 / T, which must stay below 1.
             raise ConfigError(f"num_steps={self.num_steps} must be in [21, 1000] (beta_T = 20/T must be < 1)")
@@ -457,6 +459,9 @@ class ExperimentConfig:
         # Checks across sections. The auxiliary head and its weight go together: a weight without the
         # head has nothing to train, and a head without a weight would hold parameters no loss
         # reaches (DDP refuses those), kept in every checkpoint for nothing.
+        if self.diffusion.prediction == "logits" and self.train.dice_weight > 0:
+            raise ConfigError(f"train.dice_weight={self.train.dice_weight} does not apply to diffusion.prediction="
+                              "logits, whose loss is already Dice + cross-entropy: set it to 0")
         if self.train.aux_weight > 0 and not self.model.aux_head:
             raise ConfigError(f"train.aux_weight={self.train.aux_weight} needs model.aux_head=true")
         if self.model.aux_head and not self.train.aux_weight > 0:

@@ -7,7 +7,8 @@ Notation (paper symbol -> name here):
     x_t             the noisy mask at step t; x_0 the clean mask in diffusion space
     eps_theta       eps_pred, the noise estimate every sampler steps with: the network's output
                     when it predicts the noise (diffusion.prediction="epsilon", the paper), else
-                    derived from its x_0 output by `DDPMScheduler.to_epsilon` ("sample")
+                    derived from its x_0 output by `DDPMScheduler.to_epsilon` ("sample"; "logits":
+                    x_0 = 2 sigmoid(output) - 1)
     x_hat_0         x0_pred
     sigma_t^2       the ancestral sampler's variance; SegDiff uses beta_t
 
@@ -144,12 +145,18 @@ class DDPMScheduler:
         return (x_t - (1 - abar).sqrt() * eps_pred) / abar.sqrt()
 
     def training_target(self, x0: Tensor, noise: Tensor) -> Tensor:
-        """What the network learns to output: the noise (the paper) or x_0 itself."""
+        """What the network's output is fitted to: the noise (the paper) or x_0 itself (for "logits",
+        x_0 = 2 sigmoid(output) - 1 against the mask by cross-entropy, `models.training_loss`)."""
         return noise if self.prediction == "epsilon" else x0
 
     def to_x0(self, output: Tensor, t: Tensor, x_t: Tensor, *, clip_x0: bool = False) -> Tensor:
         """The network's output as its x_0 estimate, clamped to [-1, 1] with `clip_x0`."""
-        x0 = output if self.prediction == "sample" else self.predict_x0(output, t, x_t)
+        if self.prediction == "sample":
+            x0 = output
+        elif self.prediction == "logits":
+            x0 = torch.tanh(output / 2)  # = 2 sigmoid(output) - 1, inside (-1, 1) already
+        else:
+            x0 = self.predict_x0(output, t, x_t)
         return x0.clamp(-1.0, 1.0) if clip_x0 else x0
 
     def to_epsilon(self, output: Tensor, t: Tensor, x_t: Tensor, *, clip_x0: bool = False) -> Tensor:

@@ -6,8 +6,9 @@ model), and it defines its training loss. Evaluation, training validation, `segd
 the CLI call only this interface; none of them asks which kind it holds.
 
 - ``segdiff`` (`DiffusionSegmenter`): the SegDiff network and its DDPM schedule. Generations are
-  sampled (`sampling.sample_generations`); the loss is the paper's MSE against the noise (or x_0),
-  plus the optional Dice term (train.dice_weight) and auxiliary head on F (train.aux_weight).
+  sampled (`sampling.sample_generations`); the loss is the paper's MSE against the noise (or x_0;
+  Dice + cross-entropy for x_0's logits), plus the optional Dice term (train.dice_weight) and
+  auxiliary head on F (train.aux_weight).
 - ``unet`` (`UNetSegmenter`): the plain U-Net baseline (`baseline.UNetBaseline`), one forward
   pass, Dice + cross-entropy; its one "generation" is its probability.
 
@@ -124,7 +125,17 @@ def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Ten
     Dice loss of the x_0 estimate read as a probability. The MSE alone fits the posterior mean, which
     is blind to how small the foreground is; the Dice term weighs errors by the object's size, as
     the overlap metrics do. `valid` (bool, like `x0`; None: all) keeps only labelled pixels: the
-    MSE is then their mean, and the Dice term sees neither prediction nor target elsewhere."""
+    MSE is then their mean, and the Dice term sees neither prediction nor target elsewhere.
+
+    A network that predicts x_0's logits (diffusion.prediction="logits") is trained instead with
+    Dice + binary cross-entropy of its output against the mask (`masked_dice_bce`, each channel of
+    the signal a mask of its own), the U-Net baseline's loss: unlike the MSE of a bounded estimate,
+    its gradient does not fade where the estimate is confidently wrong."""
+    if scheduler.prediction == "logits":
+        truth = from_signed(x0)
+        if valid is not None:
+            truth = torch.where(valid.expand_as(truth), truth, -1)  # -1: left out, as masked_dice_bce reads it
+        return masked_dice_bce(output, truth)
     # Mean over pixels and batch, in float32; the reference sums over pixels, which only rescales
     # the gradient (AdamW is invariant to that up to its epsilon).
     target = scheduler.training_target(x0, noise)
