@@ -1,8 +1,8 @@
 """The SegDiff network: eps_theta(x_t, I, t) = D(E'(F(I) + G(x_t), t), t).
 
 Amit et al. 2021, sec. 3 and docs/paper.md "Architecture". The network only predicts: the
-noise eps (diffusion.prediction="epsilon", the paper) or the clean mask x_0 ("sample"), as the
-config says; `DDPMScheduler.to_epsilon` reads its output either way. The schedule and the
+noise eps (diffusion.prediction="epsilon", the paper), the clean mask x_0 ("sample") or x_0's
+logits ("logits"), as the config says; `DDPMScheduler.to_epsilon` reads its output each way. The schedule and the
 sampling loop live in `diffusion.py` and `sampling.py`.
 
 What depends on t is split from what does not: `cond = net.encode_image(image)` runs the image
@@ -178,7 +178,8 @@ class Block(nn.ModuleList):
 
 # --- the network ------------------------------------------------------------------------------------
 class SegDiff(nn.Module):
-    """The SegDiff predictor of the noise (or of x_0, with diffusion.prediction="sample").
+    """The SegDiff predictor of the noise (or of x_0 with diffusion.prediction="sample", or of x_0's
+    logits with "logits").
 
     >>> net = SegDiff.from_preset("tiny")
     >>> cond = net.encode_image(torch.rand(2, 3, 32, 32))      # F(I), once per image
@@ -317,8 +318,8 @@ class SegDiff(nn.Module):
         """The prediction (B, 1, H, W) from x_t (B, 1, H, W), steps t (B,), cond.
 
         It is the noise eps_theta when the network is trained with diffusion.prediction="epsilon"
-        (the paper) and the x_0 estimate with "sample"; `DDPMScheduler.to_epsilon` converts either
-        to the noise estimate the samplers step with.
+        (the paper), the x_0 estimate with "sample" and its logits with "logits";
+        `DDPMScheduler.to_epsilon` converts each to the noise estimate the samplers step with.
         `cond` may have batch 1 (one image, many generations): it is broadcast. With
         `config.self_condition`, G reads `x0_prev` (the previous x_0 estimate, (B, 1, H, W);
         None: zeros, as at the first sampling step) beside x_t.
