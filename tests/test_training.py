@@ -638,6 +638,44 @@ def test_a_logits_network_trains_samples_and_refuses_a_dice_weight(tmp_path):
         ExperimentConfig.cpu().override(["diffusion.prediction=logits", "train.dice_weight=0.5"])
 
 
+# ----------------------------------------------------------------------------------------------
+# The U-Net baseline's network as SegDiff's denoiser (model.body="basicunet")
+
+
+def test_a_basicunet_body_trains_reloads_samples_and_reads_x_t_but_not_t(tmp_path):
+    from segdiff import models
+    from segdiff.model import BasicUNetDenoiser
+
+    train(tiny(tmp_path, "model.body=basicunet", "diffusion.prediction=logits", "train.max_steps=2"), progress=False)
+    model = models.load_model(tmp_path / "last.safetensors")
+    net = model.net
+    assert isinstance(net, BasicUNetDenoiser) and net.net.conv_0.conv_0.conv.in_channels == 3 + 1
+    saved = load_file(tmp_path / "last.safetensors")
+    assert all(torch.equal(value, saved[f"ema/{name}"]) for name, value in net.state_dict().items())
+    g = torch.Generator().manual_seed(0)
+    image, x_t = torch.rand(2, 3, 32, 32, generator=g), torch.randn(2, 1, 32, 32, generator=g)
+    cond = net.encode_image(image)
+    with torch.no_grad():
+        out = net.denoise(x_t, torch.tensor([0, 0]), cond)
+        assert torch.equal(out, net.denoise(x_t, torch.tensor([24, 3]), cond))  # no timestep input
+        assert not torch.allclose(out, net.denoise(-x_t, torch.tensor([0, 0]), cond))  # x_t is read
+        assert torch.allclose(net.denoise(x_t, torch.tensor([0, 0]), cond[:1])[0], out[0], atol=1e-6)  # broadcast
+    sample = replace(model.config.sample, num_generations=2, num_sampling_steps=2)
+    prob = model.generations(image[:1], [0, 1], sample)
+    assert prob.shape == (1, 2, 1, 32, 32) and 0 <= prob.min() and prob.max() <= 1
+
+
+def test_a_basicunet_body_refuses_what_it_cannot_do():
+    from segdiff.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no timestep input, so it must predict x_0"):
+        ExperimentConfig.tiny().override(["model.body=basicunet"])  # tiny predicts the noise
+    with pytest.raises(ConfigError, match="neither self-conditioning nor an image encoder F"):
+        ExperimentConfig.cpu().override(["model.body=basicunet", "model.self_condition=true"])
+    with pytest.raises(ConfigError, match="body"):
+        ExperimentConfig.cpu().override(["model.body=resnet"])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ema_update_matches_the_private_foreach_lerp_it_replaced_bit_for_bit(dtype):
     # train() updates the EMA with torch.optim.swa_utils.get_ema_multi_avg_fn(decay); before, it called

@@ -200,6 +200,13 @@ class ModelConfig:
     # Which model this config builds: "segdiff" (the fields above) or "unet", the plain U-Net
     # baseline (MONAI's BasicUNet with the widths below; it reads only in_channels and num_classes).
     kind: ModelKind = "segdiff"
+    # SegDiff's denoising network: "segdiff", the paper's (F, G and the U-Net above, with its
+    # timestep embedding and attention), or "basicunet", not in the paper: the U-Net baseline's
+    # network (MONAI's BasicUNet, unet_features) reading the image and x_t concatenated, without the
+    # step t (an x_0 network reads the noise level off x_t itself; Sun et al. 2025, "Is noise
+    # conditioning necessary for denoising generative models?"). Only the fields the baseline reads,
+    # and mask_channels, shape it; it needs diffusion.prediction "sample" or "logits".
+    body: Literal["segdiff", "basicunet"] = "segdiff"
     unet_features: tuple[int, ...] = (32, 32, 64, 128, 256, 32)  # BasicUNet's defaults, about 2 M parameters
     # Classes of the segmentation, background included. 2 is binary: one mask channel in {-1, +1},
     # the paper's, and one probability channel (the foreground's). More classes are denoised as
@@ -237,6 +244,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_choice("conditioning", self.conditioning, CONDITIONINGS)
         _check_choice("kind", self.kind, MODEL_KINDS)
+        _check_choice("body", self.body, ("segdiff", "basicunet"))
+        if self.body == "basicunet" and (self.self_condition or self.aux_head):
+            raise ConfigError("body='basicunet' has neither self-conditioning nor an image encoder F for the "
+                              "auxiliary head: set self_condition and aux_head to false")
         if self.aux_head and (self.kind != "segdiff" or self.conditioning == "image-concat"):
             which = f"kind={self.kind!r}" if self.kind != "segdiff" else "conditioning='image-concat'"
             raise ConfigError(f"aux_head=true supervises the image encoder F, which {which} does not have")
@@ -459,6 +470,9 @@ class ExperimentConfig:
         # Checks across sections. The auxiliary head and its weight go together: a weight without the
         # head has nothing to train, and a head without a weight would hold parameters no loss
         # reaches (DDP refuses those), kept in every checkpoint for nothing.
+        if self.model.body == "basicunet" and self.diffusion.prediction == "epsilon":
+            raise ConfigError("model.body=basicunet has no timestep input, so it must predict x_0: set "
+                              "diffusion.prediction to sample or logits")
         if self.diffusion.prediction == "logits" and self.train.dice_weight > 0:
             raise ConfigError(f"train.dice_weight={self.train.dice_weight} does not apply to diffusion.prediction="
                               "logits, whose loss is already Dice + cross-entropy: set it to 0")

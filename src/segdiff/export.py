@@ -131,7 +131,11 @@ def model_card(source: ModelSource, summary: dict[str, Any] | None) -> str:
     cfg, training = source.config, source.training
     m, d, s = cfg.model, cfg.data, cfg.sample
     what, terms = DATA_TERMS.get(d.dataset, tuple(t.format(name=d.dataset) for t in _UNKNOWN_TERMS))
-    if m.kind == "segdiff":
+    if m.kind == "segdiff" and m.body == "basicunet":
+        kind = (f"SegDiff (Amit et al. 2021, arXiv 2112.00390): a diffusion model that samples K masks per image; "
+                f"its denoiser is MONAI's BasicUNet (widths {list(m.unet_features)}) reading the image and x_t "
+                f"concatenated, T={cfg.diffusion.num_steps}, predicts {PREDICTS[cfg.diffusion.prediction]}")
+    elif m.kind == "segdiff":
         kind = (f"SegDiff (Amit et al. 2021, arXiv 2112.00390): a diffusion model that samples K masks per image; "
                 f"{m.base_channels} base channels, channel_mult {list(m.channel_mult)}, {m.rrdb_blocks} RRDB, "
                 f"conditioning `{m.conditioning}`, T={cfg.diffusion.num_steps}, predicts "

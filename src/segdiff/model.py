@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from monai.networks.nets import BasicUNet
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError
@@ -367,3 +368,38 @@ class SegDiff(nn.Module):
         if self.aux_head is None:
             raise ValueError("with_aux=True needs a network built with model.aux_head=true")
         return output, self.aux_head(features)
+
+
+class BasicUNetDenoiser(nn.Module):
+    """SegDiff's denoiser with the U-Net baseline's network (model.body="basicunet"; not in the paper).
+
+    MONAI's BasicUNet (widths `unet_features`) maps the image, in [-1, 1], concatenated with x_t to
+    the x_0 estimate (or its logits), without the step t: at the noise levels a sampler visits, x_t
+    itself tells how noisy it is. The same interface as `SegDiff`, so the scheduler, the samplers
+    and the training loop serve both: `encode_image` is the image rescaled, `denoise` the U-Net.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.net = BasicUNet(spatial_dims=2, in_channels=config.in_channels + config.mask_channels,
+                             out_channels=config.mask_channels, features=tuple(config.unet_features))
+
+    def encode_image(self, image: Tensor) -> Tensor:
+        """The image (B, C_in, H, W) in [0, 1], brought to [-1, 1] as x_t is."""
+        return image * 2 - 1
+
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor, x0_prev: Tensor | None = None) -> Tensor:
+        """The prediction (B, C_mask, H, W) from x_t and cond (batch 1 is broadcast); t is not read."""
+        if cond.shape[0] != x_t.shape[0]:
+            cond = cond.expand(x_t.shape[0], *cond.shape[1:])
+        return self.net(torch.cat([cond, x_t], dim=1))
+
+    def forward(self, x_t: Tensor, t: Tensor, image: Tensor, x0_prev: Tensor | None = None) -> Tensor:
+        """`denoise(x_t, t, encode_image(image))`, the training call."""
+        return self.denoise(x_t, t, self.encode_image(image))
+
+
+def build_network(config: ModelConfig) -> nn.Module:
+    """SegDiff's denoising network as `config.body` names it: the paper's `SegDiff` or `BasicUNetDenoiser`."""
+    return BasicUNetDenoiser(config) if config.body == "basicunet" else SegDiff(config)

@@ -36,7 +36,7 @@ from .diffusion import DDPMScheduler, from_signed
 from .encoding import encode
 from .hub import load_weights, read_source
 from .labels import IGNORE, valid_pixels
-from .model import SegDiff
+from .model import build_network
 from .sampling import sample_generations, symmetry_order
 from .seeding import derive_seed
 
@@ -78,9 +78,9 @@ class DiffusionSegmenter:
     kind: ClassVar[str] = "segdiff"
     uses_ema: ClassVar[bool] = True  # the EMA weights are the ones evaluated, as in the paper
 
-    def __init__(self, config: ExperimentConfig, net: SegDiff | None = None):
+    def __init__(self, config: ExperimentConfig, net: nn.Module | None = None):
         self.config = config
-        self.net = net if net is not None else SegDiff(config.model)
+        self.net = net if net is not None else build_network(config.model)
         self.scheduler = DDPMScheduler.from_config(config.diffusion)
 
     @property
