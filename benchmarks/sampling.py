@@ -35,7 +35,7 @@ Examples (the figures in docs/performance.md)::
     python benchmarks/sampling.py --checkpoint runs/tiny1500/last.safetensors --images 32 --generations 8 --autocast
     python benchmarks/sampling.py --preset small --images 1 --generations 4 --autocast
     python benchmarks/sampling.py --memory-preset vaihingen --generations 30 --max-batch 2 --memory-steps 1
-    python benchmarks/sampling.py --classes-preset cpu --classes 11 --images 2 --generations 9 --threads 2
+    python benchmarks/sampling.py --classes-preset vaihingen-cpu --classes 11 --images 2 --generations 9 --threads 2
 
 (add ``--threads N`` to fix torch's thread count; the docs' runs used ``--threads 1``).
 """
@@ -112,6 +112,16 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak_rss, self._rss()) - self.start
+
+
+def paper_network_preset(name: str) -> ExperimentConfig:
+    """A preset whose denoiser is the paper's network (F, G, the U-Net), which these measurements of F's
+    caching need; another (model.body=basicunet, the `cpu` preset) is refused by name."""
+    cfg = ExperimentConfig.from_preset(name)
+    if cfg.model.body != "segdiff":
+        raise SystemExit(f"preset {name}: its denoiser is model.body={cfg.model.body}, not the paper's network "
+                         "this measurement is about; choose a preset with model.body=segdiff (e.g. vaihingen-cpu)")
+    return cfg
 
 
 def count_flops(model: SegDiff, size: int, device: torch.device) -> tuple[int, int]:
@@ -224,7 +234,7 @@ def speed(args: argparse.Namespace, device: torch.device) -> None:
         images, masks = (torch.stack(x) for x in zip(*(test[i] for i in range(n))))
         source = f"checkpoint {args.checkpoint} ({cfg.preset}), {n} images of its {cfg.data.dataset} test split"
     else:
-        cfg = ExperimentConfig.from_preset(args.preset)
+        cfg = paper_network_preset(args.preset)
         torch.manual_seed(args.seed)
         model = SegDiff(cfg.model).to(device).eval()
         # Random weights, speed only. Every layer gets non-zero weights: with the zero-initialised
@@ -365,7 +375,7 @@ def autocast_check(model: SegDiff, size: int, batch: int, device: torch.device) 
 
 
 def memory(args: argparse.Namespace, device: torch.device) -> None:
-    cfg = ExperimentConfig.from_preset(args.memory_preset)
+    cfg = paper_network_preset(args.memory_preset)
     model = SegDiff(cfg.model).to(device).eval()
     scheduler = DDPMScheduler.from_config(cfg.diffusion)
     size = cfg.model.image_size

@@ -9,7 +9,8 @@ gives the best round (other load only slows a round down) and the median round, 
 ratio to the plain step.
 
 With --compare-kinds it measures instead the preset's SegDiff beside the plain U-Net baseline (the
-same preset with model.kind=unet), both trained the same way, and adds for each the FLOPs of one
+same preset with model.kind=unet), and, for a preset whose denoiser is not the paper's network
+(`cpu`), SegDiff with the paper's network too, all trained the same way, and adds for each the FLOPs of one
 training sample (FlopCounterMode over one forward + backward of one batch), the GFLOP/s that makes
 and its share of the machine's float32 matmul peak measured in the same run; then where SegDiff's
 forward + backward goes: the share of its FLOPs and of its time in the image encoder F, in the
@@ -38,7 +39,7 @@ import torch
 
 from segdiff.config import ExperimentConfig
 from segdiff.device import describe_machine
-from segdiff.model import AttentionBlock
+from segdiff.model import AttentionBlock, SegDiff
 from segdiff.models import Segmenter, build_model
 from segdiff.training import train
 
@@ -54,8 +55,15 @@ SETTINGS = [
     ("channels_last + fused AdamW + compile", ["train.channels_last=true", "train.fused_adamw=true",
                                                "train.compile=true"]),
 ]
-# The model kinds measured with --compare-kinds: (name, --set overrides), the preset's SegDiff first.
-KINDS = [("segdiff", []), ("unet", ["model.kind=unet"])]
+
+
+def kinds(preset: str) -> list[tuple[str, list[str]]]:
+    """The models --compare-kinds measures, (name, --set overrides): the preset's SegDiff; where the
+    preset's denoiser is not the paper's (model.body), SegDiff with the paper's network on the same
+    preset (x_0 by MSE: `cpu` before its BasicUNet body); the U-Net baseline."""
+    paper = ([] if ExperimentConfig.from_preset(preset).model.body == "segdiff"
+             else [("segdiff, paper's network", ["model.body=segdiff", "diffusion.prediction=sample"])])
+    return [("segdiff", []), *paper, ("unet", ["model.kind=unet"])]
 
 
 def benchmark_config(preset: str, sets: list[str], args, out: Path | str = "unused") -> ExperimentConfig:
@@ -155,7 +163,7 @@ def compare_kinds(args, results: dict[str, list[float]]) -> None:
     peak = matmul_peak_gflops(device)
     print(f"\nfloat32 matmul peak (2048^3, best of 5): {peak:.1f} GFLOP/s")
     rows = {}
-    for name, sets in KINDS:
+    for name, sets in kinds(args.preset):
         cfg = benchmark_config(args.preset, sets, args)
         model = build_model(cfg)
         model.net.to(device).train()
@@ -170,12 +178,15 @@ def compare_kinds(args, results: dict[str, list[float]]) -> None:
         rate = flops * best[name] / 1e9
         print(f"| {name} | {params / 1e6:.2f} M | {best[name]:.3g} | {median[name]:.3g} | {flops / 1e9:.3f} "
               f"| {rate:.1f} | {100 * rate / peak:.1f} % |")
-    print(f"\nsamples/s, U-Net / SegDiff: {best['unet'] / best['segdiff']:.2f}x (best rounds), "
-          f"{median['unet'] / median['segdiff']:.2f}x (median rounds)")
-    model, image, mask, _, _ = rows["segdiff"]
+    for name in filter(lambda name: name != "unet", rows):
+        print(f"\nsamples/s, U-Net / {name}: {best['unet'] / best[name]:.2f}x (best rounds), "
+              f"{median['unet'] / median[name]:.2f}x (median rounds)")
+    # where the paper's network spends its step (a BasicUNet body is the U-Net's network: no F, no attention)
+    name = next(name for name, (model, *_) in rows.items() if isinstance(model.net, SegDiff))
+    model, image, mask, _, _ = rows[name]
     split = segdiff_split(model, image, mask, device)
     total_flops, total_s = split[-1][1], split[-1][2]
-    print(f"\nSegDiff's forward + backward of one batch of {args.batch_size}:\n\n"
+    print(f"\n{name}: forward + backward of one batch of {args.batch_size}:\n\n"
           "| part | GFLOP | share of FLOPs | ms | share of time | GFLOP/s |\n|---|---|---|---|---|---|")
     for part, flops, seconds in split:
         print(f"| {part} | {flops / 1e9:.2f} | {100 * flops / total_flops:.1f} % | {1e3 * seconds:.1f} "
@@ -201,7 +212,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compare_kinds:
-        settings = KINDS
+        settings = kinds(args.preset)
     else:
         settings = [s for s in SETTINGS if not args.only or s[0] in args.only or s[0] == SETTINGS[0][0]]
     print(f"segdiff training benchmark: preset {args.preset}, batch {args.batch_size}, {args.steps} timed steps "

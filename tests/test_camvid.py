@@ -111,11 +111,12 @@ def test_camvid_presets_give_attention_at_two_levels_and_eleven_class_masks():
 def test_an_attention_side_no_level_has_is_refused_with_the_sides_there_are():
     with pytest.raises(ConfigError, match=r"attention_resolutions=\(16, 8\).*96 px input with 4 levels are "
                                           r"96, 48, 24, 12 px"):
-        ExperimentConfig.from_preset("cpu").override(["model.image_size=96"])
-    cfg = ExperimentConfig.from_preset("cpu").override(["model.image_size=96", "model.attention_resolutions=[24, 12]"])
+        ExperimentConfig.from_preset("vaihingen-cpu").override(["model.image_size=96"])
+    cfg = ExperimentConfig.from_preset("vaihingen-cpu").override(["model.image_size=96", "model.attention_resolutions=[24, 12]"])
     assert cfg.model.attention_resolutions == (24, 12)
-    # The U-Net has no attention levels: the field does not apply to it.
-    ExperimentConfig.from_preset("cpu").override(["model.kind=unet", "model.image_size=96"])
+    # The U-Net has no attention levels, nor has SegDiff with its body: the field does not apply to them.
+    ExperimentConfig.from_preset("vaihingen-cpu").override(["model.kind=unet", "model.image_size=96"])
+    ExperimentConfig.from_preset("cpu").override(["model.image_size=96"])
 
 
 def test_real_camvid_has_segnets_split(data_root):
