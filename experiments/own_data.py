@@ -43,9 +43,8 @@ VAL_STEPS = (1, 2, 10)  # sampling steps each SegDiff run is scored at on the va
 MODELS: dict[str, tuple[str, str]] = {
     "segdiff": ("SegDiff `cpu` preset", "train --preset cpu"),
     "unet": ("U-Net baseline", "baseline --preset cpu"),
-    "segdiff-aux": ("SegDiff `cpu` + auxiliary head on F(I)",
-                    "train --preset cpu --set model.aux_head=true --set train.aux_weight=1"),
-    "segdiff-dice": ("SegDiff `cpu` + Dice term", "train --preset cpu --set train.dice_weight=1"),
+    "segdiff-paper": ("SegDiff, the paper's network (the `cpu` preset before)",
+                      "train --preset cpu --set model.body=segdiff --set diffusion.prediction=sample"),
 }
 BEGIN, END = "<!-- OWN_DATA: written by experiments/own_data.py report -->", "<!-- /OWN_DATA -->"
 RECORDS = ROOT / "experiments" / "records" / "own-data"  # what `report` reads; kept in git
@@ -171,7 +170,8 @@ def gap_lines(scores: dict) -> list[str]:
 
 
 def missing_lines(tasks: list[str], minutes: list[float], models: list[str], scores: dict) -> list[str]:
-    """A line naming each task and budget asked for whose models have not all been tested yet."""
+    """A line naming each task and budget asked for whose `models` (the preset's pair) have not all
+    been tested yet."""
     missing = [f"{task} ({m:g} min: {', '.join(model for model in models if (task, m, model) not in scores)})"
                for task in tasks for m in minutes if any((task, m, model) not in scores for model in models)]
     return [f"Not measured yet with this preset: {'; '.join(missing)}.", ""] if missing else []
@@ -258,7 +258,8 @@ def report(args: argparse.Namespace) -> int:
         ("Binary tasks cut from CamVid, a dataset no preset was tuned on: one class against the rest, void "
          "pixels ignored in training and scoring (`python experiments/camvid_tasks.py`). Train: CamVid's train "
          "and val images (468, of which segdiff holds 10 % out for validation); test: its 233 test images, scored "
-         f"at {SCORE_SIZE} px. Both models use the `cpu` preset (64 px input, the same data pipeline) and train "
+         f"at {SCORE_SIZE} px. Both models use the `cpu` preset (64 px input, the same data pipeline; SegDiff's "
+         "denoiser is the U-Net's network, `model.body=basicunet`, predicting x_0's logits) and train "
          f"alone for the same wall time on {machine}; SegDiff is scored at the preset's K and steps. Written by "
          "`python experiments/own_data.py report` from the runs' logs and `summary.json`."),
         "",
@@ -267,7 +268,7 @@ def report(args: argparse.Namespace) -> int:
         *rows,
         "",
         *gap_lines(scores),
-        *missing_lines(args.tasks, args.minutes, args.models, scores),
+        *missing_lines(args.tasks, args.minutes, [m for m in args.models if m in ("segdiff", "unet")], scores),
         *[line for picture in pictures for line in (picture, "")],
         *steps_table(runs_root, args.tasks, args.minutes, args.models),
         *screening_table(args.screens, runs_root / "screens"),

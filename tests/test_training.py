@@ -663,6 +663,8 @@ def test_a_basicunet_body_trains_reloads_samples_and_reads_x_t_but_not_t(tmp_pat
     sample = replace(model.config.sample, num_generations=2, num_sampling_steps=2)
     prob = model.generations(image[:1], [0, 1], sample)
     assert prob.shape == (1, 2, 1, 32, 32) and 0 <= prob.min() and prob.max() <= 1
+    with pytest.raises(CheckpointError, match="model.body='basicunet', not the paper's network"):
+        SegDiff.from_pretrained(tmp_path / "last.safetensors")
 
 
 def test_a_basicunet_body_refuses_what_it_cannot_do():

@@ -2,8 +2,9 @@
 
 Amit et al. 2021, sec. 3 and docs/paper.md "Architecture". The network only predicts: the
 noise eps (diffusion.prediction="epsilon", the paper), the clean mask x_0 ("sample") or x_0's
-logits ("logits"), as the config says; `DDPMScheduler.to_epsilon` reads its output each way. The schedule and the
-sampling loop live in `diffusion.py` and `sampling.py`.
+logits ("logits"), as the config says; `DDPMScheduler.to_epsilon` reads its output each way.
+The schedule and the sampling loop live in `diffusion.py` and `sampling.py`. `BasicUNetDenoiser`
+(model.body="basicunet", not in the paper) offers the same interface with the U-Net baseline's network.
 
 What depends on t is split from what does not: `cond = net.encode_image(image)` runs the image
 encoder F once per image, `net.denoise(x_t, t, cond)` runs at every step. Calling `net(x_t, t,
@@ -293,6 +294,10 @@ class SegDiff(nn.Module):
         if kind != "segdiff":
             raise CheckpointError(f"{source}: holds a {kind!r} model, not SegDiff; load it with "
                                   "segdiff.load_model, which builds any model kind")
+        if found.config.model.body != "segdiff":
+            raise CheckpointError(f"{source}: holds a SegDiff whose denoiser is model.body="
+                                  f"{found.config.model.body!r}, not the paper's network; load it with "
+                                  "segdiff.load_model, which builds either")
         net = cls(found.config.model)
         load_weights(net, found)
         return net.to(device).eval()
