@@ -149,12 +149,12 @@ def screen_stages(task: str, minutes: float, name: str, kind: str, sets: list[st
 
 
 def screen(args: argparse.Namespace) -> int:
-    runs = Path(args.runs) / "screens" / f"{args.task}-{args.minutes:g}m"
+    runs = task_runs(Path(args.runs) / "screens", args.task, args.minutes)
     logs = runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     failed = run_stages(logs, screen_stages(args.task, args.minutes, args.name, args.kind, args.set,
                                             args.tasks_dir, runs / args.name), alone=True)
-    keep(runs / args.name, Path(args.records) / "screens" / f"{args.task}-{args.minutes:g}m" / args.name)
+    keep(runs / args.name, task_runs(Path(args.records) / "screens", args.task, args.minutes) / args.name)
     return failed
 
 

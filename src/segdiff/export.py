@@ -131,15 +131,13 @@ def model_card(source: ModelSource, summary: dict[str, Any] | None) -> str:
     cfg, training = source.config, source.training
     m, d, s = cfg.model, cfg.data, cfg.sample
     what, terms = DATA_TERMS.get(d.dataset, tuple(t.format(name=d.dataset) for t in _UNKNOWN_TERMS))
-    if m.kind == "segdiff" and m.body == "basicunet":
+    if m.kind == "segdiff":
+        network = (f"its denoiser is MONAI's BasicUNet (widths {list(m.unet_features)}) reading the image and x_t "
+                   "concatenated" if m.body == "basicunet" else
+                   f"{m.base_channels} base channels, channel_mult {list(m.channel_mult)}, {m.rrdb_blocks} RRDB, "
+                   f"conditioning `{m.conditioning}`")
         kind = (f"SegDiff (Amit et al. 2021, arXiv 2112.00390): a diffusion model that samples K masks per image; "
-                f"its denoiser is MONAI's BasicUNet (widths {list(m.unet_features)}) reading the image and x_t "
-                f"concatenated, T={cfg.diffusion.num_steps}, predicts {PREDICTS[cfg.diffusion.prediction]}")
-    elif m.kind == "segdiff":
-        kind = (f"SegDiff (Amit et al. 2021, arXiv 2112.00390): a diffusion model that samples K masks per image; "
-                f"{m.base_channels} base channels, channel_mult {list(m.channel_mult)}, {m.rrdb_blocks} RRDB, "
-                f"conditioning `{m.conditioning}`, T={cfg.diffusion.num_steps}, predicts "
-                f"{PREDICTS[cfg.diffusion.prediction]}")
+                f"{network}, T={cfg.diffusion.num_steps}, predicts {PREDICTS[cfg.diffusion.prediction]}")
     else:
         kind = f"plain U-Net baseline (MONAI BasicUNet, widths {list(m.unet_features)}), one forward pass per image"
     best = training.get("best_val_iou")
