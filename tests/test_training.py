@@ -25,8 +25,9 @@ from safetensors.torch import load_file
 from segdiff.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, read_config, step_checkpoints
 from segdiff.cli import main
 from segdiff import training
-from segdiff.config import ExperimentConfig, TrainConfig
+from segdiff.config import ConfigError, ExperimentConfig, TrainConfig
 from segdiff.model import SegDiff
+from segdiff.models import build_model
 from segdiff.training import Horizon, train
 
 SMALL_RUN = ["--set", "data.num_train=64", "--set", "diffusion.num_steps=25", "--set", "train.val_every=0",
@@ -109,14 +110,18 @@ def test_logs_are_jsonl_and_csv_with_the_same_records(run_dir):
 # Resume
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_resumed_run_reaches_the_same_weights_bit_for_bit(tmp_path, schedule):
+@pytest.mark.parametrize("schedule, extra", [("constant", ()), ("cosine", ()),
+                                             ("cosine", ("diffusion.prediction=logits", "train.recycle=0.5",
+                                                         "sample.num_sampling_steps=3"))],
+                         ids=["constant", "cosine", "cosine-recycled"])
+def test_resumed_run_reaches_the_same_weights_bit_for_bit(tmp_path, schedule, extra):
     # Augmented folder data (per-item draws), dropout (global RNG) and an epoch boundary crossed
-    # after the resume: 11 training images in batches of 4 make 2 batches per epoch.
+    # after the resume: 11 training images in batches of 4 make 2 batches per epoch. Recycling
+    # (train.recycle) draws more from the training generator and runs an extra pass.
     data = tmp_path / "data"
     write_folder(data, 12)
     sets = ["data.dataset=folder", f"data.root={data}", "data.augment=true", "model.dropout=0.1",
-            "train.batch_size=4", "train.max_steps=7", "train.save_every=3", f"train.lr_schedule={schedule}"]
+            "train.batch_size=4", "train.max_steps=7", "train.save_every=3", f"train.lr_schedule={schedule}", *extra]
     whole = train(tiny(tmp_path / "whole", *sets), progress=False)
     resumed = train(tiny(tmp_path / "resumed", *sets), progress=False, resume=whole / "last-3.safetensors")
     assert load_checkpoint(whole / "last-3.safetensors").state["data"]["batch_in_epoch"] == 1  # mid-epoch
@@ -504,6 +509,51 @@ def test_self_conditioning_trains_half_the_samples_on_their_own_estimate(tmp_pat
     assert all(c.abs().max() <= 1 for c in calls)  # clamped, as sampling clamps it
     model = models.load_model(tmp_path / "last.safetensors")
     assert model.config.model.self_condition and model.net.mask_encoder.in_channels == 2
+
+
+def test_recycling_trains_the_later_steps_on_the_networks_own_first_guess():
+    from segdiff.models import recycled_input
+
+    cfg = tiny(Path("unused"), "diffusion.prediction=sample", "sample.num_sampling_steps=5", "train.recycle=0.5",
+               "train.batch_size=64")
+    segdiff = build_model(cfg)
+    torch.manual_seed(0)
+    for p in segdiff.net.parameters():  # the output layer starts at zero: give the first guess some shape
+        p.data.add_(0.05 * torch.randn_like(p))
+    net, scheduler, n = segdiff.net.eval(), segdiff.scheduler, 64
+    x0 = torch.where(torch.rand(n, 1, 32, 32) < 0.3, 1.0, -1.0)
+    image, noise = torch.rand(n, 3, 32, 32), torch.randn(n, 1, 32, 32)
+    t = torch.randint(0, 25, (n,))
+    x_t = scheduler.add_noise(x0, noise, t)
+    made = recycled_input(net, scheduler, x0, x_t, noise, t, image, torch.Generator().manual_seed(3), cfg.train,
+                          slice(None), 5)
+    # The same draws by hand: which rows, which later step, the noise of x_{T-1}.
+    g = torch.Generator().manual_seed(3)
+    use = torch.rand(n, generator=g) < 0.5
+    later = torch.tensor([18, 12, 6, 0])  # the 5 steps 24, 18, 12, 6, 0 of T = 25, after the first
+    steps = later[torch.randint(0, 4, (n,), generator=g)]
+    start = torch.randn(n, 1, 32, 32, generator=g)
+    last = torch.full((n,), 24)
+    with torch.no_grad():
+        guess = net(scheduler.add_noise(x0, start, last), last, image).clamp(-1, 1)
+    assert 10 < use.sum() < 54 and guess.std() > 0.01
+    new_x, new_t = made
+    assert torch.equal(new_t[~use], t[~use]) and torch.equal(new_x[~use], x_t[~use])  # the others untouched
+    assert torch.equal(new_t[use], steps[use])
+    torch.testing.assert_close(new_x[use], scheduler.add_noise(guess, noise, steps)[use])
+    # The recycled rows carry the guess, not the mask: far from x_t of the mask at small t.
+    small = use & (steps == 0)
+    assert (new_x[small] - x0[small]).abs().mean() > 0.3
+
+
+def test_recycling_needs_an_x0_network_and_a_later_step():
+    with pytest.raises(ConfigError, match="must predict x_0"):
+        ExperimentConfig.tiny().override(["train.recycle=0.5"])  # the tiny preset predicts the noise
+    with pytest.raises(ConfigError, match="num_sampling_steps=1 has none"):
+        ExperimentConfig.tiny().override(["train.recycle=0.5", "diffusion.prediction=sample",
+                                          "sample.num_sampling_steps=1"])
+    with pytest.raises(ConfigError, match=r"recycle=1.5 must be in \[0, 1\]"):
+        ExperimentConfig.tiny().override(["train.recycle=1.5"])
 
 
 # ----------------------------------------------------------------------------------------------

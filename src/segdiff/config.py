@@ -390,6 +390,11 @@ class TrainConfig:
     # (read from F(I)) against the mask, over the pixels that are not ignored; deep supervision of
     # the image encoder. 0: off (and model.aux_head must then be false).
     aux_weight: float = 0.0
+    # Not in the paper: recycling (Fu et al. 2023, ImgX-DiffSeg). This share of each batch is trained
+    # on what the sampler's later calls see: x_t built by noising the network's own x_0 estimate from
+    # pure noise (a first pass at t = T - 1 without gradients), at a t drawn from the sampler's steps
+    # after its first (sample.num_sampling_steps). 0: every x_t is built from the mask, as in the paper.
+    recycle: float = 0.0
     # TensorBoard event files in OUT_DIR/tensorboard (tensorboard_log.py): null writes them when the
     # tensorboard package is installed (the `tensorboard` extra), true requires it, false never writes them.
     tensorboard: bool | None = None
@@ -417,6 +422,8 @@ class TrainConfig:
             raise ConfigError(f"dice_weight={self.dice_weight} must be >= 0 (0: MSE alone, as in the paper)")
         if not self.aux_weight >= 0:
             raise ConfigError(f"aux_weight={self.aux_weight} must be >= 0 (0: no auxiliary head, as in the paper)")
+        if not 0 <= self.recycle <= 1:
+            raise ConfigError(f"recycle={self.recycle} must be in [0, 1] (the share of each batch recycled; 0: off)")
 
 
 @dataclass(frozen=True)
@@ -473,6 +480,13 @@ class ExperimentConfig:
         if self.model.body == "basicunet" and self.diffusion.prediction == "epsilon":
             raise ConfigError("model.body=basicunet has no timestep input, so it must predict x_0: set "
                               "diffusion.prediction to sample or logits")
+        if self.train.recycle and self.diffusion.prediction == "epsilon":
+            raise ConfigError(f"train.recycle={self.train.recycle} trains x_t made from the network's own estimate "
+                              "against the mask, so the network must predict x_0: set diffusion.prediction to "
+                              "sample or logits")
+        if self.train.recycle and self.sample.num_sampling_steps == 1:
+            raise ConfigError(f"train.recycle={self.train.recycle} trains the sampler's steps after its first, and "
+                              "sample.num_sampling_steps=1 has none: use 2 or more steps, or recycle 0")
         if self.diffusion.prediction == "logits" and self.train.dice_weight > 0:
             raise ConfigError(f"train.dice_weight={self.train.dice_weight} does not apply to diffusion.prediction="
                               "logits, whose loss is already Dice + cross-entropy: set it to 0")

@@ -107,6 +107,9 @@ class DiffusionSegmenter:
                                             device=x0.device)[share]
         noise = torch.randn((train.batch_size, *x0.shape[1:]), generator=generator, device=x0.device)[share]
         x_t = self.scheduler.add_noise(x0, noise, t)
+        if train.recycle:
+            x_t, t = recycled_input(net, self.scheduler, x0, x_t, noise, t, image, generator, train, share,
+                                    self.config.sample.num_sampling_steps)
         x0_prev = (self_condition_input(net, self.scheduler, x_t, t, image, generator, train.batch_size, share)
                    if self.config.model.self_condition else None)
         labelled = None if bool(valid.all()) else valid
@@ -190,6 +193,34 @@ def self_condition_input(net: nn.Module, scheduler: DDPMScheduler, x_t: Tensor, 
         output = module(x_t[use], t[use], image[use]).float()
         x0_prev[use] = scheduler.to_x0(output, t[use], x_t[use], clip_x0=True).to(x0_prev.dtype)
     return x0_prev
+
+
+@torch.no_grad()
+def recycled_input(net: nn.Module, scheduler: DDPMScheduler, x0: Tensor, x_t: Tensor, noise: Tensor, t: Tensor,
+                   image: Tensor, generator: torch.Generator, train: TrainConfig, share: slice,
+                   num_sampling_steps: int) -> tuple[Tensor, Tensor]:
+    """Recycling (Fu et al. 2023, ImgX-DiffSeg): (x_t, t) with a random `train.recycle` share of the
+    samples replaced by what the sampler's later calls see. For those, a first pass of the network
+    without gradients estimates x_0 from x_{T-1} made of the mask (pure noise, in effect), clamped to
+    [-1, 1] as sampling clamps it; their t is drawn uniformly from the sampler's steps after its
+    first (`scheduler.timesteps(num_sampling_steps)[1:]`: t = 0 for 2 steps), and their x_t is that
+    estimate noised to t with the sample's own noise. The target stays the mask: the network learns
+    to correct its own first guess, which training on masks alone never shows it."""
+    n = train.batch_size
+    use = (torch.rand(n, generator=generator, device=generator.device) < train.recycle)[share].to(x_t.device)
+    later = scheduler.timesteps(num_sampling_steps or None)[1:].to(t.device)
+    pick = torch.randint(0, len(later), (n,), generator=generator, device=generator.device)[share].to(t.device)
+    start = torch.randn((n, *x0.shape[1:]), generator=generator, device=x0.device)[share]
+    if not use.any():
+        return x_t, t
+    last = torch.full((int(use.sum()),), scheduler.num_steps - 1, device=t.device, dtype=t.dtype)
+    x_last = scheduler.add_noise(x0[use], start[use], last)
+    module = getattr(net, "module", net)  # past DDP's wrapper: ranks need not agree on this pass
+    estimate = scheduler.to_x0(module(x_last, last, image[use]).float(), last, x_last, clip_x0=True)
+    x_t, t = x_t.clone(), t.clone()
+    t[use] = later[pick[use]]
+    x_t[use] = scheduler.add_noise(estimate, noise[use].float(), t[use]).to(x_t.dtype)
+    return x_t, t
 
 
 class UNetSegmenter:
