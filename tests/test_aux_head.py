@@ -61,6 +61,26 @@ def test_masked_dice_bce_without_void_pixels_is_monais_batch_dice_plus_bce(chann
     assert masked_dice_bce(logits, mask).item() == pytest.approx(reference.item(), abs=1e-6)
 
 
+@pytest.mark.parametrize("void", [False, True])
+def test_per_image_dice_bce_is_the_unet_baselines_loss(void):
+    # train.dice_batch=false: the logits network's loss is the U-Net's (monai's DiceCELoss, or its
+    # MaskedDiceLoss + the cross-entropy over labelled pixels), whatever the void pixels.
+    from segdiff.config import ExperimentConfig
+    from segdiff.labels import IGNORE
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 1, 8, 8, generator=g) * 3
+    mask = (torch.rand(4, 1, 8, 8, generator=g) > 0.8).float()
+    mask[2] = 0  # an image without foreground
+    if void:
+        mask[torch.rand(4, 1, 8, 8, generator=g) > 0.7] = IGNORE
+    unet = build_model(ExperimentConfig.cpu().override(["model.kind=unet"]))
+    reference = unet.loss(lambda image: logits, torch.zeros(4, 3, 8, 8), mask, g, unet.config.train, slice(None))
+    ours = masked_dice_bce(logits, mask, batch=False)
+    assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
+    assert ours.item() != pytest.approx(masked_dice_bce(logits, mask).item(), abs=1e-3)  # not the batch ratio
+
+
 # ----------------------------------------------------------------------------------------------
 # The network
 

@@ -556,6 +556,12 @@ def test_recycling_needs_an_x0_network_and_a_later_step():
         ExperimentConfig.tiny().override(["train.recycle=1.5"])
 
 
+def test_per_image_dice_applies_to_the_logits_network_only():
+    with pytest.raises(ConfigError, match="dice_batch=false sets the Dice of diffusion.prediction=logits"):
+        ExperimentConfig.tiny().override(["train.dice_batch=false"])
+    assert not ExperimentConfig.cpu().override(["train.dice_batch=false"]).train.dice_batch
+
+
 # ----------------------------------------------------------------------------------------------
 # The Dice term (train.dice_weight)
 

@@ -115,15 +115,17 @@ class DiffusionSegmenter:
         labelled = None if bool(valid.all()) else valid
         if not train.aux_weight:
             output = net(x_t, t, image, x0_prev)  # the noise, or x_0
-            return training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight, labelled)
+            return training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight, labelled,
+                                 dice_batch=train.dice_batch)
         # Deep supervision of F (model.aux_head): its head's logits come from the same run of F.
         output, aux_logits = net(x_t, t, image, x0_prev, with_aux=True)
-        loss = training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight, labelled)
+        loss = training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight, labelled,
+                             dice_batch=train.dice_batch)
         return loss + train.aux_weight * masked_dice_bce(aux_logits, mask)
 
 
 def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Tensor, scheduler: DDPMScheduler,
-                  dice_weight: float = 0.0, valid: Tensor | None = None) -> Tensor:
+                  dice_weight: float = 0.0, valid: Tensor | None = None, *, dice_batch: bool = True) -> Tensor:
     """Mean squared error against the scheduler's target (the paper), plus `dice_weight` times a soft
     Dice loss of the x_0 estimate read as a probability. The MSE alone fits the posterior mean, which
     is blind to how small the foreground is; the Dice term weighs errors by the object's size, as
@@ -133,12 +135,13 @@ def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Ten
     A network that predicts x_0's logits (diffusion.prediction="logits") is trained instead with
     Dice + binary cross-entropy of its output against the mask (`masked_dice_bce`, each channel of
     the signal a mask of its own), the U-Net baseline's loss: unlike the MSE of a bounded estimate,
-    its gradient does not fade where the estimate is confidently wrong."""
+    its gradient does not fade where the estimate is confidently wrong. Its Dice is one ratio over the
+    batch, or with `dice_batch=False` one per image, averaged (the U-Net baseline's, monai's default)."""
     if scheduler.prediction == "logits":
         truth = from_signed(x0)
         if valid is not None:
             truth = torch.where(valid.expand_as(truth), truth, -1)  # -1: left out, as masked_dice_bce reads it
-        return masked_dice_bce(output, truth)
+        return masked_dice_bce(output, truth, batch=dice_batch)
     # Mean over pixels and batch, in float32; the reference sums over pixels, which only rescales
     # the gradient (AdamW is invariant to that up to its epsilon).
     target = scheduler.training_target(x0, noise)
@@ -156,7 +159,7 @@ def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Ten
     return loss
 
 
-def masked_dice_bce(logits: Tensor, mask: Tensor, smooth: float = 1e-5) -> Tensor:
+def masked_dice_bce(logits: Tensor, mask: Tensor, smooth: float = 1e-5, *, batch: bool = True) -> Tensor:
     """Soft Dice + binary cross-entropy of `logits` (B, C, H, W) against `mask` (B, C, H, W) in
     {0, 1}, over the pixels whose mask is >= 0 (-1 marks an ignored, void pixel): the auxiliary
     head's loss (train.aux_weight).
@@ -165,7 +168,9 @@ def masked_dice_bce(logits: Tensor, mask: Tensor, smooth: float = 1e-5) -> Tenso
     (monai's DiceLoss(sigmoid=True, batch=True), smoothing 1e-5 above and below), with probabilities
     and targets zeroed where ignored, then averaged over channels. One ratio over the batch, so a
     tile without foreground is no 0/0. Without ignored pixels and with one channel it equals monai's
-    DiceCELoss(sigmoid=True, batch=True); the logits at ignored pixels never change it.
+    DiceCELoss(sigmoid=True, batch=True); the logits at ignored pixels never change it. `batch=False`
+    takes one Dice ratio per image and channel, averaged, as monai's default (batch=False) does and
+    as the U-Net baseline trains (its masked form is monai's MaskedDiceLoss).
     """
     logits = logits.float()
     valid = (mask >= 0).float()
@@ -173,7 +178,7 @@ def masked_dice_bce(logits: Tensor, mask: Tensor, smooth: float = 1e-5) -> Tenso
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     bce = (bce * valid).sum() / valid.sum().clamp(min=1)
     probability = torch.sigmoid(logits) * valid
-    dims = [0, *range(2, logits.ndim)]  # all but the channels
+    dims = [*([0] if batch else []), *range(2, logits.ndim)]  # all but the channels (and the images)
     intersection = (probability * target).sum(dims)
     denominator = probability.sum(dims) + target.sum(dims)
     dice = (1 - (2 * intersection + smooth) / (denominator + smooth)).mean()
