@@ -45,10 +45,8 @@ MODELS: dict[str, tuple[str, str]] = {
     "unet": ("U-Net baseline", "baseline --preset cpu"),
     "segdiff-paper": ("SegDiff, the paper's network (the `cpu` preset before)",
                       "train --preset cpu --set model.body=segdiff --set diffusion.prediction=sample"),
-    "segdiff-dice-image": ("SegDiff `cpu` preset, one Dice ratio per image (train.dice_batch false)",
-                           "train --preset cpu --set train.dice_batch=false"),
-    "segdiff-recycle": ("SegDiff `cpu` preset with recycling (train.recycle 0.5)",
-                        "train --preset cpu --set train.recycle=0.5"),
+    "segdiff-batch-dice": ("SegDiff `cpu` preset before, one Dice ratio over the batch",
+                           "train --preset cpu --set train.dice_batch=true"),
 }
 BEGIN, END = "<!-- OWN_DATA: written by experiments/own_data.py report -->", "<!-- /OWN_DATA -->"
 RECORDS = ROOT / "experiments" / "records" / "own-data"  # what `report` reads; kept in git

@@ -559,7 +559,8 @@ def test_recycling_needs_an_x0_network_and_a_later_step():
 def test_per_image_dice_applies_to_the_logits_network_only():
     with pytest.raises(ConfigError, match="dice_batch=false sets the Dice of diffusion.prediction=logits"):
         ExperimentConfig.tiny().override(["train.dice_batch=false"])
-    assert not ExperimentConfig.cpu().override(["train.dice_batch=false"]).train.dice_batch
+    assert not ExperimentConfig.cpu().train.dice_batch  # the cpu preset's Dice is per image, as the U-Net's
+    assert ExperimentConfig.cpu().override(["train.dice_batch=true"]).train.dice_batch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -608,9 +609,9 @@ def test_training_with_a_dice_weight_logs_mse_plus_the_weighted_dice(tmp_path, m
     masks = []
     original = models.training_loss
 
-    def spy(output, x0, noise, t, x_t, scheduler, dice_weight=0.0, valid=None):
+    def spy(output, x0, noise, t, x_t, scheduler, dice_weight=0.0, valid=None, **options):
         masks.append(((x0 + 1) / 2).detach())
-        return original(output, x0, noise, t, x_t, scheduler, dice_weight, valid)
+        return original(output, x0, noise, t, x_t, scheduler, dice_weight, valid, **options)
 
     monkeypatch.setattr(models, "training_loss", spy)
     train(tiny(tmp_path, "diffusion.prediction=sample", "train.max_steps=1", "train.log_every=1",
