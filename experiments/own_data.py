@@ -43,7 +43,7 @@ VAL_STEPS = (1, 2, 10)  # sampling steps each SegDiff run is scored at on the va
 MODELS: dict[str, tuple[str, str]] = {
     "segdiff": ("SegDiff `cpu` preset", "train --preset cpu"),
     "unet": ("U-Net baseline", "baseline --preset cpu"),
-    "segdiff-paper": ("SegDiff, the paper's network (the `cpu` preset before)",
+    "segdiff-paper": ("SegDiff, the paper's network, x_0 by MSE (the `cpu` preset of session 17)",
                       "train --preset cpu --set model.body=segdiff --set diffusion.prediction=sample"),
     "segdiff-batch-dice": ("SegDiff `cpu` preset before, one Dice ratio over the batch",
                            "train --preset cpu --set train.dice_batch=true"),
