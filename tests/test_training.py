@@ -556,11 +556,12 @@ def test_recycling_needs_an_x0_network_and_a_later_step():
         ExperimentConfig.tiny().override(["train.recycle=1.5"])
 
 
-def test_per_image_dice_applies_to_the_logits_network_only():
-    with pytest.raises(ConfigError, match="dice_batch=false sets the Dice of diffusion.prediction=logits"):
-        ExperimentConfig.tiny().override(["train.dice_batch=false"])
+def test_cpu_presets_per_image_dice_and_the_way_back_to_the_papers_network():
     assert not ExperimentConfig.cpu().train.dice_batch  # the cpu preset's Dice is per image, as the U-Net's
     assert ExperimentConfig.cpu().override(["train.dice_batch=true"]).train.dice_batch
+    # The documented way back to the paper's network still loads: an MSE network never reads dice_batch.
+    paper = ExperimentConfig.cpu().override(["model.body=segdiff", "diffusion.prediction=sample"])
+    assert paper.model.body == "segdiff" and paper.diffusion.prediction == "sample"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -390,8 +390,9 @@ class TrainConfig:
     # (read from F(I)) against the mask, over the pixels that are not ignored; deep supervision of
     # the image encoder. 0: off (and model.aux_head must then be false).
     aux_weight: float = 0.0
-    # diffusion.prediction=logits only: its Dice is one ratio over the whole batch (true), or one per image,
-    # averaged (false: the U-Net baseline's, monai's default; images with little foreground weigh as much).
+    # diffusion.prediction=logits only (other predictions never read it): its Dice is one ratio over the whole
+    # batch (true), or one per image, averaged (false: the U-Net baseline's, monai's default; images with
+    # little foreground weigh as much).
     dice_batch: bool = True
     # Not in the paper: recycling (Fu et al. 2023, ImgX-DiffSeg). This share of each batch is trained
     # on what the sampler's later calls see: x_t built by noising the network's own x_0 estimate from
@@ -483,9 +484,6 @@ class ExperimentConfig:
         if self.model.body == "basicunet" and self.diffusion.prediction == "epsilon":
             raise ConfigError("model.body=basicunet has no timestep input, so it must predict x_0: set "
                               "diffusion.prediction to sample or logits")
-        if not self.train.dice_batch and self.diffusion.prediction != "logits":
-            raise ConfigError("train.dice_batch=false sets the Dice of diffusion.prediction=logits, "
-                              f"not {self.diffusion.prediction!r}: leave it true")
         if self.train.recycle and self.diffusion.prediction == "epsilon":
             raise ConfigError(f"train.recycle={self.train.recycle} trains x_t made from the network's own estimate "
                               "against the mask, so the network must predict x_0: set diffusion.prediction to "
