@@ -186,6 +186,14 @@ def masked_dice_bce(logits: Tensor, mask: Tensor, smooth: float = 1e-5, *, batch
 
 
 @torch.no_grad()
+def own_estimate(net: nn.Module, scheduler: DDPMScheduler, x_t: Tensor, t: Tensor, image: Tensor) -> Tensor:
+    """The network's x_0 estimate from (x_t, t), clamped to [-1, 1] as sampling clamps it: a first
+    pass without gradients, past DDP's wrapper (ranks need not agree on this pass)."""
+    module = getattr(net, "module", net)
+    return scheduler.to_x0(module(x_t, t, image).float(), t, x_t, clip_x0=True)
+
+
+@torch.no_grad()
 def self_condition_input(net: nn.Module, scheduler: DDPMScheduler, x_t: Tensor, t: Tensor, image: Tensor,
                          generator: torch.Generator, batch_size: int, share: slice) -> Tensor:
     """What G reads beside x_t when self-conditioning is trained (Chen et al. 2022): for a random
@@ -194,9 +202,7 @@ def self_condition_input(net: nn.Module, scheduler: DDPMScheduler, x_t: Tensor, 
     use = (torch.rand(batch_size, generator=generator, device=generator.device) < 0.5)[share].to(x_t.device)
     x0_prev = torch.zeros_like(x_t)
     if use.any():
-        module = getattr(net, "module", net)  # past DDP's wrapper: ranks need not agree on this pass
-        output = module(x_t[use], t[use], image[use]).float()
-        x0_prev[use] = scheduler.to_x0(output, t[use], x_t[use], clip_x0=True).to(x0_prev.dtype)
+        x0_prev[use] = own_estimate(net, scheduler, x_t[use], t[use], image[use]).to(x0_prev.dtype)
     return x0_prev
 
 
@@ -220,8 +226,7 @@ def recycled_input(net: nn.Module, scheduler: DDPMScheduler, x0: Tensor, x_t: Te
         return x_t, t
     last = torch.full((int(use.sum()),), scheduler.num_steps - 1, device=t.device, dtype=t.dtype)
     x_last = scheduler.add_noise(x0[use], start[use], last)
-    module = getattr(net, "module", net)  # past DDP's wrapper: ranks need not agree on this pass
-    estimate = scheduler.to_x0(module(x_last, last, image[use]).float(), last, x_last, clip_x0=True)
+    estimate = own_estimate(net, scheduler, x_last, last, image[use])
     x_t, t = x_t.clone(), t.clone()
     t[use] = later[pick[use]]
     x_t[use] = scheduler.add_noise(estimate, noise[use].float(), t[use]).to(x_t.dtype)
