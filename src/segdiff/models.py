@@ -113,15 +113,15 @@ class DiffusionSegmenter:
         x0_prev = (self_condition_input(net, self.scheduler, x_t, t, image, generator, train.batch_size, share)
                    if self.config.model.self_condition else None)
         labelled = None if bool(valid.all()) else valid
-        if not train.aux_weight:
+        if train.aux_weight:  # deep supervision of F (model.aux_head): its head reads the same run of F
+            output, aux_logits = net(x_t, t, image, x0_prev, with_aux=True)
+        else:
             output = net(x_t, t, image, x0_prev)  # the noise, or x_0
-            return training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight, labelled,
-                                 dice_batch=train.dice_batch)
-        # Deep supervision of F (model.aux_head): its head's logits come from the same run of F.
-        output, aux_logits = net(x_t, t, image, x0_prev, with_aux=True)
         loss = training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight, labelled,
                              dice_batch=train.dice_batch)
-        return loss + train.aux_weight * masked_dice_bce(aux_logits, mask)
+        if train.aux_weight:
+            loss = loss + train.aux_weight * masked_dice_bce(aux_logits, mask)
+        return loss
 
 
 def training_loss(output: Tensor, x0: Tensor, noise: Tensor, t: Tensor, x_t: Tensor, scheduler: DDPMScheduler,
