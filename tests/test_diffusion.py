@@ -29,28 +29,40 @@ def test_schedule_scales_with_number_of_steps(T):
     assert s.betas[-1].item() == pytest.approx(0.02 * 1000 / T)
 
 
-def test_add_noise_is_q_sample():
-    s = DDPMScheduler(100)
+@pytest.mark.parametrize("b", [1.0, 0.1])
+def test_add_noise_is_q_sample(b):
+    # input_scale b: the chain diffuses b x_0 (1: the paper)
+    s = DDPMScheduler(100, input_scale=b)
     betas, abar = numpy_tables(100)
     g = torch.Generator().manual_seed(0)
     x0 = to_signed(torch.randint(0, 2, (4, 1, 8, 8), generator=g).double())
     noise = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
     t = torch.tensor([0, 10, 50, 99])
-    expected = np.sqrt(abar[t.numpy()])[:, None, None, None] * x0.numpy() + \
+    expected = np.sqrt(abar[t.numpy()])[:, None, None, None] * b * x0.numpy() + \
         np.sqrt(1 - abar[t.numpy()])[:, None, None, None] * noise.numpy()
-    np.testing.assert_allclose(s.add_noise(x0, noise, t).numpy(), expected, rtol=1e-12)
+    x_t = s.add_noise(x0, noise, t)
+    np.testing.assert_allclose(x_t.numpy(), expected, rtol=1e-12)
+    torch.testing.assert_close(s.predict_x0(noise, t, x_t), x0)  # x_0 comes back in the mask's units
 
 
-@pytest.mark.parametrize("t", [1, 17, 99])
-def test_posterior_matches_bayes_rule(t):
+def test_input_scale_must_be_positive():
+    from segdiff.config import ConfigError
+    for b in (0.0, -0.5, float("nan")):
+        with pytest.raises(ConfigError, match="input_scale=.* must be a positive number"):
+            DDPMScheduler(100, input_scale=b)
+
+
+@pytest.mark.parametrize("t,scale", [(1, 1.0), (17, 1.0), (99, 1.0), (17, 0.25)])
+def test_posterior_matches_bayes_rule(t, scale):
     # q(x_{t-1}|x_t,x_0) ∝ N(x_t; sqrt(a_t) x_{t-1}, b_t) N(x_{t-1}; sqrt(abar_{t-1}) x_0, 1-abar_{t-1}):
     # precision = a_t/b_t + 1/(1-abar_{t-1}); mean = var (sqrt(a_t) x_t/b_t + sqrt(abar_{t-1}) x_0/(1-abar_{t-1})).
-    s = DDPMScheduler(100)
+    # With input_scale, the chain's x_0 is scale * the mask's.
+    s = DDPMScheduler(100, input_scale=scale)
     betas, abar = numpy_tables(100)
     a_t, b_t, abar_prev = 1 - betas[t], betas[t], abar[t - 1]
     var = 1 / (a_t / b_t + 1 / (1 - abar_prev))
     x0, x_t = 0.7, -0.3
-    mean = var * (np.sqrt(a_t) * x_t / b_t + np.sqrt(abar_prev) * x0 / (1 - abar_prev))
+    mean = var * (np.sqrt(a_t) * x_t / b_t + np.sqrt(abar_prev) * scale * x0 / (1 - abar_prev))
     assert s.posterior_variance[t].item() == pytest.approx(var, rel=1e-10)
     got = s.posterior_mean(torch.tensor([[x0]], dtype=torch.float64), torch.tensor([[x_t]], dtype=torch.float64),
                            torch.tensor([t]))

@@ -7,7 +7,7 @@ from segdiff import DDPMScheduler, DiffusionSegmenter, SegDiff, predict, sample_
 from segdiff.diffusion import _gather, from_signed, to_signed
 from segdiff.config import SYMMETRY_NAMES, DiffusionConfig, ExperimentConfig, SampleConfig
 from segdiff.sampling import (
-    SAMPLER_FUNCTIONS, SYMMETRIES, apply_symmetry, dpm_solver_scheduler, generation_seeds,
+    SAMPLER_FUNCTIONS, SYMMETRIES, Start, apply_symmetry, dpm_solver_scheduler, generation_seeds,
     invert_symmetry, respaced_betas, sample_dpm_solver, sample_generations,
 )
 from segdiff.seeding import derive_seed
@@ -366,6 +366,37 @@ def test_every_sampler_recovers_x0_from_a_network_of_its_logits(x0, sampler, ste
     pred = predict(_X0Oracle(x0, scale=20.0), torch.zeros(3, 1, 8, 8), s, num_generations=1, sampler=sampler,
                    num_sampling_steps=steps, seeds=[0, 1, 2])
     torch.testing.assert_close(pred.prob, from_signed(x0), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 0), ("ddpm", 10), ("ddim", 25), ("dpm-solver++", 10),
+                                           ("sde-dpm-solver++", 2)])
+def test_every_sampler_recovers_x0_at_an_input_scale(x0, sampler, steps):
+    # The chain runs on 0.1 x_0 (diffusion.input_scale); each sampler must hand back x_0 itself.
+    s = DDPMScheduler(100, prediction="sample", input_scale=0.1)
+    pred = predict(_X0Oracle(x0), torch.zeros(3, 1, 8, 8), s, num_generations=1, sampler=sampler,
+                   num_sampling_steps=steps, seeds=[0, 1, 2])
+    torch.testing.assert_close(pred.prob, from_signed(x0), atol=1e-4, rtol=0)
+    # ... also from a chain started part way at the truth (SDEdit refinement), whose start is noised
+    # as add_noise noises: the first x is sqrt(abar) 0.1 x_0 + sqrt(1 - abar) z.
+    out = SAMPLER_FUNCTIONS[sampler](_eps_oracle(s, x0), s, x0.shape,
+                                     generator=[torch.Generator().manual_seed(i) for i in range(3)],
+                                     num_steps=5, start=Start(x0, 40))
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
+
+
+def _eps_oracle(scheduler, x0):
+    """The noise a perfect x_0 network implies, through the scheduler's own conversion."""
+    return lambda x_t, t: scheduler.to_epsilon(x0, t, x_t)
+
+
+def test_to_epsilon_at_an_input_scale_by_hand(x0):
+    """eps = (x_t - sqrt(abar) b x_0) / sqrt(1 - abar): the same x_0 estimate read with b = 1 and
+    with b = 0.1 differs by sqrt(abar) 0.9 x_0 / sqrt(1 - abar)."""
+    x_t, t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([50, 50, 50])
+    eps_small = DDPMScheduler(100, prediction="sample", input_scale=0.1).to_epsilon(x0, t, x_t)
+    eps_paper = DDPMScheduler(100, prediction="sample").to_epsilon(x0, t, x_t)
+    abar = _gather(DDPMScheduler(100).alphas_cumprod, t, x_t)
+    torch.testing.assert_close(eps_small - eps_paper, abar.sqrt() * 0.9 * x0 / (1 - abar).sqrt())
 
 
 def test_to_epsilon_inverts_add_noise_for_both_parameterisations(x0):

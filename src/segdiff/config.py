@@ -305,10 +305,17 @@ class DiffusionConfig:
     # logits z, x_0 = 2 sigmoid(z) - 1, trained with Dice + binary cross-entropy against the mask
     # instead of the MSE: the U-Net baseline's loss, as Diff-UNet (Xing et al. 2023) trains its x_0).
     prediction: Literal["epsilon", "sample", "logits"] = "epsilon"
+    # Input scaling b: the chain diffuses b x_0, so x_t = sqrt(abar_t) b x_0 + sqrt(1 - abar_t) eps
+    # (Chen 2023, "On the importance of noise scheduling for diffusion models"; Pix2Seq-D, Chen et al.
+    # 2023, segments with b = 0.1). b < 1 lowers every step's signal-to-noise ratio, so fewer training
+    # steps can read the mask off x_t and more must read it off the image. 1: the paper.
+    input_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_choice("beta_schedule", self.beta_schedule, ("linear",))
         _check_choice("prediction", self.prediction, ("epsilon", "sample", "logits"))
+        if not (math.isfinite(self.input_scale) and self.input_scale > 0):
+            raise ConfigError(f"input_scale={self.input_scale} must be a positive number (1: the paper)")
         if not 21 <= self.num_steps <= 1000:
             # The linear schedule ends at beta_T = 0.02 * 1000 / T, which must stay below 1.
             raise ConfigError(f"num_steps={self.num_steps} must be in [21, 1000] (beta_T = 20/T must be < 1)")

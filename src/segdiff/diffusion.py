@@ -91,10 +91,15 @@ class DDPMScheduler:
     >>> x_prev = s.step(output, t, x_t, generator=g)   # one ancestral step, eq. 11
     """
 
-    def __init__(self, num_steps: int = 100, beta_schedule: str = "linear", prediction: str = "epsilon"):
-        DiffusionConfig(num_steps=num_steps, beta_schedule=beta_schedule, prediction=prediction)  # validates
+    def __init__(self, num_steps: int = 100, beta_schedule: str = "linear", prediction: str = "epsilon",
+                 input_scale: float = 1.0):
+        DiffusionConfig(num_steps=num_steps, beta_schedule=beta_schedule, prediction=prediction,
+                        input_scale=input_scale)  # validates
         self.num_steps = num_steps
         self.prediction = prediction
+        # The chain diffuses the signal b x_0 (b = input_scale; 1: the paper). Every method takes and
+        # returns x_0 in the mask's units ([-1, 1]); x_t and the samplers' state are the signal's.
+        self.input_scale = float(input_scale)
         self.betas = linear_betas(num_steps)
         self.alphas = 1 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
@@ -106,7 +111,7 @@ class DDPMScheduler:
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> "DDPMScheduler":
-        return cls(config.num_steps, config.beta_schedule, config.prediction)
+        return cls(config.num_steps, config.beta_schedule, config.prediction, config.input_scale)
 
     def timesteps(self, num_inference_steps: int | None = None, start: int | None = None) -> Tensor:
         """Descending steps to visit: all T, or `num_inference_steps` evenly spaced (respacing).
@@ -135,14 +140,23 @@ class DDPMScheduler:
         return (self.num_steps * u ** (1 / power)).long().clamp_(max=self.num_steps - 1)
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """Sample q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (Ho et al. eq. 4)."""
+        """Sample q(x_t | x_0) = N(sqrt(abar_t) b x_0, (1 - abar_t) I) (Ho et al. eq. 4; b =
+        `input_scale`, 1 in the paper)."""
         abar = _gather(self.alphas_cumprod, t, x0)
-        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        return abar.sqrt() * self.signal(x0) + (1 - abar).sqrt() * noise
 
     def predict_x0(self, eps_pred: Tensor, t: Tensor, x_t: Tensor) -> Tensor:
-        """x_hat_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), eq. 4 solved for x_0."""
+        """x_hat_0 = (x_t - sqrt(1 - abar_t) eps) / (sqrt(abar_t) b), eq. 4 solved for x_0."""
         abar = _gather(self.alphas_cumprod, t, x_t)
-        return (x_t - (1 - abar).sqrt() * eps_pred) / abar.sqrt()
+        return (x_t - (1 - abar).sqrt() * eps_pred) / (abar.sqrt() * self.input_scale)
+
+    def signal(self, x0: Tensor) -> Tensor:
+        """x_0 (the mask's units) as the signal the chain diffuses: b x_0."""
+        return self.input_scale * x0
+
+    def from_signal(self, x: Tensor) -> Tensor:
+        """A sampler's final state (the signal b x_0) back in the mask's units."""
+        return x if self.input_scale == 1 else x / self.input_scale
 
     def training_target(self, x0: Tensor, noise: Tensor) -> Tensor:
         """What the network's output is fitted to: the noise (the paper) or x_0 itself (for "logits",
@@ -171,11 +185,11 @@ class DDPMScheduler:
             return output
         x0 = self.to_x0(output, t, x_t, clip_x0=clip_x0)
         abar = _gather(self.alphas_cumprod, t, x_t)
-        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+        return (x_t - abar.sqrt() * self.signal(x0)) / (1 - abar).sqrt()
 
     def posterior_mean(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """Mean of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)."""
-        return _gather(self.posterior_mean_coef_x0, t, x_t) * x0 + _gather(self.posterior_mean_coef_xt, t, x_t) * x_t
+        """Mean of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7), x_0 in the mask's units."""
+        return _gather(self.posterior_mean_coef_x0, t, x_t) * self.signal(x0) + _gather(self.posterior_mean_coef_xt, t, x_t) * x_t
 
     def step(self, model_output: Tensor, t: int | Tensor, x_t: Tensor, *, generator: torch.Generator | None = None,
              noise: Tensor | None = None, clip_x0: bool = False) -> Tensor:

@@ -84,8 +84,9 @@ def generation_seeds(image_seed: int, num_generations: int, index: int = 0) -> l
 class Start:
     """Where a chain starts part way (SDEdit, Meng et al. 2022): the signed estimate `x0` of the
     mask, rows like the sample's, noised to step `step` with the chain's first noise draw,
-    x_step = sqrt(abar_step) x0 + sqrt(1 - abar_step) z; the sampler then visits its
-    `num_steps` steps from `step` down to 0 (`DDPMScheduler.timesteps(n, start=step)`)."""
+    x_step = sqrt(abar_step) b x0 + sqrt(1 - abar_step) z (b: the scheduler's input_scale); the
+    sampler then visits its `num_steps` steps from `step` down to 0
+    (`DDPMScheduler.timesteps(n, start=step)`)."""
 
     x0: Tensor
     step: int
@@ -100,7 +101,7 @@ def _first_state(scheduler: DDPMScheduler, shape: tuple[int, ...], generator: Ge
     if tuple(start.x0.shape) != tuple(shape):
         raise ValueError(f"start.x0 has shape {tuple(start.x0.shape)}, the sample {tuple(shape)}")
     abar = float(scheduler.alphas_cumprod[int(start.step)])
-    x = abar ** 0.5 * start.x0.to(device=device, dtype=noise.dtype) + (1 - abar) ** 0.5 * noise
+    x = abar ** 0.5 * scheduler.signal(start.x0.to(device=device, dtype=noise.dtype)) + (1 - abar) ** 0.5 * noise
     return x, scheduler.timesteps(num_steps, start=start.step)
 
 def respaced_betas(scheduler: DDPMScheduler, steps: Tensor) -> Tensor:
@@ -138,7 +139,7 @@ def sample_ddpm(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ..
                                                                            float(scheduler.alphas_cumprod[t]))
         # Ho et al. eq. 11; no noise after the last step.
         x = ancestral_step(x, eps, beta, abar, noise, last=i + 1 == len(steps))
-    return x
+    return scheduler.from_signal(x)
 
 
 @torch.no_grad()
@@ -160,10 +161,10 @@ def sample_ddim(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ..
         else:
             abar_prev = torch.ones_like(abar_t)
         sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
-        x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
+        x = abar_prev.sqrt() * scheduler.signal(x0) + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0 and i + 1 < len(steps):
             x = x + sigma * _randn(shape, generator, device)
-    return x
+    return scheduler.from_signal(x)
 
 
 def dpm_solver_scheduler(scheduler: DDPMScheduler, num_steps: int | None = None, *, order: int = 2,
@@ -210,7 +211,7 @@ def sample_dpm_solver(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[i
     for t in solver.timesteps:
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         x = solver.step(denoise(x, t_batch), int(t), x, generator=generator, return_dict=False)[0]
-    return x
+    return scheduler.from_signal(x)
 
 
 def sample_sde_dpm_solver(denoise: Denoise, scheduler: DDPMScheduler, shape: tuple[int, ...], *,
