@@ -183,7 +183,8 @@ def screening_table(screens: list[str], root: Path) -> list[str]:
     """Lines of the short screening runs' table (LABEL=FOLDER each, FOLDER under `root` unless
     absolute: the records `screen` keeps): steps and validation IoU at the end from their log.jsonl
     (each run's own validation: K = train.val_generations at its sampling steps), and, where
-    FOLDER/val/summary.json exists, the validation IoU of one common post-hoc evaluation
+    FOLDER/val/summary.json exists (for a `run`'s SegDiff, FOLDER/val-steps-N at its N sampling
+    steps), the validation IoU of one common post-hoc evaluation
     (`segdiff evaluate RUN --split val ...`), so that runs validated at different sampling settings
     compare on one footing."""
     if not screens:
@@ -196,6 +197,8 @@ def screening_table(screens: list[str], root: Path) -> list[str]:
         config = json.loads((folder / "config.json").read_text())
         segdiff = config["model"]["kind"] == "segdiff"
         evaluated = folder / "val" / "summary.json"
+        if not evaluated.exists() and segdiff:  # a `run`'s SegDiff: its validation at its own sampling steps
+            evaluated = folder / f"val-steps-{config['sample']['num_sampling_steps']}" / "summary.json"
         post_hoc = "-"
         if evaluated.exists():
             summary = json.loads(evaluated.read_text())
@@ -209,8 +212,9 @@ def screening_table(screens: list[str], root: Path) -> list[str]:
     setting = ("SegDiff at " + "; ".join(f"K = {k}, {n} sampling steps, scored at {size} px"
                                          for k, n, size in sorted(common)) if common else "none of SegDiff")
     return [
-        ("What was tried, on the car task at a shorter budget, each run alone on 2 threads "
-         "(`python experiments/own_data.py screen`): steps and validation IoU at the last step from the runs' "
+        ("What was tried, on the car task, each run alone on 2 threads (`python experiments/own_data.py "
+         "screen`, 8 minutes unless the table says otherwise; a 20-minute screen is set against the preset's "
+         "20-minute run): steps and validation IoU at the last step from the runs' "
          "log.jsonl (SegDiff's own validation at K = 3), and one common evaluation of the last weights on the "
          f"validation split ({setting})."),
         "",

@@ -550,9 +550,18 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
             (screens / name / "val").mkdir()
             (screens / name / "val" / "summary.json").write_text(json.dumps(
                 {"num_generations": k, "num_steps": steps, "score_size": 256, "metrics": {"iou": iou}}))
+    # a `run`'s SegDiff beside them: its common evaluation is its validation at its own sampling steps (10 here)
+    run_folder = runs / "car-20m" / "segdiff-run"
+    _write_own_data_run(run_folder, 0.3, [0.2, 0.35], steps={2: 0.99, 10: 0.33})
+    (run_folder / "config.json").write_text(json.dumps(
+        {"train": {"time_budget_min": 20}, "model": {"kind": "segdiff"}, "sample": {"num_sampling_steps": 10}}))
+    for n in (2, 10):
+        summary_path = run_folder / f"val-steps-{n}" / "summary.json"
+        summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "num_steps": n,
+                                            "score_size": 256}))
     result = _script("own_data.py", "report", "--tasks", "car", "road", "pedestrian", "--runs", str(runs),
                      "--out", str(page), "--screens", "preset=car-8m/screen-a",
-                     "U-Net=car-8m/screen-b", f"variant={screens / 'screen-c'}")
+                     "U-Net=car-8m/screen-b", f"variant={screens / 'screen-c'}", f"the run={run_folder}")
     assert result.returncode == 0, result.stderr
     text = page.read_text()
     assert "STALE SECTION" not in text and text.endswith("## Kept\n")
@@ -564,7 +573,9 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     assert "Not measured yet with this preset: pedestrian (20 min: segdiff, unet)." in text
     assert "| preset | 8 | 200 | 25.0 | 10 | 31.0 |" in text and "| U-Net | 8 | 200 | 25.0 | - | 50.0 |" in text
     assert "| variant | 8 | 200 | 25.0 | 10 | - |" in text
-    assert "validation split (SegDiff at K = 9, 2 sampling steps, scored at 256 px)." in text
+    assert "| the run | 20 | 200 | 35.0 | 10 | 33.0 |" in text
+    assert ("validation split (SegDiff at K = 9, 2 sampling steps, scored at 256 px; K = 9, 10 sampling steps, "
+            "scored at 256 px).") in text
     assert (tmp_path / "figures" / "own-data" / "camvid-car.png").exists()
 
 
