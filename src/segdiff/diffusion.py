@@ -156,7 +156,7 @@ class DDPMScheduler:
 
     def from_signal(self, x: Tensor) -> Tensor:
         """A sampler's final state (the signal b x_0) back in the mask's units."""
-        return x if self.input_scale == 1 else x / self.input_scale
+        return x / self.input_scale
 
     def training_target(self, x0: Tensor, noise: Tensor) -> Tensor:
         """What the network's output is fitted to: the noise (the paper) or x_0 itself (for "logits",
@@ -189,7 +189,8 @@ class DDPMScheduler:
 
     def posterior_mean(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Mean of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7), x_0 in the mask's units."""
-        return _gather(self.posterior_mean_coef_x0, t, x_t) * self.signal(x0) + _gather(self.posterior_mean_coef_xt, t, x_t) * x_t
+        return (_gather(self.posterior_mean_coef_x0, t, x_t) * self.signal(x0)
+                + _gather(self.posterior_mean_coef_xt, t, x_t) * x_t)
 
     def step(self, model_output: Tensor, t: int | Tensor, x_t: Tensor, *, generator: torch.Generator | None = None,
              noise: Tensor | None = None, clip_x0: bool = False) -> Tensor:

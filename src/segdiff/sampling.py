@@ -83,9 +83,9 @@ def generation_seeds(image_seed: int, num_generations: int, index: int = 0) -> l
 @dataclass(frozen=True)
 class Start:
     """Where a chain starts part way (SDEdit, Meng et al. 2022): the signed estimate `x0` of the
-    mask, rows like the sample's, noised to step `step` with the chain's first noise draw,
-    x_step = sqrt(abar_step) b x0 + sqrt(1 - abar_step) z (b: the scheduler's input_scale); the
-    sampler then visits its `num_steps` steps from `step` down to 0
+    mask, rows like the sample's, noised to step `step` with the chain's first noise draw by
+    `DDPMScheduler.add_noise` (x_step = sqrt(abar_step) b x0 + sqrt(1 - abar_step) z, b its
+    input_scale); the sampler then visits its `num_steps` steps from `step` down to 0
     (`DDPMScheduler.timesteps(n, start=step)`)."""
 
     x0: Tensor
@@ -100,8 +100,8 @@ def _first_state(scheduler: DDPMScheduler, shape: tuple[int, ...], generator: Ge
         return noise, scheduler.timesteps(num_steps)
     if tuple(start.x0.shape) != tuple(shape):
         raise ValueError(f"start.x0 has shape {tuple(start.x0.shape)}, the sample {tuple(shape)}")
-    abar = float(scheduler.alphas_cumprod[int(start.step)])
-    x = abar ** 0.5 * scheduler.signal(start.x0.to(device=device, dtype=noise.dtype)) + (1 - abar) ** 0.5 * noise
+    step = torch.full((shape[0],), int(start.step), dtype=torch.long)
+    x = scheduler.add_noise(start.x0.to(device=device, dtype=noise.dtype), noise, step)
     return x, scheduler.timesteps(num_steps, start=start.step)
 
 def respaced_betas(scheduler: DDPMScheduler, steps: Tensor) -> Tensor:
