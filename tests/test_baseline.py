@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from segdiff.checkpoint import load_checkpoint
+from segdiff.checkpoint import find_resume_checkpoint, load_checkpoint
 from segdiff.cli import main
 from segdiff.config import ExperimentConfig, SampleConfig
 from segdiff.data import build_dataset, make_dataset
@@ -93,7 +93,8 @@ def test_a_killed_baseline_run_resumes_from_its_last_checkpoint(tmp_path):
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    step = load_checkpoint(run / "last.safetensors", config_only=True).state["step"]
+    # What --resume reads: last.safetensors, or a newer last-<step> when the kill came between the two writes
+    step = load_checkpoint(find_resume_checkpoint(run), config_only=True).state["step"]
     assert step >= 2
     assert main(["train", "--resume", str(run), "--steps", str(step + 2)]) == 0
     assert load_model(run / "last.safetensors").config.model.kind == "unet"
