@@ -622,3 +622,45 @@ def test_own_data_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
     steps = dict(script.stages("car", 20, "segdiff", "t", tmp_path))["val-steps-segdiff"]
     assert [f"--steps {n} " in steps for n in script.VAL_STEPS] == [True] * len(script.VAL_STEPS)
     assert "val-steps-unet" not in dict(script.stages("car", 20, "unet", "t", tmp_path))
+
+
+# --- experiments/camvid_tasks.py ------------------------------------------------------------------
+def _fake_camvid(root: Path) -> Path:
+    """A CamVid folder in the SegNet layout: 4x4 frames of three training videos and a test video, each
+    label map 0 sky / 8 car / 11 void in fixed places."""
+    from PIL import Image
+
+    camvid = root / "camvid"
+    labels = np.zeros((4, 4), np.uint8)
+    labels[0, :2] = 8  # two car pixels
+    labels[3, 3] = 11  # one void pixel
+    listings = {"train": ["0001TP_006690", "0016E5_00390"], "val": ["0006R0_f01200", "0006R0_f01230"],
+                "test": ["Seq05VD_f00000"]}
+    for split, frames in listings.items():
+        (camvid / split).mkdir(parents=True)
+        (camvid / f"{split}annot").mkdir()
+        for frame in frames:
+            Image.fromarray(np.full((4, 4, 3), 100, np.uint8)).save(camvid / split / f"{frame}.png")
+            Image.fromarray(labels).save(camvid / f"{split}annot" / f"{frame}.png")
+        (camvid / f"{split}.txt").write_text("".join(f"{split}/{f}.png {split}annot/{f}.png\n" for f in frames))
+    return camvid
+
+
+def test_camvid_tasks_hold_out_a_training_video_as_the_test_split(tmp_path):
+    from PIL import Image
+
+    script = _load_script("camvid_tasks.py")
+    camvid = _fake_camvid(tmp_path)
+    shares = script.make_task(camvid, tmp_path / "tasks", "car", hold_out="0006R0")
+    root = tmp_path / "tasks" / "camvid-car-0006R0"
+    names = {split: sorted(p.name for p in (root / split / "images").iterdir()) for split in ("train", "test")}
+    assert names == {"train": ["0001TP_006690.png", "0016E5_00390.png"],
+                     "test": ["0006R0_f01200.png", "0006R0_f01230.png"]}  # CamVid's test video left out
+    mask = np.array(Image.open(root / "test" / "masks" / "0006R0_f01200.png"))
+    assert mask[0, :2].tolist() == [1, 1] and mask[3, 3] == 255 and int(mask.sum()) == 2 + 255
+    assert shares == {"train": 2 / 15, "test": 2 / 15}
+    plain = script.make_task(camvid, tmp_path / "tasks", "car")  # without it: CamVid's train+val, then its test
+    assert sorted(p.name[:6] for p in (tmp_path / "tasks" / "camvid-car" / "test" / "images").iterdir()) == ["Seq05V"]
+    assert len(list((tmp_path / "tasks" / "camvid-car" / "train" / "images").iterdir())) == 4 and plain["test"] == 2 / 15
+    with pytest.raises(SystemExit, match="Seq05VD: not one of CamVid's training videos"):
+        script.make_task(camvid, tmp_path / "tasks", "car", hold_out="Seq05VD")
