@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))  # segdiff's plotting, when run from a che
 sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads this file
 
 from _common import read_log, run_stages  # noqa: E402
+from camvid_tasks import TRAINING_VIDEOS  # noqa: E402
 
 SCORE_SIZE = 256  # as on Vaihingen: models at 64 px, probabilities resized bilinearly to 256 before the threshold
 VAL_STEPS = (1, 2, 10)  # sampling steps each SegDiff run is scored at on the validation split (the preset's choice)
@@ -52,12 +53,19 @@ BEGIN, END = "<!-- OWN_DATA: written by experiments/own_data.py report -->", "<!
 RECORDS = ROOT / "experiments" / "records" / "own-data"  # what `report` reads; kept in git
 # The files of a run folder that its report needs, copied to RECORDS (`keep`); the weights stay behind.
 RECORD_FILES = ("config.json", "log.jsonl", "test/summary.json", "val/summary.json",
-                *(f"val-steps-{n}/summary.json" for n in VAL_STEPS))
+                *(f"{split}-steps-{n}/summary.json" for split in ("val", "test") for n in VAL_STEPS))
 
 
 def task_runs(runs_root: Path, task: str, minutes: float) -> Path:
     """The folder of one task's runs at one budget (a subfolder per model, and logs/)."""
     return runs_root / f"{task}-{minutes:g}m"
+
+
+def held_out_video(task: str) -> str:
+    """The CamVid training video a tuning task tests on (`camvid_tasks.py --hold-out`: car-0006R0 ->
+    0006R0), or "" for a task whose test split is CamVid's."""
+    video = task.rpartition("-")[2]
+    return video if video in TRAINING_VIDEOS else ""
 
 
 def is_segdiff(model: str) -> bool:
@@ -75,8 +83,9 @@ def stages(task: str, minutes: float, model: str, tasks_dir: str, runs: Path) ->
         (f"test-{model}", f"{evaluate} --split test --out {run}/test"),
     ]
     if is_segdiff(model):  # its sampling steps, chosen on the validation split (the test split unseen)
-        stages.append((f"val-steps-{model}", " && ".join(f"{evaluate} --split val --steps {n} --out {run}/val-steps-{n}"
-                                                         for n in VAL_STEPS)))
+        for split in ("val", "test") if held_out_video(task) else ("val",):  # a tuning task's test: an unseen video
+            stages.append((f"{split}-steps-{model}", " && ".join(
+                f"{evaluate} --split {split} --steps {n} --out {run}/{split}-steps-{n}" for n in VAL_STEPS)))
     return stages
 
 
@@ -102,6 +111,39 @@ def steps_table(runs_root: Path, tasks: list[str], minutes: list[float], models:
         "",
         "| task | model | minutes | " + " | ".join(f"{n} step{'s' * (n > 1)}" for n in VAL_STEPS) + " | K |",
         "|---|---|---:|" + "---:|" * len(VAL_STEPS) + "---:|",
+        *rows,
+        "",
+    ]
+
+
+def held_out_table(runs_root: Path, tasks: list[str], minutes: list[float]) -> list[str]:
+    """Lines of the table of the tuning tasks (TASK-VIDEO, a training video held out as the test
+    split) that have been run: the U-Net's IoU on the held-out video, and the preset's SegDiff's at
+    each of VAL_STEPS sampling steps there and on its validation split (frames of its training videos)."""
+    rows = []
+    for task, video, m in ((t, v, m) for t in tasks for v in TRAINING_VIDEOS for m in minutes):
+        runs = task_runs(runs_root, f"{task}-{video}", m)
+        unet, segdiff = runs / "unet" / "test" / "summary.json", runs / "segdiff"
+        found = {(split, n): segdiff / f"{split}-steps-{n}" / "summary.json" for split in ("test", "val")
+                 for n in VAL_STEPS}
+        if not unet.exists() or not all(path.exists() for path in found.values()):
+            continue
+        iou = {key: 100 * json.loads(path.read_text())["metrics"]["iou"] for key, path in found.items()}
+        rows.append(f"| {task} | {video} | {m:g} | {100 * json.loads(unet.read_text())['metrics']['iou']:.2f} | "
+                    + " | ".join(f"{iou['test', n]:.2f}" for n in VAL_STEPS) + " | "
+                    + " | ".join(f"{iou['val', n]:.2f}" for n in VAL_STEPS) + " |")
+    if not rows:
+        return []
+    steps = [f"{n} step{'s' * (n > 1)}" for n in VAL_STEPS]
+    return [
+        ("The validation split holds frames of the training videos, while most of the test split is a video "
+         "training never sees. To choose settings on an unseen video without the test split, a tuning task "
+         "holds one training video out as its test split (`camvid_tasks.py --hold-out VIDEO`) and trains on "
+         f"the other two; mIoU at {SCORE_SIZE} px, SegDiff at the preset's K:"),
+        "",
+        "| task | held-out video | minutes | U-Net | " + " | ".join(f"SegDiff, {s}" for s in steps) + " | "
+        + " | ".join(f"validation, {s}" for s in steps) + " |",
+        "|---|---|---:|---:|" + "---:|" * 2 * len(VAL_STEPS),
         *rows,
         "",
     ]
@@ -277,6 +319,7 @@ def report(args: argparse.Namespace) -> int:
         *missing_lines(args.tasks, args.minutes, [m for m in args.models if m in ("segdiff", "unet")], scores),
         *[line for picture in pictures for line in (picture, "")],
         *steps_table(runs_root, args.tasks, args.minutes, args.models),
+        *held_out_table(runs_root, args.tasks, args.minutes),
         *screening_table(args.screens, runs_root / "screens"),
         "The recipe, for a folder of your own (`images/`, `masks/`, and a `classes.yaml` if masks have void):",
         "",

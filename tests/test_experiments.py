@@ -512,9 +512,11 @@ def _own_data_script():
     return _load_script("own_data.py")
 
 
-def _write_own_data_run(run: Path, iou: float, val_ious: list[float], steps: dict[int, float] | None = None) -> None:
+def _write_own_data_run(run: Path, iou: float, val_ious: list[float], steps: dict[int, float] | None = None,
+                        test_steps: dict[int, float] | None = None) -> None:
     """A run folder as `own_data.py run` leaves it: log.jsonl, test/summary.json, and for SegDiff the
-    validation scores at each sampling step (val-steps-N/summary.json)."""
+    validation scores at each sampling step (val-steps-N/summary.json; on a tuning task, whose test
+    split is a held-out training video, the test scores too: test-steps-N)."""
     run.mkdir(parents=True)
     records = [{"event": "train", "step": 100 * (i + 1), "time": 60.0 * (i + 1)} for i in range(len(val_ious))]
     records += [{"event": "val", "step": 100 * (i + 1), "time": 60.0 * (i + 1), "val_iou": v}
@@ -524,10 +526,11 @@ def _write_own_data_run(run: Path, iou: float, val_ious: list[float], steps: dic
     summary = {"machine": "the test machine", "num_generations": 9, "seconds_per_image": 0.5,
                "metrics": {"iou": iou, "f1": iou + 0.1}}
     (run / "test" / "summary.json").write_text(json.dumps(summary))
-    for n, val_iou in (steps or {}).items():
-        (run / f"val-steps-{n}").mkdir()
-        (run / f"val-steps-{n}" / "summary.json").write_text(json.dumps(
-            {**summary, "num_steps": n, "score_size": 256, "metrics": {"iou": val_iou}}))
+    for split, scores in (("val", steps), ("test", test_steps)):
+        for n, split_iou in (scores or {}).items():
+            (run / f"{split}-steps-{n}").mkdir()
+            (run / f"{split}-steps-{n}" / "summary.json").write_text(json.dumps(
+                {**summary, "num_steps": n, "score_size": 256, "metrics": {"iou": split_iou}}))
 
 
 def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_path):
@@ -537,6 +540,10 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     _write_own_data_run(runs / "car-20m" / "unet", 0.45, [0.6, 0.7])
     _write_own_data_run(runs / "road-20m" / "segdiff", 0.80, [0.8, 0.9], steps={2: 0.9})
     _write_own_data_run(runs / "road-20m" / "unet", 0.84, [0.9, 0.95])
+    # a tuning task: video 0006R0 held out as the test split, scored at each sampling step
+    _write_own_data_run(runs / "car-0006R0-20m" / "segdiff", 0.5, [0.6], steps={1: 0.7, 2: 0.72, 10: 0.69},
+                        test_steps={1: 0.52, 2: 0.5, 10: 0.45})
+    _write_own_data_run(runs / "car-0006R0-20m" / "unet", 0.55, [0.7])
     page = tmp_path / "results.md"
     page.write_text(f"# Results\n\n{script.BEGIN}\nSTALE SECTION\n{script.END}\n\n## Kept\n")
     # short screening runs (RUNS/screens/car-8m/NAME), each with a post-hoc evaluation (val/) but one SegDiff run
@@ -568,6 +575,8 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     assert "| car | SegDiff `cpu` preset | 20 | 41.00 | 43.00 | 38.50 | 9 |" in text
     assert "| road | SegDiff `cpu` preset | 20 | - | 90.00 | - | 9 |" in text  # the steps a run was scored at
     assert "Not measured yet with this preset: pedestrian (20 min: segdiff, unet)." in text
+    assert "| car | 0006R0 | 20 | 55.00 | 52.00 | 50.00 | 45.00 | 70.00 | 72.00 | 69.00 |" in text
+    assert "| road | 0006R0 |" not in text  # no tuning run of road
     assert "| preset | 8 | 200 | 25.0 | 10 | 31.0 |" in text and "| U-Net | 8 | 200 | 25.0 | - | 50.0 |" in text
     assert "| variant | 8 | 200 | 25.0 | 10 | - |" in text
     assert "| the run | 20 | 200 | 35.0 | 10 | 33.0 |" in text
@@ -589,6 +598,10 @@ def test_own_data_keeps_a_runs_small_result_files_and_not_its_weights(tmp_path):
     assert all(p.read_bytes() == (run / p.relative_to(record)).read_bytes() for p in kept)
     assert sorted(p.name for p in record.rglob("*") if p.is_file()) == ["config.json", "log.jsonl", "summary.json",
                                                                        "summary.json"]
+    tuning = tmp_path / "tuning"  # a tuning task's run: its test scores at each sampling step are kept too
+    _write_own_data_run(tuning, 0.4, [0.3], test_steps={1: 0.45, 2: 0.43})
+    assert sorted(p.relative_to(tmp_path / "kept").as_posix() for p in script.keep(tuning, tmp_path / "kept")) == [
+        "log.jsonl", "test-steps-1/summary.json", "test-steps-2/summary.json", "test/summary.json"]
     # a later call replaces the records with the run's newer files
     (run / "test" / "summary.json").write_text('{"new": 1}')
     script.keep(run, record)
@@ -622,6 +635,11 @@ def test_own_data_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
     steps = dict(script.stages("car", 20, "segdiff", "t", tmp_path))["val-steps-segdiff"]
     assert [f"--steps {n} " in steps for n in script.VAL_STEPS] == [True] * len(script.VAL_STEPS)
     assert "val-steps-unet" not in dict(script.stages("car", 20, "unet", "t", tmp_path))
+    assert "test-steps-segdiff" not in dict(script.stages("car", 20, "segdiff", "t", tmp_path))
+    # a tuning task (camvid_tasks.py --hold-out): the held-out video, its test split, is scored at each step too
+    tuning = dict(script.stages("car-0006R0", 20, "segdiff", "t", tmp_path))
+    assert [f"--split test --steps {n} " in tuning["test-steps-segdiff"] for n in script.VAL_STEPS] == [True] * 3
+    assert "t/camvid-car-0006R0" in tuning["train-segdiff"] and script.held_out_video("car") == ""
 
 
 # --- experiments/camvid_tasks.py ------------------------------------------------------------------
