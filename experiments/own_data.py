@@ -2,13 +2,16 @@
 
     python experiments/camvid_tasks.py --data DATA --out TASKS            # the folder datasets
     python experiments/own_data.py run --tasks-dir TASKS --task car --minutes 20
+    python experiments/own_data.py run --tasks-dir TASKS --task car --minutes 20 --seed 1   # another training seed
+    python experiments/own_data.py run --tasks-dir TASKS --task car-0006R0 --minutes 20     # a tuning task
     python experiments/own_data.py screen --tasks-dir TASKS --name NAME --set KEY=VALUE   # 8 minutes on car
     python experiments/own_data.py report --minutes 20   # the section of docs/results.md (car, road, pedestrian)
 
 Each model of MODELS trains alone on the machine (2 threads) for the given minutes of wall time, the
 same data, input size and pipeline, then is scored on the task's test split at SCORE_SIZE px with the
 sampler settings its checkpoint holds (the preset's defaults); a SegDiff run is also scored on the
-validation split at each of VAL_STEPS sampling steps, the evidence for the preset's. Every stage is logged to
+validation split at each of VAL_STEPS sampling steps, the evidence for the preset's (on a tuning task,
+`camvid_tasks.py --hold-out`, also its test split: a training video held out). Every stage is logged to
 RUNS/TASK-MINm/logs/STAGE.log and marked done with STAGE.done: an interrupted run continues where it
 stopped. `screen` trains one variant (`--set` overrides of the preset, or the U-Net) on a task for a
 shorter budget, alone on 2 threads, and scores its last weights on the validation split at the
@@ -56,9 +59,10 @@ RECORD_FILES = ("config.json", "log.jsonl", "test/summary.json", "val/summary.js
                 *(f"{split}-steps-{n}/summary.json" for split in ("val", "test") for n in VAL_STEPS))
 
 
-def task_runs(runs_root: Path, task: str, minutes: float) -> Path:
-    """The folder of one task's runs at one budget (a subfolder per model, and logs/)."""
-    return runs_root / f"{task}-{minutes:g}m"
+def task_runs(runs_root: Path, task: str, minutes: float, seed: int = 0) -> Path:
+    """The folder of one task's runs at one budget (a subfolder per model, and logs/); a training
+    seed other than the presets' 0 gets its own folder, TASK-MINm-seedN."""
+    return runs_root / (f"{task}-{minutes:g}m-seed{seed}" if seed else f"{task}-{minutes:g}m")
 
 
 def held_out_video(task: str) -> str:
@@ -73,13 +77,13 @@ def is_segdiff(model: str) -> bool:
     return model.startswith("segdiff")
 
 
-def stages(task: str, minutes: float, model: str, tasks_dir: str, runs: Path) -> list[tuple[str, str]]:
+def stages(task: str, minutes: float, model: str, tasks_dir: str, runs: Path, seed: int = 0) -> list[tuple[str, str]]:
     data = shlex.quote(f"{tasks_dir}/camvid-{task}")
     run = shlex.quote(str(runs / model))
     evaluate = f"OMP_NUM_THREADS=2 segdiff evaluate {run} --dataset folder --data {data} --score-size {SCORE_SIZE}"
     stages = [
         (f"train-{model}", f"OMP_NUM_THREADS=2 segdiff {MODELS[model][1]} --data {data} --time-budget {minutes:g} "
-                           f"--out {run}"),
+                           f"--out {run}" + (f" --set train.seed={seed}" if seed else "")),
         (f"test-{model}", f"{evaluate} --split test --out {run}/test"),
     ]
     if is_segdiff(model):  # its sampling steps, chosen on the validation split (the test split unseen)
@@ -149,6 +153,42 @@ def held_out_table(runs_root: Path, tasks: list[str], minutes: list[float]) -> l
     ]
 
 
+def seed_table(runs_root: Path, tasks: list[str], minutes: list[float]) -> list[str]:
+    """Lines of the table of test mIoU over training seeds, for each task and budget that has runs at
+    another seed (`run --seed N`: TASK-MINm-seedN beside the seed-0 TASK-MINm): each model's score per
+    seed, their mean, and the gap between the means."""
+    rows = []
+    for task, m in ((t, m) for t in tasks for m in minutes):
+        folders = sorted(runs_root.glob(f"{task}-{m:g}m-seed*"), key=lambda f: int(f.name.rpartition("seed")[2]))
+        if not folders:
+            continue
+        scores = {}
+        for model in ("segdiff", "unet"):
+            for folder in (task_runs(runs_root, task, m), *folders):
+                summary = folder / model / "test" / "summary.json"
+                if summary.exists():
+                    seed = json.loads((folder / model / "config.json").read_text())["train"]["seed"]
+                    scores.setdefault(model, {})[seed] = 100 * json.loads(summary.read_text())["metrics"]["iou"]
+        if len(scores) < 2:
+            continue
+        means = {model: sum(s.values()) / len(s) for model, s in scores.items()}
+        for model, by_seed in scores.items():
+            rows.append(f"| {task} | {m:g} | {MODELS[model][0]} | "
+                        + ", ".join(f"{v:.2f} (seed {k})" for k, v in sorted(by_seed.items()))
+                        + f" | {means[model]:.2f} |")
+        rows.append(f"| {task} | {m:g} | U-Net minus SegDiff, the means | | {means['unet'] - means['segdiff']:+.2f} |")
+    if not rows:
+        return []
+    return [
+        "Test mIoU over training seeds (`own_data.py run --seed N`; the runs above are seed 0):",
+        "",
+        "| task | minutes | model | test mIoU per seed | mean |",
+        "|---|---:|---|---|---:|",
+        *rows,
+        "",
+    ]
+
+
 def keep(run: Path, record: Path) -> list[Path]:
     """Copy the RECORD_FILES that `run` holds to the same places under `record` (replacing what was
     there) and return the copies."""
@@ -161,14 +201,14 @@ def keep(run: Path, record: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    runs = task_runs(Path(args.runs), args.task, args.minutes)
+    runs = task_runs(Path(args.runs), args.task, args.minutes, args.seed)
     logs = runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    failed = run_stages(logs, {name: command for model in args.models
-                               for name, command in stages(args.task, args.minutes, model, args.tasks_dir, runs)},
+    failed = run_stages(logs, {name: command for model in args.models for name, command
+                               in stages(args.task, args.minutes, model, args.tasks_dir, runs, args.seed)},
                         alone=True)
     for model in args.models:  # what finished is kept, also when a later stage failed
-        keep(runs / model, task_runs(Path(args.records), args.task, args.minutes) / model)
+        keep(runs / model, task_runs(Path(args.records), args.task, args.minutes, args.seed) / model)
     return failed
 
 
@@ -319,6 +359,7 @@ def report(args: argparse.Namespace) -> int:
         *missing_lines(args.tasks, args.minutes, [m for m in args.models if m in ("segdiff", "unet")], scores),
         *[line for picture in pictures for line in (picture, "")],
         *steps_table(runs_root, args.tasks, args.minutes, args.models),
+        *seed_table(runs_root, args.tasks, args.minutes),
         *held_out_table(runs_root, args.tasks, args.minutes),
         *screening_table(args.screens, runs_root / "screens"),
         "The recipe, for a folder of your own (`images/`, `masks/`, and a `classes.yaml` if masks have void):",
@@ -351,6 +392,8 @@ def main() -> int:
     p.add_argument("--task", required=True)
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("--models", nargs="+", default=["segdiff", "unet"], choices=sorted(MODELS))
+    p.add_argument("--seed", type=int, default=0, help="the training seed (train.seed; folder TASK-MINm-seedN "
+                                                       "unless 0, the presets')")
     p.add_argument("--runs", default="runs/own-data", help="where the run folders (with weights) go")
     p.add_argument("--records", default=str(RECORDS), help="where their RECORD_FILES are kept")
     p.set_defaults(func=run)

@@ -544,6 +544,12 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     _write_own_data_run(runs / "car-0006R0-20m" / "segdiff", 0.5, [0.6], steps={1: 0.7, 2: 0.72, 10: 0.69},
                         test_steps={1: 0.52, 2: 0.5, 10: 0.45})
     _write_own_data_run(runs / "car-0006R0-20m" / "unet", 0.55, [0.7])
+    # car again at seed 1 (`run --seed 1`): the seed table puts it beside seed 0's runs
+    for folder, model, iou in (("car-20m", "segdiff", 0.4), ("car-20m", "unet", 0.45),
+                               ("car-20m-seed1", "segdiff", 0.43), ("car-20m-seed1", "unet", 0.46)):
+        if folder.endswith("seed1"):
+            _write_own_data_run(runs / folder / model, iou, [0.5])
+        (runs / folder / model / "config.json").write_text(json.dumps({"train": {"seed": int(folder.endswith("1"))}}))
     page = tmp_path / "results.md"
     page.write_text(f"# Results\n\n{script.BEGIN}\nSTALE SECTION\n{script.END}\n\n## Kept\n")
     # short screening runs (RUNS/screens/car-8m/NAME), each with a post-hoc evaluation (val/) but one SegDiff run
@@ -577,6 +583,10 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     assert "Not measured yet with this preset: pedestrian (20 min: segdiff, unet)." in text
     assert "| car | 0006R0 | 20 | 55.00 | 52.00 | 50.00 | 45.00 | 70.00 | 72.00 | 69.00 |" in text
     assert "| road | 0006R0 |" not in text  # no tuning run of road
+    assert "| car | 20 | SegDiff `cpu` preset | 40.00 (seed 0), 43.00 (seed 1) | 41.50 |" in text
+    assert "| car | 20 | U-Net baseline | 45.00 (seed 0), 46.00 (seed 1) | 45.50 |" in text
+    assert "| car | 20 | U-Net minus SegDiff, the means | | +4.00 |" in text
+    assert "| road | 20 | SegDiff" not in text  # road has one seed only
     assert "| preset | 8 | 200 | 25.0 | 10 | 31.0 |" in text and "| U-Net | 8 | 200 | 25.0 | - | 50.0 |" in text
     assert "| variant | 8 | 200 | 25.0 | 10 | - |" in text
     assert "| the run | 20 | 200 | 35.0 | 10 | 33.0 |" in text
@@ -640,6 +650,9 @@ def test_own_data_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
     tuning = dict(script.stages("car-0006R0", 20, "segdiff", "t", tmp_path))
     assert [f"--split test --steps {n} " in tuning["test-steps-segdiff"] for n in script.VAL_STEPS] == [True] * 3
     assert "t/camvid-car-0006R0" in tuning["train-segdiff"] and script.held_out_video("car") == ""
+    seeded = script.stages("car", 20, "unet", "t", tmp_path / "car-20m-seed3", seed=3)[0][1]
+    assert parser.parse_args(shlex.split(seeded)[2:]).set == ["train.seed=3"]
+    assert script.task_runs(tmp_path, "car", 20, seed=3) == tmp_path / "car-20m-seed3"
 
 
 # --- experiments/camvid_tasks.py ------------------------------------------------------------------
