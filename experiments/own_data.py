@@ -143,10 +143,12 @@ def held_out_table(runs_root: Path, tasks: list[str], minutes: list[float]) -> l
         ("The validation split holds frames of the training videos, while most of the test split is a video "
          "training never sees. To choose settings on an unseen video without the test split, a tuning task "
          "holds one training video out as its test split (`camvid_tasks.py --hold-out VIDEO`) and trains on "
-         f"the other two; mIoU at {SCORE_SIZE} px, SegDiff at the preset's K:"),
+         "the other two. mIoU on the held-out video of the U-Net and of the preset's SegDiff at each number "
+         "of sampling steps, and SegDiff's on its validation split (frames of the two training videos), at "
+         f"{SCORE_SIZE} px, SegDiff at the preset's K:"),
         "",
         "| task | held-out video | minutes | U-Net | " + " | ".join(f"SegDiff, {s}" for s in steps) + " | "
-        + " | ".join(f"validation, {s}" for s in steps) + " |",
+        + " | ".join(f"SegDiff on validation, {s}" for s in steps) + " |",
         "|---|---|---:|---:|" + "---:|" * 2 * len(VAL_STEPS),
         *rows,
         "",
@@ -187,6 +189,21 @@ def seed_table(runs_root: Path, tasks: list[str], minutes: list[float]) -> list[
         *rows,
         "",
     ]
+
+
+def more_commands(runs_root: Path, tasks: list[str], minutes: list[float]) -> list[str]:
+    """The commands of the seed and tuning-task runs found under `runs_root` for these tasks and budgets."""
+    lines, videos = [], []
+    for task, m in ((t, m) for t in tasks for m in minutes):
+        for folder in sorted(runs_root.glob(f"{task}-{m:g}m-seed*")):
+            lines.append(f"python experiments/own_data.py run --tasks-dir TASKS --task {task} --minutes {m:g} "
+                         f"--seed {folder.name.rpartition('seed')[2]}")
+        for video in TRAINING_VIDEOS:
+            if task_runs(runs_root, f"{task}-{video}", m).is_dir():
+                videos.append(video)
+                lines.append(f"python experiments/own_data.py run --tasks-dir TASKS --task {task}-{video} --minutes {m:g}")
+    return [f"python experiments/camvid_tasks.py --data DATA --out TASKS --hold-out {v}"
+            for v in dict.fromkeys(videos)] + lines
 
 
 def keep(run: Path, record: Path) -> list[Path]:
@@ -376,6 +393,7 @@ def report(args: argparse.Namespace) -> int:
         "python experiments/camvid_tasks.py --data DATA --out TASKS",
         *(f"python experiments/own_data.py run --tasks-dir TASKS --task {t} --minutes {m:g}"
           for t in args.tasks for m in args.minutes),
+        *more_commands(runs_root, args.tasks, args.minutes),
         "```",
         END,
     ]

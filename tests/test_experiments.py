@@ -587,6 +587,8 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     assert "| car | 20 | U-Net baseline | 45.00 (seed 0), 46.00 (seed 1) | 45.50 |" in text
     assert "| car | 20 | U-Net minus SegDiff, the means | | +4.00 |" in text
     assert "| road | 20 | SegDiff" not in text  # road has one seed only
+    assert ("--hold-out 0006R0\n" in text and "run --tasks-dir TASKS --task car-0006R0 --minutes 20\n" in text
+            and "run --tasks-dir TASKS --task car --minutes 20 --seed 1\n" in text)  # the commands of those runs
     assert "| preset | 8 | 200 | 25.0 | 10 | 31.0 |" in text and "| U-Net | 8 | 200 | 25.0 | - | 50.0 |" in text
     assert "| variant | 8 | 200 | 25.0 | 10 | - |" in text
     assert "| the run | 20 | 200 | 35.0 | 10 | 33.0 |" in text
