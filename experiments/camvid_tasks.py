@@ -69,6 +69,11 @@ def task_mask(labels: np.ndarray, class_index: int, path: Path) -> np.ndarray:
     return mask
 
 
+def task_folder(name: str, hold_out: str = "") -> str:
+    """The folder name of a task: camvid-NAME, or camvid-NAME-VIDEO for a tuning task holding VIDEO out."""
+    return f"camvid-{name}-{hold_out}" if hold_out else f"camvid-{name}"
+
+
 def task_pairs(camvid: Path, hold_out: str = "") -> dict[str, list[tuple[Path, Path]]]:
     """The (image, label) pairs of each task split: CamVid's lists as SPLITS joins them, or with
     `hold_out`, train = the training lists less that video's frames and test = its frames."""
@@ -88,7 +93,7 @@ def make_task(camvid: Path, out: Path, name: str, hold_out: str = "") -> dict[st
     """Write one task folder (camvid-NAME, or camvid-NAME-VIDEO holding that video out as its test
     split); return the class's share of labelled pixels in each split."""
     class_index = CLASSES.index(name)
-    root = out / (f"camvid-{name}-{hold_out}" if hold_out else f"camvid-{name}")
+    root = out / task_folder(name, hold_out)
     if root.exists():
         shutil.rmtree(root)
     (root / "classes.json").parent.mkdir(parents=True)
@@ -123,8 +128,7 @@ def main() -> int:
         return 2
     for name in args.tasks:
         shares = make_task(camvid, Path(args.out), name, args.hold_out)
-        folder = f"camvid-{name}-{args.hold_out}" if args.hold_out else f"camvid-{name}"
-        print(f"{Path(args.out) / folder}: {name} is "
+        print(f"{Path(args.out) / task_folder(name, args.hold_out)}: {name} is "
               + ", ".join(f"{100 * v:.1f} % of the labelled {k} pixels" for k, v in shares.items()), flush=True)
     return 0
 

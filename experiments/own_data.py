@@ -65,6 +65,11 @@ def task_runs(runs_root: Path, task: str, minutes: float, seed: int = 0) -> Path
     return runs_root / (f"{task}-{minutes:g}m-seed{seed}" if seed else f"{task}-{minutes:g}m")
 
 
+def other_seeds(runs_root: Path, task: str, minutes: float) -> list[int]:
+    """The training seeds other than 0 that `run --seed` left folders of (`task_runs`'s TASK-MINm-seedN), in order."""
+    return sorted(int(folder.name.rpartition("seed")[2]) for folder in runs_root.glob(f"{task}-{minutes:g}m-seed*"))
+
+
 def held_out_video(task: str) -> str:
     """The CamVid training video a tuning task tests on (`camvid_tasks.py --hold-out`: car-0006R0 ->
     0006R0), or "" for a task whose test split is CamVid's."""
@@ -161,15 +166,14 @@ def seed_table(runs_root: Path, tasks: list[str], minutes: list[float]) -> list[
     seed, their mean, and the gap between the means."""
     rows = []
     for task, m in ((t, m) for t in tasks for m in minutes):
-        folders = sorted(runs_root.glob(f"{task}-{m:g}m-seed*"), key=lambda f: int(f.name.rpartition("seed")[2]))
-        if not folders:
+        seeds = other_seeds(runs_root, task, m)
+        if not seeds:
             continue
         scores = {}
         for model in ("segdiff", "unet"):
-            for folder in (task_runs(runs_root, task, m), *folders):
-                summary = folder / model / "test" / "summary.json"
+            for seed in (0, *seeds):
+                summary = task_runs(runs_root, task, m, seed) / model / "test" / "summary.json"
                 if summary.exists():
-                    seed = json.loads((folder / model / "config.json").read_text())["train"]["seed"]
                     scores.setdefault(model, {})[seed] = 100 * json.loads(summary.read_text())["metrics"]["iou"]
         if len(scores) < 2:
             continue
@@ -195,9 +199,9 @@ def more_commands(runs_root: Path, tasks: list[str], minutes: list[float]) -> li
     """The commands of the seed and tuning-task runs found under `runs_root` for these tasks and budgets."""
     lines, videos = [], []
     for task, m in ((t, m) for t in tasks for m in minutes):
-        for folder in sorted(runs_root.glob(f"{task}-{m:g}m-seed*")):
+        for seed in other_seeds(runs_root, task, m):
             lines.append(f"python experiments/own_data.py run --tasks-dir TASKS --task {task} --minutes {m:g} "
-                         f"--seed {folder.name.rpartition('seed')[2]}")
+                         f"--seed {seed}")
         for video in TRAINING_VIDEOS:
             if task_runs(runs_root, f"{task}-{video}", m).is_dir():
                 videos.append(video)
