@@ -5,7 +5,10 @@
     python experiments/own_data.py run --tasks-dir TASKS --task car --minutes 20 --seed 1   # another training seed
     python experiments/own_data.py run --tasks-dir TASKS --task car-0006R0 --minutes 20     # a tuning task
     python experiments/own_data.py screen --tasks-dir TASKS --name NAME --set KEY=VALUE   # 8 minutes on car
+    python experiments/own_data.py screen --tasks-dir TASKS --task car-0006R0 --minutes 20 --name NAME --set ...
     python experiments/own_data.py report --minutes 20   # the section of docs/results.md (car, road, pedestrian)
+    python experiments/own_data.py errors RUN/test ...   # false positives and negatives, from per_image.csv
+    python experiments/own_data.py compare --segdiff RUN --unet RUN --data TASKS/camvid-road --out PNG
 
 Each model of MODELS trains alone on the machine (2 threads) for the given minutes of wall time, the
 same data, input size and pipeline, then is scored on the task's test split at SCORE_SIZE px with the
@@ -14,8 +17,8 @@ validation split at each of VAL_STEPS sampling steps, the evidence for the prese
 `camvid_tasks.py --hold-out`, also its test split: a training video held out). Every stage is logged to
 RUNS/TASK-MINm/logs/STAGE.log and marked done with STAGE.done: an interrupted run continues where it
 stopped. `screen` trains one variant (`--set` overrides of the preset, or the U-Net) on a task for a
-shorter budget, alone on 2 threads, and scores its last weights on the validation split at the
-preset's K and steps: one common evaluation for every variant.
+shorter budget, alone on 2 threads, and scores its last weights on the validation split (on a tuning
+task, also on the held-out video) at the preset's K and steps: one common evaluation for every variant.
 
 A run's small result files (RECORD_FILES: its config, log.jsonl and evaluation summaries, never its
 weights) are copied to experiments/records/own-data/ when its stages are done, and git keeps them:
@@ -52,6 +55,7 @@ MODELS: dict[str, tuple[str, str]] = {
     "segdiff-batch-dice": ("SegDiff `cpu` preset before, one Dice ratio over the batch",
                            "train --preset cpu --set train.dice_batch=true"),
 }
+PAIR = ("segdiff", "unet")  # the preset's SegDiff and its U-Net: the comparison the issue's target is on
 BEGIN, END = "<!-- OWN_DATA: written by experiments/own_data.py report -->", "<!-- /OWN_DATA -->"
 RECORDS = ROOT / "experiments" / "records" / "own-data"  # what `report` reads; kept in git
 # The files of a run folder that its report needs, copied to RECORDS (`keep`); the weights stay behind.
@@ -170,7 +174,7 @@ def seed_table(runs_root: Path, tasks: list[str], minutes: list[float]) -> list[
         if not seeds:
             continue
         scores = {}
-        for model in ("segdiff", "unet"):
+        for model in PAIR:
             for seed in (0, *seeds):
                 summary = task_runs(runs_root, task, m, seed) / model / "test" / "summary.json"
                 if summary.exists():
@@ -237,20 +241,21 @@ def screen_stages(task: str, minutes: float, name: str, kind: str, sets: list[st
                   run: Path) -> dict[str, str]:
     """A screening run's stages: train `kind` ("segdiff" with the preset's settings and `sets`
     overrides, or "unet") alone on 2 threads, then score the last weights on the validation split at
-    the `cpu` preset's K and sampling steps (for every variant the same), at SCORE_SIZE px."""
+    the `cpu` preset's K and sampling steps (for every variant the same), at SCORE_SIZE px; on a
+    tuning task (`held_out_video`) on its test split, the held-out video, as well."""
     from segdiff.config import ExperimentConfig
 
     sample = ExperimentConfig.cpu().sample
     data, out = shlex.quote(f"{tasks_dir}/camvid-{task}"), shlex.quote(str(run))
     command = "train" if kind == "segdiff" else "baseline"
     overrides = "".join(f" --set {shlex.quote(item)}" for item in sets)
-    return {
-        f"train-{name}": (f"OMP_NUM_THREADS=2 segdiff {command} --preset cpu --data {data} --time-budget {minutes:g} "
-                          f"--out {out}{overrides}"),
-        f"val-{name}": (f"OMP_NUM_THREADS=2 segdiff evaluate {out} --dataset folder --data {data} --split val "
-                        f"--score-size {SCORE_SIZE} --generations {sample.num_generations} "
-                        f"--steps {sample.num_sampling_steps} --out {out}/val"),
-    }
+    stages = {f"train-{name}": (f"OMP_NUM_THREADS=2 segdiff {command} --preset cpu --data {data} "
+                                f"--time-budget {minutes:g} --out {out}{overrides}")}
+    for split in ("val", "test") if held_out_video(task) else ("val",):
+        stages[f"{split}-{name}"] = (f"OMP_NUM_THREADS=2 segdiff evaluate {out} --dataset folder --data {data} "
+                                     f"--split {split} --score-size {SCORE_SIZE} --generations "
+                                     f"{sample.num_generations} --steps {sample.num_sampling_steps} --out {out}/{split}")
+    return stages
 
 
 def screen(args: argparse.Namespace) -> int:
@@ -261,6 +266,86 @@ def screen(args: argparse.Namespace) -> int:
                                             args.tasks_dir, runs / args.name), alone=True)
     keep(runs / args.name, task_runs(Path(args.records) / "screens", args.task, args.minutes) / args.name)
     return failed
+
+
+def per_image_rows(evaluation: Path) -> list[dict[str, str]]:
+    """The rows of an evaluation folder's per_image.csv (`segdiff evaluate`), one per image."""
+    import csv
+
+    path = evaluation / "per_image.csv"
+    if not path.exists():
+        raise SystemExit(f"{path}: not found; pass an evaluation folder (`segdiff evaluate ... --out FOLDER`)")
+    rows = list(csv.DictReader(path.open()))
+    if not rows:
+        raise SystemExit(f"{path}: no images")
+    return rows
+
+
+def error_split(evaluation: Path) -> dict[str, float]:
+    """Where the errors of an evaluation (its per_image.csv) lie: the mean over images of the share of
+    labelled pixels that are false positives and false negatives, and of the true foreground. Exact
+    from each row's IoU J, predicted share A and true share B: the overlap is J (A + B) / (1 + J)."""
+    rows = per_image_rows(evaluation)
+    false_pos = false_neg = truth = 0.0
+    for row in rows:
+        a, b, j = float(row["predicted_fraction"]), float(row["target_fraction"]), float(row["iou"])
+        overlap = j * (a + b) / (1 + j)
+        false_pos, false_neg, truth = false_pos + a - overlap, false_neg + b - overlap, truth + b
+    return {"images": len(rows), "foreground": truth / len(rows), "false_positive": false_pos / len(rows),
+            "false_negative": false_neg / len(rows)}
+
+
+def errors(args: argparse.Namespace) -> int:
+    print("| evaluation | images | foreground | false positives | false negatives | FP / FN |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for folder in args.evaluations:
+        e = error_split(Path(folder))
+        print(f"| {folder} | {e['images']} | {100 * e['foreground']:.2f} % | {100 * e['false_positive']:.2f} % | "
+              f"{100 * e['false_negative']:.2f} % | {e['false_positive'] / max(e['false_negative'], 1e-12):.2f} |")
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Picture the test images where the U-Net's IoU most exceeds SegDiff's (their runs' test/
+    per_image.csv): the image, the truth, SegDiff's probability (the preset's K, at its sampling steps
+    and at 1 step) and the U-Net's, at the models' input size."""
+    from dataclasses import replace
+
+    import torch
+    from segdiff.data.folder import FolderDataset
+    from segdiff.evaluation import panels
+    from segdiff.models import load_model
+    from segdiff.plots import plot_examples
+
+    runs = {"segdiff": Path(args.segdiff), "unet": Path(args.unet)}
+    iou = {model: {row["name"]: float(row["iou"]) for row in per_image_rows(run / "test")}
+           for model, run in runs.items()}
+    if iou["segdiff"].keys() != iou["unet"].keys():
+        raise SystemExit(f"{runs['segdiff']}/test and {runs['unet']}/test scored different images")
+    worst = sorted(iou["segdiff"], key=lambda name: (iou["segdiff"][name] - iou["unet"][name], name))[:args.images]
+    segdiff, unet = load_model(runs["segdiff"]), load_model(runs["unet"])
+    dataset = FolderDataset(args.data, "test", segdiff.config.model.image_size)
+    sample = segdiff.config.sample
+    settings = {f"SegDiff, {sample.num_sampling_steps} steps": sample,
+                "SegDiff, 1 step": replace(sample, num_sampling_steps=1)}
+    rows = []
+    for name in worst:
+        image, mask = dataset[dataset.names.index(name)]
+        pictures = []
+        for title, setting in settings.items():
+            seeds = list(range(segdiff.num_generations(setting)))
+            with torch.no_grad():
+                generations = segdiff.generations(image[None], seeds, setting)[0, :, 0]  # (K, H, W)
+            pictures.append((title, panels(image, mask[0], generations.mean(0), generations.std(0))))
+        with torch.no_grad():
+            probability = unet.generations(image[None], [0], unet.config.sample)[0, 0, 0]
+        pictures.append(("U-Net", panels(image, mask[0], probability, torch.zeros_like(probability))))
+        rows.append((f"{name}: SegDiff {100 * iou['segdiff'][name]:.1f}, U-Net {100 * iou['unet'][name]:.1f}",
+                     [*pictures[0][1][:2], *((title, shown[2][1]) for title, shown in pictures)]))
+    plot_examples(args.out, rows, heading="Where the U-Net beats SegDiff most, test IoU",
+                  title=f"{Path(args.data).name}, SegDiff K = {sample.num_generations}")
+    print(f"wrote {args.out}")
+    return 0
 
 
 def gap_lines(scores: dict) -> list[str]:
@@ -289,7 +374,8 @@ def screening_table(screens: list[str], root: Path) -> list[str]:
     FOLDER/val/summary.json exists (for a `run`'s SegDiff, FOLDER/val-steps-N at its N sampling
     steps), the validation IoU of one common post-hoc evaluation
     (`segdiff evaluate RUN --split val ...`), so that runs validated at different sampling settings
-    compare on one footing."""
+    compare on one footing; for a run on a tuning task, the same evaluation on its held-out video
+    (FOLDER/test/summary.json). The task is the name of the folder the run trained on, less "camvid-"."""
     if not screens:
         return []
     rows, common = [], set()
@@ -308,21 +394,25 @@ def screening_table(screens: list[str], root: Path) -> list[str]:
             post_hoc = f"{100 * summary['metrics']['iou']:.1f}"
             if segdiff:  # a U-Net's evaluation is its one pass
                 common.add((summary["num_generations"], summary["num_steps"], summary["score_size"]))
-        rows.append(f"| {label} | {config['train']['time_budget_min']:g} | {steps[-1]['step']} | "
+        task = Path(config["data"]["root"]).name.removeprefix("camvid-")
+        held_out = folder / "test" / "summary.json"
+        held_out = (f"{100 * json.loads(held_out.read_text())['metrics']['iou']:.1f}"
+                    if held_out_video(task) and held_out.exists() else "-")
+        rows.append(f"| {label} | {task} | {config['train']['time_budget_min']:g} | {steps[-1]['step']} | "
                     f"{100 * vals[-1]['val_iou']:.1f} | "
                     f"{config['sample']['num_sampling_steps'] if segdiff else '-'} | "
-                    f"{post_hoc} |")
+                    f"{post_hoc} | {held_out} |")
     setting = ("SegDiff at " + "; ".join(f"K = {k}, {n} sampling steps, scored at {size} px"
                                          for k, n, size in sorted(common)) if common else "none of SegDiff")
     return [
-        ("What was tried, on the car task, each run alone on 2 threads (`python experiments/own_data.py "
-         "screen`, 8 minutes unless the table says otherwise; a 20-minute screen is set against the preset's "
-         "20-minute run): steps and validation IoU at the last step from the runs' "
-         "log.jsonl (SegDiff's own validation at K = 3), and one common evaluation of the last weights on the "
-         f"validation split ({setting})."),
+        ("What was tried, each run alone on 2 threads (`python experiments/own_data.py screen`; a screen is set "
+         "against the preset's run of the same task and minutes): steps and validation IoU at the last step from "
+         "the runs' log.jsonl (SegDiff's own validation at K = 3), and one common evaluation of the last weights "
+         f"on the validation split ({setting}), and on a tuning task on its held-out video as well."),
         "",
-        "| run | minutes | steps | val IoU at the end | its sampling steps | val IoU, common evaluation |",
-        "|---|---:|---:|---:|---:|---:|",
+        ("| run | task | minutes | steps | val IoU at the end | its sampling steps | val IoU, common evaluation "
+         "| held-out video IoU, common evaluation |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
     ]
@@ -377,7 +467,7 @@ def report(args: argparse.Namespace) -> int:
         *rows,
         "",
         *gap_lines(scores),
-        *missing_lines(args.tasks, args.minutes, [m for m in args.models if m in ("segdiff", "unet")], scores),
+        *missing_lines(args.tasks, args.minutes, [m for m in args.models if m in PAIR], scores),
         *[line for picture in pictures for line in (picture, "")],
         *steps_table(runs_root, args.tasks, args.minutes, args.models),
         *seed_table(runs_root, args.tasks, args.minutes),
@@ -413,7 +503,7 @@ def main() -> int:
     p.add_argument("--tasks-dir", required=True, help="the folder camvid_tasks.py wrote")
     p.add_argument("--task", required=True)
     p.add_argument("--minutes", type=float, default=20.0)
-    p.add_argument("--models", nargs="+", default=["segdiff", "unet"], choices=sorted(MODELS))
+    p.add_argument("--models", nargs="+", default=list(PAIR), choices=sorted(MODELS))
     p.add_argument("--seed", type=int, default=0, help="the training seed (train.seed; folder TASK-MINm-seedN "
                                                        "unless 0, the presets')")
     p.add_argument("--runs", default="runs/own-data", help="where the run folders (with weights) go")
@@ -424,15 +514,25 @@ def main() -> int:
     p.add_argument("--task", default="car")
     p.add_argument("--minutes", type=float, default=8.0)
     p.add_argument("--name", required=True, help="the run's folder name")
-    p.add_argument("--kind", choices=["segdiff", "unet"], default="segdiff")
+    p.add_argument("--kind", choices=PAIR, default="segdiff")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override of the preset")
     p.add_argument("--runs", default="runs/own-data", help="the run folder goes to RUNS/screens/TASK-MINm/NAME")
     p.add_argument("--records", default=str(RECORDS), help="its RECORD_FILES to RECORDS/screens/TASK-MINm/NAME")
     p.set_defaults(func=screen)
+    p = sub.add_parser("errors", help="split evaluations' errors into false positives and false negatives")
+    p.add_argument("evaluations", nargs="+", help="evaluation folders (with per_image.csv), e.g. RUN/test")
+    p.set_defaults(func=errors)
+    p = sub.add_parser("compare", help="picture the test images where the U-Net beats SegDiff most")
+    p.add_argument("--segdiff", required=True, help="SegDiff's run folder, with test/ from `run`")
+    p.add_argument("--unet", required=True, help="the U-Net's run folder, with test/")
+    p.add_argument("--data", required=True, help="the task folder both were tested on")
+    p.add_argument("--images", type=int, default=3, help="how many images")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.set_defaults(func=compare)
     p = sub.add_parser("report", help="write the 'Your own data' section of docs/results.md")
     p.add_argument("--tasks", nargs="+", default=["car", "road", "pedestrian"])
     p.add_argument("--minutes", nargs="+", type=float, default=[20.0])
-    p.add_argument("--models", nargs="+", default=["segdiff", "unet"], choices=sorted(MODELS))
+    p.add_argument("--models", nargs="+", default=list(PAIR), choices=sorted(MODELS))
     p.add_argument("--runs", default=str(RECORDS), help="the kept records (or run folders) to read")
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--screens", nargs="*", default=[], metavar="LABEL=FOLDER",

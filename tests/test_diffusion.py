@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from segdiff.config import ConfigError
 from segdiff.diffusion import DDPMScheduler, _gather, ancestral_step, from_signed, to_signed
 
 
@@ -46,7 +47,6 @@ def test_add_noise_is_q_sample(b):
 
 
 def test_input_scale_must_be_positive():
-    from segdiff.config import ConfigError
     for b in (0.0, -0.5, float("nan")):
         with pytest.raises(ConfigError, match="input_scale=.* must be a positive number"):
             DDPMScheduler(100, input_scale=b)

@@ -558,7 +558,8 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
                                    ("screen-c", "segdiff", None)):
         _write_own_data_run(screens / name, 0.3, [0.2, 0.25])
         (screens / name / "config.json").write_text(json.dumps(
-            {"train": {"time_budget_min": 8}, "model": {"kind": kind}, "sample": {"num_sampling_steps": 10}}))
+            {"train": {"time_budget_min": 8}, "model": {"kind": kind}, "sample": {"num_sampling_steps": 10},
+             "data": {"root": "/tasks/camvid-car"}}))
         if evaluation is not None:
             k, steps, iou = evaluation
             (screens / name / "val").mkdir()
@@ -568,10 +569,21 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     run_folder = runs / "car-20m" / "segdiff-run"
     _write_own_data_run(run_folder, 0.3, [0.2, 0.35], steps={2: 0.99, 10: 0.33})
     (run_folder / "config.json").write_text(json.dumps(
-        {"train": {"time_budget_min": 20}, "model": {"kind": "segdiff"}, "sample": {"num_sampling_steps": 10}}))
+        {"train": {"time_budget_min": 20}, "model": {"kind": "segdiff"}, "sample": {"num_sampling_steps": 10},
+         "data": {"root": "/tasks/camvid-car"}}))
+    # a screen on a tuning task: its held-out video's score (test/) beside the validation's
+    tuned = runs / "screens" / "car-0006R0-20m" / "lr"
+    _write_own_data_run(tuned, 0.47, [0.6, 0.65])
+    (tuned / "config.json").write_text(json.dumps(
+        {"train": {"time_budget_min": 20}, "model": {"kind": "segdiff"}, "sample": {"num_sampling_steps": 2},
+         "data": {"root": "/tasks/camvid-car-0006R0"}}))
+    (tuned / "val").mkdir()
+    (tuned / "val" / "summary.json").write_text(json.dumps(
+        {"num_generations": 9, "num_steps": 2, "score_size": 256, "metrics": {"iou": 0.66}}))
     result = _script("own_data.py", "report", "--tasks", "car", "road", "pedestrian", "--runs", str(runs),
                      "--out", str(page), "--screens", "preset=car-8m/screen-a",
-                     "U-Net=car-8m/screen-b", f"variant={screens / 'screen-c'}", f"the run={run_folder}")
+                     "U-Net=car-8m/screen-b", f"variant={screens / 'screen-c'}", f"the run={run_folder}",
+                     "lr=car-0006R0-20m/lr")
     assert result.returncode == 0, result.stderr
     text = page.read_text()
     assert "STALE SECTION" not in text and text.endswith("## Kept\n")
@@ -589,12 +601,27 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     assert "| road | 20 | SegDiff" not in text  # road has one seed only
     assert ("--hold-out 0006R0\n" in text and "run --tasks-dir TASKS --task car-0006R0 --minutes 20\n" in text
             and "run --tasks-dir TASKS --task car --minutes 20 --seed 1\n" in text)  # the commands of those runs
-    assert "| preset | 8 | 200 | 25.0 | 10 | 31.0 |" in text and "| U-Net | 8 | 200 | 25.0 | - | 50.0 |" in text
-    assert "| variant | 8 | 200 | 25.0 | 10 | - |" in text
-    assert "| the run | 20 | 200 | 35.0 | 10 | 33.0 |" in text
+    assert "| preset | car | 8 | 200 | 25.0 | 10 | 31.0 | - |" in text
+    assert "| U-Net | car | 8 | 200 | 25.0 | - | 50.0 | - |" in text
+    assert "| variant | car | 8 | 200 | 25.0 | 10 | - | - |" in text
+    assert "| the run | car | 20 | 200 | 35.0 | 10 | 33.0 | - |" in text  # its test/ is CamVid's test split
+    assert "| lr | car-0006R0 | 20 | 200 | 65.0 | 2 | 66.0 | 47.0 |" in text
     assert ("validation split (SegDiff at K = 9, 2 sampling steps, scored at 256 px; K = 9, 10 sampling steps, "
-            "scored at 256 px).") in text
+            "scored at 256 px), and on a tuning task on its held-out video") in text
     assert (tmp_path / "figures" / "own-data" / "camvid-car.png").exists()
+
+
+def test_own_data_splits_an_evaluations_errors_into_false_positives_and_negatives(tmp_path):
+    script = _own_data_script()
+    # image a: 30 % predicted, 20 % true, 10 % overlap (IoU 0.1 / 0.4); image b: both empty (IoU 1 by the empty rule)
+    (tmp_path / "per_image.csv").write_text("name,target_fraction,predicted_fraction,iou\n"
+                                            "a,0.2,0.3,0.25\nb,0.0,0.0,1.0\n")
+    split = script.error_split(tmp_path)
+    assert split["images"] == 2
+    assert split["false_positive"] == pytest.approx(0.1) and split["false_negative"] == pytest.approx(0.05)
+    assert split["foreground"] == pytest.approx(0.1)
+    with pytest.raises(SystemExit, match="per_image.csv: not found"):
+        script.error_split(tmp_path / "missing")
 
 
 def test_own_data_keeps_a_runs_small_result_files_and_not_its_weights(tmp_path):
@@ -642,6 +669,11 @@ def test_own_data_runner_commands_parse_with_the_segdiff_command_line(tmp_path):
     train_args, val_args = (parser.parse_args(shlex.split(command)[2:]) for command in screen.values())
     assert train_args.command == "train" and train_args.set == ["train.lr=1e-3"] and train_args.time_budget == 8
     assert (val_args.split, val_args.generations, val_args.steps) == ("val", 9, 2)
+    tuning = script.screen_stages("car-0006R0", 20, "lr", "segdiff", [], "t", tmp_path / "lr")
+    assert list(tuning) == ["train-lr", "val-lr", "test-lr"]  # a tuning task's held-out video too
+    test_args = parser.parse_args(shlex.split(tuning["test-lr"])[2:])
+    assert (test_args.split, test_args.generations, test_args.steps) == ("test", 9, 2)
+    assert test_args.out == str(tmp_path / "lr" / "test") and test_args.data == "t/camvid-car-0006R0"
     unet = script.screen_stages("car", 8, "unet", "unet", [], "t", tmp_path / "unet")["train-unet"]
     assert shlex.split(unet)[1:3] == ["segdiff", "baseline"]
     steps = dict(script.stages("car", 20, "segdiff", "t", tmp_path))["val-steps-segdiff"]

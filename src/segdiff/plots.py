@@ -117,9 +117,10 @@ def plot_reliability(path: str | Path, reliability: Mapping[str, Any], *, title:
 
 
 def plot_examples(path: str | Path, rows: Sequence[tuple[str, Sequence[tuple[str, Tensor]]]], *,
-                  title: str = "", legend: Sequence[tuple[str, Sequence[int]]] = ()) -> None:
-    """A grid of pictures: one row per (row title, [(panel title, (3, H, W) in [0, 1]), ...]);
-    `legend`: (class name, 0..255 RGB) swatches drawn under the grid (colour-coded label maps)."""
+                  title: str = "", legend: Sequence[tuple[str, Sequence[int]]] = (),
+                  heading: str = "Best and worst images by IoU") -> None:
+    """A grid of pictures: one row per (row title, [(panel title, (3, H, W) in [0, 1]), ...]), under
+    "HEADING: TITLE"; `legend`: (class name, 0..255 RGB) swatches drawn under the grid (colour-coded label maps)."""
     if not rows:
         raise ValueError("plot_examples needs at least one row")
     columns = max(len(panels) for _, panels in rows)
@@ -139,7 +140,7 @@ def plot_examples(path: str | Path, rows: Sequence[tuple[str, Sequence[tuple[str
             axes.set_title(panel_title if r == 0 else "", fontsize=9)
             if c == 0:
                 axes.set_ylabel(row_title, fontsize=8)
-    fig.suptitle(f"Best and worst images by IoU: {title}", fontsize=10)
+    fig.suptitle(f"{heading}: {title}", fontsize=10)
     if legend:
         from matplotlib.patches import Patch
 
