@@ -52,6 +52,33 @@ def test_input_scale_must_be_positive():
             DDPMScheduler(100, input_scale=b)
 
 
+@pytest.mark.parametrize("t,scale", [(0, 1.0), (20, 1.0), (60, 1.0), (99, 1.0), (40, 0.1)])
+def test_posterior_mean_input_is_bayes_rule_for_a_plus_minus_one_mask(t, scale):
+    # x_0 = +-1 with probability 1/2 each; x_t | x_0 ~ N(sqrt(abar_t) b x_0, 1 - abar_t): the posterior
+    # mean is P(+1 | x_t) - P(-1 | x_t), by Bayes' rule from the two densities in numpy (in logs: at t = 0
+    # both densities underflow).
+    s = DDPMScheduler(100, input_scale=scale, mask_input="posterior_mean")
+    _, abar = numpy_tables(100)
+    x_t = np.linspace(-3, 3, 61)
+    m, var = np.sqrt(abar[t]) * scale, 1 - abar[t]
+    log_plus, log_minus = -(x_t - m) ** 2 / (2 * var), -(x_t + m) ** 2 / (2 * var)  # log densities, less a constant
+    evidence = np.logaddexp(log_plus, log_minus)
+    expected = np.exp(log_plus - evidence) - np.exp(log_minus - evidence)  # P(+1 | x_t) - P(-1 | x_t)
+    got = s.network_input(torch.tensor(x_t, dtype=torch.float64).reshape(61, 1, 1, 1), torch.full((61,), t))
+    np.testing.assert_allclose(got.flatten().numpy(), expected, atol=1e-12)
+
+
+def test_network_input_is_x_t_itself_by_default_and_near_zero_at_the_last_step_with_posterior_mean():
+    x_t = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([99, 99])
+    assert DDPMScheduler(100).network_input(x_t, t) is x_t  # the paper: the network reads x_t
+    assert DDPMScheduler(100, mask_input="posterior_mean").network_input(x_t, t).abs().max() < 0.05
+    near_zero = DDPMScheduler(100, mask_input="posterior_mean").network_input(x_t, torch.tensor([0, 0]))
+    torch.testing.assert_close(near_zero, x_t.sign(), atol=0.02, rtol=0)  # t = 0: the sign of x_t, the mask
+    with pytest.raises(ConfigError, match="mask_input"):
+        DDPMScheduler(100, mask_input="x0")
+
+
 @pytest.mark.parametrize("t,scale", [(1, 1.0), (17, 1.0), (99, 1.0), (17, 0.25)])
 def test_posterior_matches_bayes_rule(t, scale):
     # q(x_{t-1}|x_t,x_0) ∝ N(x_t; sqrt(a_t) x_{t-1}, b_t) N(x_{t-1}; sqrt(abar_{t-1}) x_0, 1-abar_{t-1}):

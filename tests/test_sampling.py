@@ -368,6 +368,36 @@ def test_every_sampler_recovers_x0_from_a_network_of_its_logits(x0, sampler, ste
     torch.testing.assert_close(pred.prob, from_signed(x0), atol=1e-4, rtol=0)
 
 
+class _InputRecorder(_X0Oracle):
+    """The oracle, recording the mask input of each call."""
+
+    def __init__(self, x0):
+        super().__init__(x0)
+        self.seen = []
+
+    def denoise(self, x_t, t, cond):
+        self.seen.append((x_t.clone(), t.clone()))
+        return super().denoise(x_t, t, cond)
+
+
+def test_the_network_reads_the_posterior_mean_of_x_t_when_the_scheduler_says_so(x0):
+    # diffusion.mask_input="posterior_mean": every call reads tanh(sqrt(abar) x_t / (1 - abar)), so at the
+    # first step (pure noise) the mask input is about 0, and the sampler still ends on the oracle's x_0
+    # (the solver steps with x_t itself, not with what the network reads).
+    s = DDPMScheduler(100, prediction="sample", mask_input="posterior_mean")
+    net = _InputRecorder(x0)
+    pred = predict(net, torch.zeros(3, 1, 8, 8), s, num_generations=1, sampler="sde-dpm-solver++",
+                   num_sampling_steps=2, seeds=[0, 1, 2])
+    torch.testing.assert_close(pred.prob, from_signed(x0), atol=1e-4, rtol=0)
+    (first, t_first), (second, t_second) = net.seen
+    assert int(t_first[0]) == 99 and first.abs().max() < 0.05
+    assert int(t_second[0]) < 99 and second.abs().max() <= 1  # a tanh: inside [-1, 1] at every step
+    plain = _InputRecorder(x0)
+    predict(plain, torch.zeros(3, 1, 8, 8), DDPMScheduler(100, prediction="sample"), num_generations=1,
+            sampler="sde-dpm-solver++", num_sampling_steps=2, seeds=[0, 1, 2])
+    torch.testing.assert_close(first, s.network_input(plain.seen[0][0], t_first))  # the same noise, read through
+
+
 @pytest.mark.parametrize("sampler,steps", [("ddpm", 0), ("ddpm", 10), ("ddim", 25), ("dpm-solver++", 10),
                                            ("sde-dpm-solver++", 2)])
 def test_every_sampler_recovers_x0_at_an_input_scale(x0, sampler, steps):

@@ -310,10 +310,18 @@ class DiffusionConfig:
     # 2023, segments with b = 0.1). b < 1 lowers every step's signal-to-noise ratio, so fewer training
     # steps can read the mask off x_t and more must read it off the image. 1: the paper.
     input_scale: float = 1.0
+    # What the network reads for x_t: "x_t" itself (the paper), or "posterior_mean", E[x_0 | x_t] for
+    # x_0 = +-1 equally likely in each pixel and channel, tanh(sqrt(abar_t) b x_t / (1 - abar_t)): the
+    # same information (an invertible map of x_t at each t), scaled by how much x_t says about the mask.
+    # At t = T it is about 0, so the network reads the image alone, as the U-Net baseline does, instead
+    # of pure noise it must learn to ignore (a network without a timestep input, model.body=basicunet,
+    # cannot tell from t that it should); near t = 0 it is the mask's sign.
+    mask_input: Literal["x_t", "posterior_mean"] = "x_t"
 
     def __post_init__(self) -> None:
         _check_choice("beta_schedule", self.beta_schedule, ("linear",))
         _check_choice("prediction", self.prediction, ("epsilon", "sample", "logits"))
+        _check_choice("mask_input", self.mask_input, ("x_t", "posterior_mean"))
         if not (math.isfinite(self.input_scale) and self.input_scale > 0):
             raise ConfigError(f"input_scale={self.input_scale} must be a positive number (1: the paper)")
         if not 21 <= self.num_steps <= 1000:

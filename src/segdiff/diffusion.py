@@ -92,11 +92,12 @@ class DDPMScheduler:
     """
 
     def __init__(self, num_steps: int = 100, beta_schedule: str = "linear", prediction: str = "epsilon",
-                 input_scale: float = 1.0):
+                 input_scale: float = 1.0, mask_input: str = "x_t"):
         DiffusionConfig(num_steps=num_steps, beta_schedule=beta_schedule, prediction=prediction,
-                        input_scale=input_scale)  # validates
+                        input_scale=input_scale, mask_input=mask_input)  # validates
         self.num_steps = num_steps
         self.prediction = prediction
+        self.mask_input = mask_input
         # The chain diffuses the signal b x_0 (b = input_scale; 1: the paper). Every method takes and
         # returns x_0 in the mask's units ([-1, 1]); x_t and the samplers' state are the signal's.
         self.input_scale = float(input_scale)
@@ -111,7 +112,18 @@ class DDPMScheduler:
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> "DDPMScheduler":
-        return cls(config.num_steps, config.beta_schedule, config.prediction, config.input_scale)
+        return cls(config.num_steps, config.beta_schedule, config.prediction, config.input_scale, config.mask_input)
+
+    def network_input(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """What the network reads for x_t (the signal's units): x_t itself (mask_input "x_t", the
+        paper), or ("posterior_mean") E[x_0 | x_t] in the mask's units for x_0 = +-1 equally likely
+        in each pixel and channel, independently: with m = sqrt(abar_t) b and s^2 = 1 - abar_t,
+        p(x_t | x_0) = N(m x_0, s^2), so the log-odds of x_0 = 1 are 2 m x_t / s^2 and the mean is
+        tanh(m x_t / s^2). Every place the network is called on x_t goes through this."""
+        if self.mask_input == "x_t":
+            return x_t
+        abar = _gather(self.alphas_cumprod, t, x_t)
+        return torch.tanh(abar.sqrt() * self.input_scale * x_t / (1 - abar))
 
     def timesteps(self, num_inference_steps: int | None = None, start: int | None = None) -> Tensor:
         """Descending steps to visit: all T, or `num_inference_steps` evenly spaced (respacing).

@@ -113,10 +113,11 @@ class DiffusionSegmenter:
         x0_prev = (self_condition_input(net, self.scheduler, x_t, t, image, generator, train.batch_size, share)
                    if self.config.model.self_condition else None)
         labelled = None if bool(valid.all()) else valid
+        seen = self.scheduler.network_input(x_t, t)  # x_t itself unless diffusion.mask_input says otherwise
         if train.aux_weight:  # deep supervision of F (model.aux_head): its head reads the same run of F
-            output, aux_logits = net(x_t, t, image, x0_prev, with_aux=True)
+            output, aux_logits = net(seen, t, image, x0_prev, with_aux=True)
         else:
-            output = net(x_t, t, image, x0_prev)  # the noise, or x_0
+            output = net(seen, t, image, x0_prev)  # the noise, or x_0
         loss = training_loss(output, x0, noise, t, x_t, self.scheduler, train.dice_weight, labelled,
                              dice_batch=train.dice_batch)
         if train.aux_weight:
@@ -190,7 +191,7 @@ def own_estimate(net: nn.Module, scheduler: DDPMScheduler, x_t: Tensor, t: Tenso
     """The network's x_0 estimate from (x_t, t), clamped to [-1, 1] as sampling clamps it: a first
     pass without gradients, past DDP's wrapper (ranks need not agree on this pass)."""
     module = getattr(net, "module", net)
-    return scheduler.to_x0(module(x_t, t, image).float(), t, x_t, clip_x0=True)
+    return scheduler.to_x0(module(scheduler.network_input(x_t, t), t, image).float(), t, x_t, clip_x0=True)
 
 
 @torch.no_grad()

@@ -409,7 +409,8 @@ def sample_generations(model, images: Tensor, scheduler: DDPMScheduler, sample: 
         def denoise(x: Tensor, t: Tensor) -> Tensor:
             with precision:
                 extra = (previous[-1],) if self_condition and previous else ()
-                output = denoise_fn(x.contiguous(memory_format=layout), t, cond_rows, *extra).float()
+                seen = scheduler.network_input(x, t).contiguous(memory_format=layout)
+                output = denoise_fn(seen, t, cond_rows, *extra).float()
             if self_condition:
                 previous[:] = [scheduler.to_x0(output, t, x, clip_x0=True)]
             return scheduler.to_epsilon(output, t, x, clip_x0=sample.clip_x0)
