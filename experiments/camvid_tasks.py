@@ -74,6 +74,11 @@ def task_folder(name: str, hold_out: str = "") -> str:
     return f"camvid-{name}-{hold_out}" if hold_out else f"camvid-{name}"
 
 
+def task_name(folder: str) -> str:
+    """The task a folder `task_folder` named holds: camvid-car-0006R0 -> car-0006R0."""
+    return folder.removeprefix("camvid-")
+
+
 def task_pairs(camvid: Path, hold_out: str = "") -> dict[str, list[tuple[Path, Path]]]:
     """The (image, label) pairs of each task split: CamVid's lists as SPLITS joins them, or with
     `hold_out`, train = the training lists less that video's frames and test = its frames."""

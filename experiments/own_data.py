@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))  # segdiff's plotting, when run from a che
 sys.path.insert(0, str(ROOT / "experiments"))  # _common, also when a test loads this file
 
 from _common import read_log, run_stages  # noqa: E402
-from camvid_tasks import TRAINING_VIDEOS  # noqa: E402
+from camvid_tasks import TRAINING_VIDEOS, task_folder, task_name  # noqa: E402
 
 SCORE_SIZE = 256  # as on Vaihingen: models at 64 px, probabilities resized bilinearly to 256 before the threshold
 VAL_STEPS = (1, 2, 10)  # sampling steps each SegDiff run is scored at on the validation split (the preset's choice)
@@ -87,7 +87,7 @@ def is_segdiff(model: str) -> bool:
 
 
 def stages(task: str, minutes: float, model: str, tasks_dir: str, runs: Path, seed: int = 0) -> list[tuple[str, str]]:
-    data = shlex.quote(f"{tasks_dir}/camvid-{task}")
+    data = shlex.quote(f"{tasks_dir}/{task_folder(task)}")
     run = shlex.quote(str(runs / model))
     evaluate = f"OMP_NUM_THREADS=2 segdiff evaluate {run} --dataset folder --data {data} --score-size {SCORE_SIZE}"
     stages = [
@@ -246,7 +246,7 @@ def screen_stages(task: str, minutes: float, name: str, kind: str, sets: list[st
     from segdiff.config import ExperimentConfig
 
     sample = ExperimentConfig.cpu().sample
-    data, out = shlex.quote(f"{tasks_dir}/camvid-{task}"), shlex.quote(str(run))
+    data, out = shlex.quote(f"{tasks_dir}/{task_folder(task)}"), shlex.quote(str(run))
     command = "train" if kind == "segdiff" else "baseline"
     overrides = "".join(f" --set {shlex.quote(item)}" for item in sets)
     stages = {f"train-{name}": (f"OMP_NUM_THREADS=2 segdiff {command} --preset cpu --data {data} "
@@ -375,7 +375,7 @@ def screening_table(screens: list[str], root: Path) -> list[str]:
     steps), the validation IoU of one common post-hoc evaluation
     (`segdiff evaluate RUN --split val ...`), so that runs validated at different sampling settings
     compare on one footing; for a run on a tuning task, the same evaluation on its held-out video
-    (FOLDER/test/summary.json). The task is the name of the folder the run trained on, less "camvid-"."""
+    (FOLDER/test/summary.json). The task is that of the folder the run trained on (`camvid_tasks.task_name`)."""
     if not screens:
         return []
     rows, common = [], set()
@@ -394,7 +394,7 @@ def screening_table(screens: list[str], root: Path) -> list[str]:
             post_hoc = f"{100 * summary['metrics']['iou']:.1f}"
             if segdiff:  # a U-Net's evaluation is its one pass
                 common.add((summary["num_generations"], summary["num_steps"], summary["score_size"]))
-        task = Path(config["data"]["root"]).name.removeprefix("camvid-")
+        task = task_name(Path(config["data"]["root"]).name)
         held_out = folder / "test" / "summary.json"
         held_out = (f"{100 * json.loads(held_out.read_text())['metrics']['iou']:.1f}"
                     if held_out_video(task) and held_out.exists() else "-")
