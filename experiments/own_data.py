@@ -54,6 +54,8 @@ MODELS: dict[str, tuple[str, str]] = {
                       "train --preset cpu --set model.body=segdiff --set diffusion.prediction=sample"),
     "segdiff-batch-dice": ("SegDiff `cpu` preset before, one Dice ratio over the batch",
                            "train --preset cpu --set train.dice_batch=true"),
+    "segdiff-posterior-mean": ("SegDiff `cpu` preset, the network reading the posterior mean of the mask",
+                               "train --preset cpu --set diffusion.mask_input=posterior_mean"),
 }
 PAIR = ("segdiff", "unet")  # the preset's SegDiff and its U-Net: the comparison the target is on
 BEGIN, END = "<!-- OWN_DATA: written by experiments/own_data.py report -->", "<!-- /OWN_DATA -->"
