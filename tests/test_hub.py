@@ -124,6 +124,17 @@ def test_the_card_names_the_model_data_terms_steps_and_how_to_load(exported):
     assert "SegDiff.from_pretrained" not in (exported["unet"] / "README.md").read_text()
 
 
+def test_the_card_says_what_the_network_reads_of_the_noisy_mask():
+    from segdiff.hub import ModelSource
+
+    tiny = ExperimentConfig.tiny()
+    card = export_module.model_card(ModelSource("run", Path("run"), tiny), None)
+    assert "reading x_t" in card and "scaled by" not in card  # the paper's input
+    changed = tiny.override(["diffusion.mask_input=posterior_mean", "diffusion.input_scale=0.1"])
+    card = export_module.model_card(ModelSource("run", Path("run"), changed), None)
+    assert "reading the posterior mean of the mask given x_t" in card and "masks scaled by 0.1" in card
+
+
 def test_the_card_reports_an_evaluation_with_its_command(exported, tmp_path):
     evaluation = tmp_path / "eval"
     run_evaluation(exported["segdiff"], "synthetic", "", "test", evaluation, overrides=FAST, device="cpu")

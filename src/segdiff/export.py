@@ -61,6 +61,8 @@ DATA_TERMS: dict[str, tuple[str, str]] = {
 _KIND_TITLES = {"segdiff": "SegDiff model", "unet": "U-Net baseline"}  # card titles by ModelConfig.kind
 # What a SegDiff network outputs, by diffusion.prediction, as its model card says it.
 PREDICTS = {"epsilon": "the noise", "sample": "x_0", "logits": "the logits of x_0"}
+# What a SegDiff network reads of the noisy mask, by diffusion.mask_input.
+READS = {"x_t": "x_t", "posterior_mean": "the posterior mean of the mask given x_t"}
 _UNKNOWN_TERMS = ("dataset {name!r}", "unknown: check the terms of the data this model was trained on.")
 
 
@@ -132,12 +134,15 @@ def model_card(source: ModelSource, summary: dict[str, Any] | None) -> str:
     m, d, s = cfg.model, cfg.data, cfg.sample
     what, terms = DATA_TERMS.get(d.dataset, tuple(t.format(name=d.dataset) for t in _UNKNOWN_TERMS))
     if m.kind == "segdiff":
-        network = (f"its denoiser is MONAI's BasicUNet (widths {list(m.unet_features)}) reading the image and x_t "
-                   "concatenated" if m.body == "basicunet" else
+        network = (f"its denoiser is MONAI's BasicUNet (widths {list(m.unet_features)}) reading the image and "
+                   f"{READS[cfg.diffusion.mask_input]} concatenated" if m.body == "basicunet" else
                    f"{m.base_channels} base channels, channel_mult {list(m.channel_mult)}, {m.rrdb_blocks} RRDB, "
-                   f"conditioning `{m.conditioning}`")
+                   f"conditioning `{m.conditioning}`, reading {READS[cfg.diffusion.mask_input]}")
+        scale = cfg.diffusion.input_scale
         kind = (f"SegDiff (Amit et al. 2021, arXiv 2112.00390): a diffusion model that samples K masks per image; "
-                f"{network}, T={cfg.diffusion.num_steps}, predicts {PREDICTS[cfg.diffusion.prediction]}")
+                f"{network}, T={cfg.diffusion.num_steps}"
+                + (f", masks scaled by {scale:g} before noising" if scale != 1 else "")
+                + f", predicts {PREDICTS[cfg.diffusion.prediction]}")
     else:
         kind = f"plain U-Net baseline (MONAI BasicUNet, widths {list(m.unet_features)}), one forward pass per image"
     best = training.get("best_val_iou")
