@@ -62,7 +62,8 @@ def kinds(preset: str) -> list[tuple[str, list[str]]]:
     preset's denoiser is not the paper's (model.body), SegDiff with the paper's network on the same
     preset (x_0 by MSE: `cpu` before its BasicUNet body); the U-Net baseline."""
     paper = ([] if ExperimentConfig.from_preset(preset).model.body == "segdiff"
-             else [("segdiff, paper's network", ["model.body=segdiff", "diffusion.prediction=sample"])])
+             else [("segdiff, paper's network", ["model.body=segdiff", "diffusion.prediction=sample",
+                                                "diffusion.mask_input=x_t"])])
     return [("segdiff", []), *paper, ("unet", ["model.kind=unet"])]
 
 

@@ -51,7 +51,8 @@ MODELS: dict[str, tuple[str, str]] = {
     "segdiff": ("SegDiff `cpu` preset", "train --preset cpu"),
     "unet": ("U-Net baseline", "baseline --preset cpu"),
     "segdiff-paper": ("SegDiff, the paper's network, x_0 by MSE (the `cpu` preset of session 17)",
-                      "train --preset cpu --set model.body=segdiff --set diffusion.prediction=sample"),
+                      "train --preset cpu --set model.body=segdiff --set diffusion.prediction=sample "
+                      "--set diffusion.mask_input=x_t"),
     "segdiff-batch-dice": ("SegDiff `cpu` preset before, one Dice ratio over the batch",
                            "train --preset cpu --set train.dice_batch=true"),
     "segdiff-posterior-mean": ("SegDiff `cpu` preset, the network reading the posterior mean of the mask",

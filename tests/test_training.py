@@ -560,8 +560,11 @@ def test_cpu_presets_per_image_dice_and_the_way_back_to_the_papers_network():
     assert not ExperimentConfig.cpu().train.dice_batch  # the cpu preset's Dice is per image, as the U-Net's
     assert ExperimentConfig.cpu().override(["train.dice_batch=true"]).train.dice_batch
     # The documented way back to the paper's network still loads: an MSE network never reads dice_batch.
-    paper = ExperimentConfig.cpu().override(["model.body=segdiff", "diffusion.prediction=sample"])
+    paper = ExperimentConfig.cpu().override(["model.body=segdiff", "diffusion.prediction=sample",
+                                             "diffusion.mask_input=x_t"])
     assert paper.model.body == "segdiff" and paper.diffusion.prediction == "sample"
+    assert paper.diffusion == ExperimentConfig.vaihingen_cpu().diffusion  # the paper's input, x_t, too
+    assert ExperimentConfig.cpu().diffusion.mask_input == "posterior_mean"
 
 
 # ----------------------------------------------------------------------------------------------

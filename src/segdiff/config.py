@@ -608,18 +608,22 @@ class ExperimentConfig:
         # a diffusion model whose denoiser is the U-Net baseline's network (model.body=basicunet:
         # MONAI's BasicUNet on the image and x_t concatenated, no timestep input), predicting x_0's
         # logits trained with Dice + cross-entropy (diffusion.prediction=logits), the Dice taken per
-        # image as the U-Net's is (train.dice_batch=false). Chosen on the CamVid car task's validation
+        # image as the U-Net's is (train.dice_batch=false), reading the posterior mean of the mask
+        # given x_t rather than x_t (diffusion.mask_input=posterior_mean: the body has no timestep input,
+        # and this input's magnitude says how noisy it is). Chosen on the CamVid car task's validation
         # split (8-minute screening runs, then 20-minute runs, docs/results.md): with the paper's
         # network (F, G, attention, timestep embedding; x_0 by MSE, the design below) SegDiff learnt
         # far slower per step than the U-Net and its step cost 2-3x as much; the logits loss gained
         # about a point, the BasicUNet body about 15, the per-image Dice about one more in 20 minutes
-        # (one Dice ratio over the batch before). The rest is `_cpu_design`: 64 px input, t drawn
+        # (one Dice ratio over the batch before), the posterior-mean input 1-2 more on a video held out
+        # of training (docs/training.md, "The mask input"). The rest is `_cpu_design`: 64 px input, t drawn
         # with density ~ t, lr 5e-4 with clipping, cosine to 0 when the time budget ends, a fast EMA,
         # K = 9 generations of 2-step SDE-DPM-Solver++. `--set model.body=segdiff --set
-        # diffusion.prediction=sample` gives the paper's network back (`vaihingen-cpu`'s design).
+        # diffusion.prediction=sample --set diffusion.mask_input=x_t` gives the paper's network back
+        # (`vaihingen-cpu`'s design).
         base = cls._cpu_design()
         return replace(base, model=replace(base.model, body="basicunet"),
-                       diffusion=replace(base.diffusion, prediction="logits"),
+                       diffusion=replace(base.diffusion, prediction="logits", mask_input="posterior_mean"),
                        train=replace(base.train, dice_batch=False), preset="cpu")
 
     @classmethod
