@@ -132,22 +132,23 @@ def steps_table(runs_root: Path, tasks: list[str], minutes: list[float], models:
     ]
 
 
-def held_out_table(runs_root: Path, tasks: list[str], minutes: list[float]) -> list[str]:
+def held_out_table(runs_root: Path, tasks: list[str], minutes: list[float], models: list[str]) -> list[str]:
     """Lines of the table of the tuning tasks (TASK-VIDEO, a training video held out as the test
-    split) that have been run: the U-Net's IoU on the held-out video, and the preset's SegDiff's at
-    each of VAL_STEPS sampling steps there and on its validation split (frames of its training videos)."""
+    split) that have been run: the U-Net's IoU on the held-out video, and each SegDiff of `models`'s
+    at each of VAL_STEPS sampling steps there and on its validation split (frames of its training videos)."""
     rows = []
     for task, video, m in ((t, v, m) for t in tasks for v in TRAINING_VIDEOS for m in minutes):
         runs = task_runs(runs_root, f"{task}-{video}", m)
-        unet, segdiff = runs / "unet" / "test" / "summary.json", runs / "segdiff"
-        found = {(split, n): segdiff / f"{split}-steps-{n}" / "summary.json" for split in ("test", "val")
-                 for n in VAL_STEPS}
-        if not unet.exists() or not all(path.exists() for path in found.values()):
-            continue
-        iou = {key: 100 * json.loads(path.read_text())["metrics"]["iou"] for key, path in found.items()}
-        rows.append(f"| {task} | {video} | {m:g} | {100 * json.loads(unet.read_text())['metrics']['iou']:.2f} | "
-                    + " | ".join(f"{iou['test', n]:.2f}" for n in VAL_STEPS) + " | "
-                    + " | ".join(f"{iou['val', n]:.2f}" for n in VAL_STEPS) + " |")
+        unet = runs / "unet" / "test" / "summary.json"
+        for model in filter(is_segdiff, models):
+            found = {(split, n): runs / model / f"{split}-steps-{n}" / "summary.json" for split in ("test", "val")
+                     for n in VAL_STEPS}
+            if not unet.exists() or not all(path.exists() for path in found.values()):
+                continue
+            iou = {key: 100 * json.loads(path.read_text())["metrics"]["iou"] for key, path in found.items()}
+            rows.append(f"| {task} | {video} | {m:g} | {100 * json.loads(unet.read_text())['metrics']['iou']:.2f} | "
+                        f"{MODELS[model][0]} | " + " | ".join(f"{iou['test', n]:.2f}" for n in VAL_STEPS) + " | "
+                        + " | ".join(f"{iou['val', n]:.2f}" for n in VAL_STEPS) + " |")
     if not rows:
         return []
     steps = [f"{n} step{'s' * (n > 1)}" for n in VAL_STEPS]
@@ -155,41 +156,44 @@ def held_out_table(runs_root: Path, tasks: list[str], minutes: list[float]) -> l
         ("The validation split holds frames of the training videos, while most of the test split is a video "
          "training never sees. To choose settings on an unseen video without the test split, a tuning task "
          "holds one training video out as its test split (`camvid_tasks.py --hold-out VIDEO`) and trains on "
-         "the other two. mIoU on the held-out video of the U-Net and of the preset's SegDiff at each number "
+         "the other two. mIoU on the held-out video of the U-Net and of SegDiff at each number "
          "of sampling steps, and SegDiff's on its validation split (frames of the two training videos), at "
          f"{SCORE_SIZE} px, SegDiff at the preset's K:"),
         "",
-        "| task | held-out video | minutes | U-Net | " + " | ".join(f"SegDiff, {s}" for s in steps) + " | "
+        "| task | held-out video | minutes | U-Net | SegDiff | " + " | ".join(f"SegDiff, {s}" for s in steps) + " | "
         + " | ".join(f"SegDiff on validation, {s}" for s in steps) + " |",
-        "|---|---|---:|---:|" + "---:|" * 2 * len(VAL_STEPS),
+        "|---|---|---:|---:|---|" + "---:|" * 2 * len(VAL_STEPS),
         *rows,
         "",
     ]
 
 
-def seed_table(runs_root: Path, tasks: list[str], minutes: list[float]) -> list[str]:
+def seed_table(runs_root: Path, tasks: list[str], minutes: list[float], models: list[str]) -> list[str]:
     """Lines of the table of test mIoU over training seeds, for each task and budget that has runs at
-    another seed (`run --seed N`: TASK-MINm-seedN beside the seed-0 TASK-MINm): each model's score per
-    seed, their mean, and the gap between the means."""
+    another seed (`run --seed N`: TASK-MINm-seedN beside the seed-0 TASK-MINm): each of `models`'s
+    score per seed (those run at more than one seed), their mean, and the gap between the U-Net's mean
+    and each SegDiff's."""
     rows = []
     for task, m in ((t, m) for t in tasks for m in minutes):
         seeds = other_seeds(runs_root, task, m)
         if not seeds:
             continue
         scores = {}
-        for model in PAIR:
+        for model in models:
             for seed in (0, *seeds):
                 summary = task_runs(runs_root, task, m, seed) / model / "test" / "summary.json"
                 if summary.exists():
                     scores.setdefault(model, {})[seed] = 100 * json.loads(summary.read_text())["metrics"]["iou"]
-        if len(scores) < 2:
+        scores = {model: by_seed for model, by_seed in scores.items() if len(by_seed) > 1}
+        if "unet" not in scores or len(scores) < 2:
             continue
         means = {model: sum(s.values()) / len(s) for model, s in scores.items()}
         for model, by_seed in scores.items():
             rows.append(f"| {task} | {m:g} | {MODELS[model][0]} | "
                         + ", ".join(f"{v:.2f} (seed {k})" for k, v in sorted(by_seed.items()))
                         + f" | {means[model]:.2f} |")
-        rows.append(f"| {task} | {m:g} | U-Net minus SegDiff, the means | | {means['unet'] - means['segdiff']:+.2f} |")
+        rows += [f"| {task} | {m:g} | U-Net minus {MODELS[model][0]}, the means | | {means['unet'] - means[model]:+.2f} |"
+                 for model in scores if is_segdiff(model)]
     if not rows:
         return []
     return [
@@ -473,8 +477,8 @@ def report(args: argparse.Namespace) -> int:
         *missing_lines(args.tasks, args.minutes, [m for m in args.models if m in PAIR], scores),
         *[line for picture in pictures for line in (picture, "")],
         *steps_table(runs_root, args.tasks, args.minutes, args.models),
-        *seed_table(runs_root, args.tasks, args.minutes),
-        *held_out_table(runs_root, args.tasks, args.minutes),
+        *seed_table(runs_root, args.tasks, args.minutes, args.models),
+        *held_out_table(runs_root, args.tasks, args.minutes, args.models),
         *screening_table(args.screens, runs_root / "screens"),
         "The recipe, for a folder of your own (`images/`, `masks/`, and a `classes.yaml` if masks have void):",
         "",

@@ -545,9 +545,11 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
                         test_steps={1: 0.52, 2: 0.5, 10: 0.45})
     _write_own_data_run(runs / "car-0006R0-20m" / "unet", 0.55, [0.7])
     # car again at seed 1 (`run --seed 1`): the seed table puts it beside seed 0's runs
+    # and a variant of SegDiff at both seeds: its gap to the U-Net too
     for folder, model, iou in (("car-20m", "segdiff", 0.4), ("car-20m", "unet", 0.45),
-                               ("car-20m-seed1", "segdiff", 0.43), ("car-20m-seed1", "unet", 0.46)):
-        if folder.endswith("seed1"):
+                               ("car-20m-seed1", "segdiff", 0.43), ("car-20m-seed1", "unet", 0.46),
+                               ("car-20m", "segdiff-batch-dice", 0.38), ("car-20m-seed1", "segdiff-batch-dice", 0.41)):
+        if folder.endswith("seed1") or model == "segdiff-batch-dice":
             _write_own_data_run(runs / folder / model, iou, [0.5])
         (runs / folder / model / "config.json").write_text(json.dumps({"train": {"seed": int(folder.endswith("1"))}}))
     page = tmp_path / "results.md"
@@ -581,7 +583,7 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     (tuned / "val" / "summary.json").write_text(json.dumps(
         {"num_generations": 9, "num_steps": 2, "score_size": 256, "metrics": {"iou": 0.66}}))
     result = _script("own_data.py", "report", "--tasks", "car", "road", "pedestrian", "--runs", str(runs),
-                     "--out", str(page), "--screens", "preset=car-8m/screen-a",
+                     "--models", "segdiff", "unet", "segdiff-batch-dice", "--out", str(page), "--screens", "preset=car-8m/screen-a",
                      "U-Net=car-8m/screen-b", f"variant={screens / 'screen-c'}", f"the run={run_folder}",
                      "lr=car-0006R0-20m/lr")
     assert result.returncode == 0, result.stderr
@@ -593,11 +595,13 @@ def test_own_data_page_shows_each_tasks_gap_and_segdiffs_validation_steps(tmp_pa
     assert "| car | SegDiff `cpu` preset | 20 | 41.00 | 43.00 | 38.50 | 9 |" in text
     assert "| road | SegDiff `cpu` preset | 20 | - | 90.00 | - | 9 |" in text  # the steps a run was scored at
     assert "Not measured yet with this preset: pedestrian (20 min: segdiff, unet)." in text
-    assert "| car | 0006R0 | 20 | 55.00 | 52.00 | 50.00 | 45.00 | 70.00 | 72.00 | 69.00 |" in text
+    assert ("| car | 0006R0 | 20 | 55.00 | SegDiff `cpu` preset | 52.00 | 50.00 | 45.00 | 70.00 | 72.00 | 69.00 |"
+            in text)
     assert "| road | 0006R0 |" not in text  # no tuning run of road
     assert "| car | 20 | SegDiff `cpu` preset | 40.00 (seed 0), 43.00 (seed 1) | 41.50 |" in text
     assert "| car | 20 | U-Net baseline | 45.00 (seed 0), 46.00 (seed 1) | 45.50 |" in text
-    assert "| car | 20 | U-Net minus SegDiff, the means | | +4.00 |" in text
+    assert "| car | 20 | U-Net minus SegDiff `cpu` preset, the means | | +4.00 |" in text
+    assert "| car | 20 | U-Net minus SegDiff `cpu` preset before, one Dice ratio over the batch, the means | | +6.00 |" in text
     assert "| road | 20 | SegDiff" not in text  # road has one seed only
     assert ("--hold-out 0006R0\n" in text and "run --tasks-dir TASKS --task car-0006R0 --minutes 20\n" in text
             and "run --tasks-dir TASKS --task car --minutes 20 --seed 1\n" in text)  # the commands of those runs
