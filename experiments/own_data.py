@@ -54,9 +54,9 @@ MODELS: dict[str, tuple[str, str]] = {
                       "train --preset cpu --set model.body=segdiff --set diffusion.prediction=sample "
                       "--set diffusion.mask_input=x_t"),
     "segdiff-batch-dice": ("SegDiff `cpu` preset before, one Dice ratio over the batch",
-                           "train --preset cpu --set train.dice_batch=true"),
-    "segdiff-posterior-mean": ("SegDiff `cpu` preset, the network reading the posterior mean of the mask",
-                               "train --preset cpu --set diffusion.mask_input=posterior_mean"),
+                           "train --preset cpu --set train.dice_batch=true --set diffusion.mask_input=x_t"),
+    "segdiff-xt": ("SegDiff `cpu` preset before, the network reading x_t",
+                   "train --preset cpu --set diffusion.mask_input=x_t"),
 }
 PAIR = ("segdiff", "unet")  # the preset's SegDiff and its U-Net: the comparison the issue's target is on
 BEGIN, END = "<!-- OWN_DATA: written by experiments/own_data.py report -->", "<!-- /OWN_DATA -->"
@@ -465,7 +465,8 @@ def report(args: argparse.Namespace) -> int:
          "pixels ignored in training and scoring (`python experiments/camvid_tasks.py`). Train: CamVid's train "
          "and val images (468, of which segdiff holds 10 % out for validation); test: its 233 test images, scored "
          f"at {SCORE_SIZE} px. Both models use the `cpu` preset (64 px input, the same data pipeline; SegDiff's "
-         "denoiser is the U-Net's network, `model.body=basicunet`, predicting x_0's logits) and train "
+         "denoiser is the U-Net's network, `model.body=basicunet`, reading the posterior mean of the mask "
+         "and predicting x_0's logits) and train "
          f"alone for the same wall time on {machine}; SegDiff is scored at the preset's K and steps. Written by "
          "`python experiments/own_data.py report` from the runs' logs and `summary.json`."),
         "",
