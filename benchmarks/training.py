@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from segdiff.config import ExperimentConfig
+from segdiff.config import PAPER_NETWORK, ExperimentConfig
 from segdiff.device import describe_machine
 from segdiff.model import AttentionBlock, SegDiff
 from segdiff.models import Segmenter, build_model
@@ -62,8 +62,7 @@ def kinds(preset: str) -> list[tuple[str, list[str]]]:
     preset's denoiser is not the paper's (model.body), SegDiff with the paper's network on the same
     preset (x_0 by MSE: `cpu` before its BasicUNet body); the U-Net baseline."""
     paper = ([] if ExperimentConfig.from_preset(preset).model.body == "segdiff"
-             else [("segdiff, paper's network", ["model.body=segdiff", "diffusion.prediction=sample",
-                                                "diffusion.mask_input=x_t"])])
+             else [("segdiff, paper's network", list(PAPER_NETWORK))])
     return [("segdiff", []), *paper, ("unet", ["model.kind=unet"])]
 
 

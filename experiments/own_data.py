@@ -140,14 +140,17 @@ def held_out_table(runs_root: Path, tasks: list[str], minutes: list[float], mode
     for task, video, m in ((t, v, m) for t in tasks for v in TRAINING_VIDEOS for m in minutes):
         runs = task_runs(runs_root, f"{task}-{video}", m)
         unet = runs / "unet" / "test" / "summary.json"
+        if not unet.exists():
+            continue
+        unet_iou = 100 * json.loads(unet.read_text())["metrics"]["iou"]
         for model in filter(is_segdiff, models):
             found = {(split, n): runs / model / f"{split}-steps-{n}" / "summary.json" for split in ("test", "val")
                      for n in VAL_STEPS}
-            if not unet.exists() or not all(path.exists() for path in found.values()):
+            if not all(path.exists() for path in found.values()):
                 continue
             iou = {key: 100 * json.loads(path.read_text())["metrics"]["iou"] for key, path in found.items()}
-            rows.append(f"| {task} | {video} | {m:g} | {100 * json.loads(unet.read_text())['metrics']['iou']:.2f} | "
-                        f"{MODELS[model][0]} | " + " | ".join(f"{iou['test', n]:.2f}" for n in VAL_STEPS) + " | "
+            rows.append(f"| {task} | {video} | {m:g} | {unet_iou:.2f} | {MODELS[model][0]} | "
+                        + " | ".join(f"{iou['test', n]:.2f}" for n in VAL_STEPS) + " | "
                         + " | ".join(f"{iou['val', n]:.2f}" for n in VAL_STEPS) + " |")
     if not rows:
         return []

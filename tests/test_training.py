@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from segdiff.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, read_config, step_checkpoints
 from segdiff.cli import main
 from segdiff import training
-from segdiff.config import ConfigError, ExperimentConfig, TrainConfig
+from segdiff.config import PAPER_NETWORK, ConfigError, ExperimentConfig, TrainConfig
 from segdiff.model import SegDiff
 from segdiff.models import build_model
 from segdiff.training import Horizon, train
@@ -560,8 +560,7 @@ def test_cpu_presets_per_image_dice_and_the_way_back_to_the_papers_network():
     assert not ExperimentConfig.cpu().train.dice_batch  # the cpu preset's Dice is per image, as the U-Net's
     assert ExperimentConfig.cpu().override(["train.dice_batch=true"]).train.dice_batch
     # The documented way back to the paper's network still loads: an MSE network never reads dice_batch.
-    paper = ExperimentConfig.cpu().override(["model.body=segdiff", "diffusion.prediction=sample",
-                                             "diffusion.mask_input=x_t"])
+    paper = ExperimentConfig.cpu().override(list(PAPER_NETWORK))
     assert paper.model.body == "segdiff" and paper.diffusion.prediction == "sample"
     assert paper.diffusion == ExperimentConfig.vaihingen_cpu().diffusion  # the paper's input, x_t, too
     assert ExperimentConfig.cpu().diffusion.mask_input == "posterior_mean"

@@ -618,9 +618,9 @@ class ExperimentConfig:
         # (one Dice ratio over the batch before), the posterior-mean input 1-2 more on a video held out
         # of training (docs/training.md, "The mask input"). The rest is `_cpu_design`: 64 px input, t drawn
         # with density ~ t, lr 5e-4 with clipping, cosine to 0 when the time budget ends, a fast EMA,
-        # K = 9 generations of 2-step SDE-DPM-Solver++. `--set model.body=segdiff --set
-        # diffusion.prediction=sample --set diffusion.mask_input=x_t` gives the paper's network back
-        # (`vaihingen-cpu`'s design).
+        # K = 9 generations of 2-step SDE-DPM-Solver++. PAPER_NETWORK's overrides
+        # (`--set model.body=segdiff --set diffusion.prediction=sample --set diffusion.mask_input=x_t`)
+        # give the paper's network back (`vaihingen-cpu`'s design).
         base = cls._cpu_design()
         return replace(base, model=replace(base.model, body="basicunet"),
                        diffusion=replace(base.diffusion, prediction="logits", mask_input="posterior_mean"),
@@ -779,3 +779,6 @@ PRESETS = {
     "small": ExperimentConfig.small,
     "tiny": ExperimentConfig.tiny,
 }
+# The overrides of the `cpu` preset that give the paper's network back (vaihingen-cpu's design): its
+# body with F, G, attention and timestep embedding, x_0 by MSE, reading x_t.
+PAPER_NETWORK: tuple[str, ...] = ("model.body=segdiff", "diffusion.prediction=sample", "diffusion.mask_input=x_t")
