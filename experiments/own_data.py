@@ -84,9 +84,10 @@ def held_out_video(task: str) -> str:
     return video if video in TRAINING_VIDEOS else ""
 
 
-def step_splits(task: str) -> tuple[str, ...]:
-    """The splits a run's sampling steps are scored on: the validation split, and on a tuning task
-    (`held_out_video`) its test split too, an unseen video; CamVid's test split is left for the end."""
+def tuning_splits(task: str) -> tuple[str, ...]:
+    """The splits settings are chosen on (a run's sampling steps, a screen's variant): the validation
+    split, and on a tuning task (`held_out_video`) its test split too, an unseen video; CamVid's test
+    split is never one of them."""
     return ("val", "test") if held_out_video(task) else ("val",)
 
 
@@ -105,7 +106,7 @@ def stages(task: str, minutes: float, model: str, tasks_dir: str, runs: Path, se
         (f"test-{model}", f"{evaluate} --split test --out {run}/test"),
     ]
     if is_segdiff(model):  # its sampling steps, chosen on the validation split (the test split unseen)
-        for split in step_splits(task):
+        for split in tuning_splits(task):
             stages.append((f"{split}-steps-{model}", " && ".join(
                 f"{evaluate} --split {split} --steps {n} --out {run}/{split}-steps-{n}" for n in VAL_STEPS)))
     return stages
@@ -267,7 +268,7 @@ def screen_stages(task: str, minutes: float, name: str, kind: str, sets: list[st
     overrides = "".join(f" --set {shlex.quote(item)}" for item in sets)
     stages = {f"train-{name}": (f"OMP_NUM_THREADS=2 segdiff {command} --preset cpu --data {data} "
                                 f"--time-budget {minutes:g} --out {out}{overrides}")}
-    for split in step_splits(task):
+    for split in tuning_splits(task):
         stages[f"{split}-{name}"] = (f"OMP_NUM_THREADS=2 segdiff evaluate {out} --dataset folder --data {data} "
                                      f"--split {split} --score-size {SCORE_SIZE} --generations "
                                      f"{sample.num_generations} --steps {sample.num_sampling_steps} --out {out}/{split}")
